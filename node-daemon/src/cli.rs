@@ -1,0 +1,145 @@
+//! Command-line interface of `allot-node`: argument types, and turning them into a
+//! discovery plan that the binary then runs.
+
+use std::path::PathBuf;
+
+use allot_api::topology::NodeInventory;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::discovery::hwloc::Hwloc;
+use crate::discovery::nvml::NvmlSource;
+use crate::discovery::sysfs::Sysfs;
+use crate::discovery::{self, DiscoveryError};
+use crate::fixtures::{self, FAKE_NVML_MACHINE_VAR};
+use crate::render;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "allot-node",
+    version,
+    about = "Allot's node daemon: maps this GPU server and enforces the broker's decisions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what this machine (or a fixture, or an hwloc export) is made of.
+    Inventory(InventoryArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Where the hardware description comes from.
+#[derive(Debug, Clone, Args)]
+pub struct HardwareArgs {
+    /// Read the topology from an hwloc XML export instead of this machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "fixture")]
+    pub hwloc_xml: Option<PathBuf>,
+    /// Use this NVML library (a real libnvidia-ml.so, or the fake one).
+    #[arg(long, value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+    /// Pretend to be a bundled machine (tests/data/NAME): its hwloc XML through
+    /// hwloc and its description through the fake NVML library.
+    #[arg(long, value_name = "NAME")]
+    pub fixture: Option<String>,
+    /// Read NIC speeds and drive sizes below this sysfs root (default: /sys for
+    /// this machine, the fixture's own excerpt for a fixture, none for an XML file).
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
+    /// The node's name (default: this machine's hostname, or the fixture's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Everything discovery needs, decided from the arguments before anything runs.
+#[derive(Debug, Clone)]
+pub struct DiscoveryPlan {
+    pub hostname: String,
+    pub topology: Hwloc,
+    pub gpus: NvmlSource,
+    pub details: Sysfs,
+    /// Environment the process must have before NVML loads (the fake library reads
+    /// its machine description from here). The binary sets it while it is still
+    /// single-threaded.
+    pub environment: Vec<(&'static str, PathBuf)>,
+}
+
+/// This machine's hostname, from the kernel.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl HardwareArgs {
+    pub fn plan(&self) -> Result<DiscoveryPlan, DiscoveryError> {
+        if let Some(name) = &self.fixture {
+            let fixture = fixtures::find_fixture(name)?;
+            let library = match &self.nvml_lib {
+                Some(path) => path.clone(),
+                None => fixtures::find_fake_nvml()?,
+            };
+            let details = match (&self.sysfs_root, &fixture.sysfs) {
+                (Some(root), _) | (None, Some(root)) => Sysfs::at(root),
+                (None, None) => Sysfs::none(),
+            };
+            return Ok(DiscoveryPlan {
+                hostname: self.name.clone().unwrap_or_else(|| fixture.name.clone()),
+                topology: Hwloc::XmlFile(fixture.topology_xml.clone()),
+                gpus: NvmlSource::library(library),
+                details,
+                environment: vec![(FAKE_NVML_MACHINE_VAR, fixture.nvml_machine.clone())],
+            });
+        }
+        let (topology, default_gpus, default_details) = match &self.hwloc_xml {
+            // Another machine's export: this machine's driver and sysfs would
+            // describe different hardware, so they are consulted only when named.
+            Some(path) => (Hwloc::XmlFile(path.clone()), None, Sysfs::none()),
+            None => (Hwloc::Live, Some(NvmlSource::system()), Sysfs::at("/sys")),
+        };
+        let gpus = match (&self.nvml_lib, default_gpus) {
+            (Some(path), _) => NvmlSource::library(path),
+            (None, Some(system)) => system,
+            (None, None) => NvmlSource::library_not_consulted(),
+        };
+        Ok(DiscoveryPlan {
+            hostname: self.name.clone().unwrap_or_else(hostname),
+            topology,
+            gpus,
+            details: self.sysfs_root.as_ref().map(Sysfs::at).unwrap_or(default_details),
+            environment: vec![],
+        })
+    }
+}
+
+impl DiscoveryPlan {
+    pub fn discover(&self) -> Result<NodeInventory, DiscoveryError> {
+        discovery::discover(&self.hostname, &self.topology, &self.gpus, &self.details)
+    }
+}
+
+/// Runs `allot-node inventory` once the environment is in place.
+pub fn inventory(plan: &DiscoveryPlan, output: OutputFormat) -> Result<String, DiscoveryError> {
+    let inventory = plan.discover()?;
+    Ok(match output {
+        OutputFormat::Table => render::table(&inventory),
+        OutputFormat::Json => render::json(&inventory),
+    })
+}

@@ -1,0 +1,318 @@
+//! hwloc through hwlocality: CPUs, NUMA nodes, caches and the PCIe tree with its
+//! OS devices, from this machine or from an hwloc XML export of another one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use allot_api::topology::{CacheKind, CacheLevel, Core, CpuTopology, NumaNode, Package, PciNode, PciNodeKind, PciTree};
+use allot_api::units::{CpuSet, MiB, PciBusId};
+use hwlocality::object::TopologyObject;
+use hwlocality::object::attributes::{ObjectAttributes, UpstreamAttributes};
+use hwlocality::object::types::{BridgeType, OSDeviceType, ObjectType};
+use hwlocality::topology::Topology;
+use hwlocality::topology::builder::TypeFilter;
+
+use super::{DiscoveryError, HostTopology, OsDevice, OsDeviceKind, PciDevice, TopologySource};
+
+/// Where hwloc reads the machine from.
+#[derive(Debug, Clone)]
+pub enum Hwloc {
+    /// This machine, through the OS.
+    Live,
+    /// An XML export (`lstopo-no-graphics --whole-io --of xml`), of any machine.
+    XmlFile(PathBuf),
+    /// XML already in memory (a bundled fixture); the name is for messages.
+    XmlText { origin: String, xml: String },
+}
+
+impl TopologySource for Hwloc {
+    fn discover(&self) -> Result<HostTopology, DiscoveryError> {
+        let (origin, xml) = match self {
+            Hwloc::Live => ("this machine".to_owned(), None),
+            Hwloc::XmlFile(path) => {
+                let xml = std::fs::read_to_string(path)
+                    .map_err(|source| DiscoveryError::XmlUnreadable { path: path.clone(), source })?;
+                (path.display().to_string(), Some(xml))
+            }
+            Hwloc::XmlText { origin, xml } => (origin.clone(), Some(xml.clone())),
+        };
+        if let Some(xml) = &xml {
+            check_looks_like_hwloc_xml(&origin, xml)?;
+        }
+        // hwlocality panics on hwloc errors it did not expect; a topology file from a
+        // user must never take the daemon down, so such a panic becomes an error.
+        let loaded = std::panic::catch_unwind(|| load(xml.as_deref()));
+        let topology = match loaded {
+            Ok(result) => result.map_err(|problem| match &xml {
+                Some(_) => DiscoveryError::XmlMalformed { path: origin.clone().into(), problem },
+                None => DiscoveryError::Hwloc(problem),
+            })?,
+            Err(_) => {
+                return Err(DiscoveryError::XmlMalformed {
+                    path: origin.into(),
+                    problem: "hwloc failed unexpectedly while loading it".to_owned(),
+                });
+            }
+        };
+        let mut host = read_topology(&topology);
+        host.origin = origin;
+        Ok(host)
+    }
+}
+
+/// Cheap checks that turn hwloc's silent rejection into a message a person can act on.
+fn check_looks_like_hwloc_xml(origin: &str, xml: &str) -> Result<(), DiscoveryError> {
+    let malformed = |problem: &str| DiscoveryError::XmlMalformed { path: origin.into(), problem: problem.to_owned() };
+    if xml.trim().is_empty() {
+        return Err(malformed("the file is empty"));
+    }
+    if xml.contains('\0') {
+        return Err(malformed("the file contains NUL bytes"));
+    }
+    if !xml.contains("<topology") {
+        return Err(malformed("there is no <topology> element"));
+    }
+    if !xml.trim_end().ends_with("</topology>") {
+        return Err(malformed("the file ends before </topology> (truncated?)"));
+    }
+    Ok(())
+}
+
+fn load(xml: Option<&str>) -> Result<Topology, String> {
+    let mut builder = Topology::builder();
+    if let Some(xml) = xml {
+        builder = builder.from_xml(xml).map_err(|error| format!("hwloc rejected the XML: {error}"))?;
+    }
+    builder = builder
+        .with_io_type_filter(TypeFilter::KeepAll)
+        .map_err(|error| format!("cannot enable I/O discovery: {error}"))?
+        .with_cpu_icache_type_filter(TypeFilter::KeepAll)
+        .map_err(|error| format!("cannot enable instruction caches: {error}"))?;
+    builder.build().map_err(|error| match xml {
+        Some(_) => {
+            "hwloc rejected it; run again with HWLOC_XML_VERBOSE=1 to see the element hwloc objects to".to_owned()
+        }
+        None => format!("hwloc_topology_load failed: {error}"),
+    })
+}
+
+fn cpu_set(object: &TopologyObject) -> CpuSet {
+    object.cpuset().map(|set| set.iter_set().map(|index| usize::from(index) as u32).collect()).unwrap_or_default()
+}
+
+fn node_set(object: &TopologyObject) -> Vec<u32> {
+    object.nodeset().map(|set| set.iter_set().map(|index| usize::from(index) as u32).collect()).unwrap_or_default()
+}
+
+fn os_index(object: &TopologyObject) -> u32 {
+    object.os_index().map(|index| index as u32).unwrap_or(object.logical_index() as u32)
+}
+
+fn info(object: &TopologyObject, key: &str) -> Option<String> {
+    object.info(key).map(|value| value.to_string_lossy().into_owned())
+}
+
+fn read_topology(topology: &Topology) -> HostTopology {
+    let cpu = read_cpu(topology);
+    let (pci, devices) = read_pci(topology);
+    HostTopology { cpu, pci, devices, origin: String::new() }
+}
+
+fn read_cpu(topology: &Topology) -> CpuTopology {
+    let numa_nodes: Vec<NumaNode> = topology
+        .objects_with_type(ObjectType::NUMANode)
+        .map(|node| {
+            let memory = match node.attributes() {
+                Some(ObjectAttributes::NUMANode(attributes)) => {
+                    attributes.local_memory().map(|bytes| bytes.get()).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            NumaNode {
+                index: os_index(node),
+                memory_mib: MiB::from_bytes(memory),
+                cpus: cpu_set(node),
+                distances: vec![],
+            }
+        })
+        .collect();
+    let numa_nodes = with_distances(topology, numa_nodes);
+
+    let packages = topology
+        .objects_with_type(ObjectType::Package)
+        .map(|package| Package {
+            index: os_index(package),
+            model: info(package, "CPUModel"),
+            cpus: cpu_set(package),
+            numa_nodes: node_set(package),
+        })
+        .collect();
+
+    let numa_of = |cpus: &CpuSet| -> Option<u32> {
+        numa_nodes.iter().find(|node| !cpus.is_empty() && cpus.is_subset_of(&node.cpus)).map(|node| node.index)
+    };
+    let cores = topology
+        .objects_with_type(ObjectType::Core)
+        .map(|core| {
+            let pus = cpu_set(core);
+            Core {
+                index: core.logical_index() as u32,
+                package: core.first_ancestor_with_type(ObjectType::Package).map(os_index),
+                numa_node: numa_of(&pus),
+                pus,
+            }
+        })
+        .collect();
+
+    let mut pus: Vec<u32> = topology.objects_with_type(ObjectType::PU).map(os_index).collect();
+    pus.sort_unstable();
+
+    let cache_types = [
+        (ObjectType::L1Cache, 1, CacheKind::Data),
+        (ObjectType::L1ICache, 1, CacheKind::Instruction),
+        (ObjectType::L2Cache, 2, CacheKind::Unified),
+        (ObjectType::L2ICache, 2, CacheKind::Instruction),
+        (ObjectType::L3Cache, 3, CacheKind::Unified),
+        (ObjectType::L3ICache, 3, CacheKind::Instruction),
+        (ObjectType::L4Cache, 4, CacheKind::Unified),
+        (ObjectType::L5Cache, 5, CacheKind::Unified),
+    ];
+    let mut caches = Vec::new();
+    for (object_type, level, default_kind) in cache_types {
+        let instances: Vec<&TopologyObject> = topology.objects_with_type(object_type).collect();
+        let Some(first) = instances.first() else { continue };
+        let (size, kind) = match first.attributes() {
+            Some(ObjectAttributes::Cache(attributes)) => {
+                let kind = match attributes.cache_type() {
+                    hwlocality::object::types::CacheType::Unified => CacheKind::Unified,
+                    hwlocality::object::types::CacheType::Data => CacheKind::Data,
+                    hwlocality::object::types::CacheType::Instruction => CacheKind::Instruction,
+                    _ => default_kind,
+                };
+                (attributes.size().map(|size| size.get()).unwrap_or(0), kind)
+            }
+            _ => (0, default_kind),
+        };
+        caches.push(CacheLevel {
+            level,
+            kind,
+            size_kib: size / 1024,
+            count: instances.len() as u32,
+            pus_per_instance: cpu_set(first).len() as u32,
+        });
+    }
+
+    CpuTopology { packages, numa_nodes, cores, pus, caches }
+}
+
+/// Fills NUMA distances from hwloc's latency matrix, when the firmware gave one.
+fn with_distances(topology: &Topology, mut numa_nodes: Vec<NumaNode>) -> Vec<NumaNode> {
+    let Ok(matrices) = topology.distances_with_type(None, ObjectType::NUMANode) else {
+        return numa_nodes;
+    };
+    let Some(matrix) = matrices.first() else { return numa_nodes };
+    let order: Vec<Option<u32>> = matrix.objects().map(|object| object.map(os_index)).collect();
+    let values = matrix.distances();
+    let count = order.len();
+    if values.len() != count * count {
+        return numa_nodes;
+    }
+    let position_of = |index: u32| order.iter().position(|entry| *entry == Some(index));
+    let node_indices: Vec<u32> = numa_nodes.iter().map(|node| node.index).collect();
+    for node in &mut numa_nodes {
+        let Some(row) = position_of(node.index) else { continue };
+        let distances: Option<Vec<u32>> = node_indices
+            .iter()
+            .map(|other| position_of(*other).map(|column| values[row * count + column] as u32))
+            .collect();
+        node.distances = distances.unwrap_or_default();
+    }
+    numa_nodes
+}
+
+fn pci_bus_id(domain: impl Into<u32>, bus: u8, device: u8, function: u8) -> PciBusId {
+    PciBusId { domain: domain.into(), bus, device, function }
+}
+
+fn read_pci(topology: &Topology) -> (PciTree, Vec<PciDevice>) {
+    let mut nodes = Vec::new();
+    let mut index_of = HashMap::new();
+    let mut devices = Vec::new();
+
+    // hwloc lists I/O objects parents first, so a parent is always indexed already.
+    for object in topology.io_objects() {
+        let kind_and_bus = match (object.object_type(), object.attributes()) {
+            (ObjectType::Bridge, Some(ObjectAttributes::Bridge(bridge))) => match bridge.upstream_type() {
+                BridgeType::Host => Some((PciNodeKind::HostBridge, None)),
+                _ => {
+                    let bus = match bridge.upstream_attributes() {
+                        Some(UpstreamAttributes::PCI(pci)) => {
+                            Some(pci_bus_id(pci.domain(), pci.bus_id(), pci.bus_device(), pci.function()))
+                        }
+                        _ => None,
+                    };
+                    Some((PciNodeKind::Bridge, bus))
+                }
+            },
+            (ObjectType::PCIDevice, Some(ObjectAttributes::PCIDevice(pci))) => Some((
+                PciNodeKind::Device { class: pci.class_id(), vendor: pci.vendor_id(), device: pci.device_id() },
+                Some(pci_bus_id(pci.domain(), pci.bus_id(), pci.bus_device(), pci.function())),
+            )),
+            _ => None,
+        };
+        let Some((kind, bus_id)) = kind_and_bus else { continue };
+        let parent = object.parent().and_then(|parent| index_of.get(&parent.global_persistent_index()).copied());
+        let locality = object.first_non_io_ancestor();
+        let numa_nodes = locality.map(node_set).unwrap_or_default();
+        let cpus = locality.map(cpu_set).unwrap_or_default();
+        index_of.insert(object.global_persistent_index(), nodes.len());
+        if let (PciNodeKind::Device { class, vendor, device }, Some(bus_id)) = (&kind, bus_id) {
+            devices.push(PciDevice {
+                bus_id,
+                class: *class,
+                vendor: *vendor,
+                device: *device,
+                vendor_name: info(object, "PCIVendor"),
+                device_name: info(object, "PCIDevice"),
+                numa_nodes: numa_nodes.clone(),
+                cpus: cpus.clone(),
+                os_devices: os_devices_below(object),
+            });
+        }
+        nodes.push(PciNode { kind, bus_id, parent, numa_nodes, cpus });
+    }
+    (PciTree { nodes }, devices)
+}
+
+/// OS devices hang directly below their PCI function.
+fn os_devices_below(pci_device: &TopologyObject) -> Vec<OsDevice> {
+    pci_device
+        .io_children()
+        .filter(|child| child.object_type() == ObjectType::OSDevice)
+        .map(|child| {
+            let kind = match child.attributes() {
+                Some(ObjectAttributes::OSDevice(os_device)) => match os_device.device_type() {
+                    OSDeviceType::Storage => OsDeviceKind::Block,
+                    OSDeviceType::Network => OsDeviceKind::Network,
+                    OSDeviceType::OpenFabrics => OsDeviceKind::OpenFabrics,
+                    OSDeviceType::GPU => OsDeviceKind::Gpu,
+                    OSDeviceType::CoProcessor => OsDeviceKind::CoProcessor,
+                    OSDeviceType::DMA => OsDeviceKind::Dma,
+                    _ => OsDeviceKind::Other,
+                },
+                _ => OsDeviceKind::Other,
+            };
+            OsDevice {
+                name: child.name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default(),
+                kind,
+                infos: child
+                    .infos()
+                    .iter()
+                    .map(|info| {
+                        (info.name().to_string_lossy().into_owned(), info.value().to_string_lossy().into_owned())
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,427 @@
+//! Combines hwloc's view with the driver's into one inventory, and refuses an
+//! inventory that contradicts itself.
+
+use allot_api::topology::{
+    Gpu, GpuHealth, Nic, NicKind, NodeInventory, NvLink, NvLinkPeer, NvSwitch, NvmeDrive, NvmlStatus,
+};
+
+use super::models::gpu_model;
+use super::{DeviceDetails, DiscoveryError, GpuReport, HostTopology, OsDeviceKind, PciDevice, pci_class};
+
+fn is_gpu(device: &PciDevice) -> bool {
+    device.vendor == pci_class::NVIDIA && matches!(device.class, pci_class::VGA | pci_class::DISPLAY_3D)
+}
+
+fn is_nvswitch(device: &PciDevice) -> bool {
+    device.vendor == pci_class::NVIDIA && device.class == pci_class::BRIDGE_OTHER
+}
+
+fn is_nic(device: &PciDevice) -> bool {
+    (device.class >> 8) as u8 == pci_class::NETWORK_BASE
+}
+
+fn is_nvme(device: &PciDevice) -> bool {
+    device.class == pci_class::NVME
+}
+
+/// Builds the inventory. `details` fills what hwloc lacks (link speed, capacity).
+pub fn merge(
+    hostname: &str,
+    host: HostTopology,
+    report: GpuReport,
+    details: &dyn DeviceDetails,
+) -> Result<NodeInventory, DiscoveryError> {
+    let inconsistent = |problem: String| DiscoveryError::Inconsistent { origin: host.origin.clone(), problem };
+    let mut warnings = Vec::new();
+
+    let mut nvswitches: Vec<NvSwitch> = host
+        .devices
+        .iter()
+        .filter(|device| is_nvswitch(device))
+        .map(|device| NvSwitch { pci_bus_id: device.bus_id, pci_id: device.pci_id(), numa_node: device.numa_node() })
+        .collect();
+
+    let hwloc_gpus: Vec<&PciDevice> = host.devices.iter().filter(|device| is_gpu(device)).collect();
+    let (nvml, gpus) = match report {
+        GpuReport::Absent { reason } => {
+            // Without the driver, hwloc's PCI devices are all we know; number them in
+            // PCI bus order, as CUDA_DEVICE_ORDER=PCI_BUS_ID and NVML do.
+            let mut sorted = hwloc_gpus.clone();
+            sorted.sort_by_key(|device| device.bus_id);
+            let gpus = sorted
+                .iter()
+                .enumerate()
+                .map(|(index, device)| Gpu {
+                    index: index as u32,
+                    uuid: None,
+                    model: gpu_model(device.device, device.device_name.as_deref()),
+                    memory_mib: None,
+                    pci_bus_id: device.bus_id,
+                    pci_id: device.pci_id(),
+                    numa_node: device.numa_node(),
+                    cpus: device.cpus.clone(),
+                    nvlinks: vec![],
+                    mig: None,
+                    telemetry: None,
+                    health: GpuHealth::Unknown,
+                })
+                .collect();
+            (NvmlStatus::Absent { reason }, gpus)
+        }
+        GpuReport::Present {
+            library,
+            driver_version,
+            cuda_driver_version,
+            gpus: driver_gpus,
+            warnings: nvml_warnings,
+        } => {
+            warnings.extend(nvml_warnings);
+            let mut gpus = Vec::new();
+            for driver_gpu in &driver_gpus {
+                let Some(device) = hwloc_gpus.iter().find(|device| device.bus_id == driver_gpu.pci_bus_id) else {
+                    return Err(inconsistent(format!(
+                        "NVML reports GPU {} at PCI bus id {}, but the PCIe tree has no NVIDIA GPU there",
+                        driver_gpu.index, driver_gpu.pci_bus_id
+                    )));
+                };
+                if let (Some(from_driver), Some(from_hwloc)) = (driver_gpu.numa_node, device.numa_node()) {
+                    if from_driver != from_hwloc {
+                        warnings.push(format!(
+                            "GPU {}: NVML says NUMA node {from_driver}, hwloc says {from_hwloc}; using hwloc's",
+                            driver_gpu.index
+                        ));
+                    }
+                }
+                let mut nvlinks = Vec::new();
+                for link in &driver_gpu.nvlinks {
+                    let remote_is_gpu = driver_gpus.iter().any(|other| other.pci_bus_id == link.remote_pci_bus_id);
+                    let remote_is_switch = nvswitches.iter().any(|switch| switch.pci_bus_id == link.remote_pci_bus_id);
+                    let peer = match link.remote_kind {
+                        Some(NvLinkPeer::Gpu) if remote_is_gpu => NvLinkPeer::Gpu,
+                        Some(NvLinkPeer::NvSwitch) => {
+                            if !remote_is_switch {
+                                // NVSwitches are not always visible on the PCI bus (in a
+                                // VM, or managed by the baseboard); NVML's word will do.
+                                warnings.push(format!(
+                                    "NVSwitch {} (NVLink peer of GPU {}) is not in the PCIe tree",
+                                    link.remote_pci_bus_id, driver_gpu.index
+                                ));
+                                nvswitches.push(NvSwitch {
+                                    pci_bus_id: link.remote_pci_bus_id,
+                                    pci_id: String::new(),
+                                    numa_node: None,
+                                });
+                            }
+                            NvLinkPeer::NvSwitch
+                        }
+                        None if remote_is_gpu => NvLinkPeer::Gpu,
+                        None if remote_is_switch => NvLinkPeer::NvSwitch,
+                        _ => {
+                            return Err(inconsistent(format!(
+                                "GPU {} has {} NVLink link(s) to {}, which is neither a GPU nor an NVSwitch of this machine",
+                                driver_gpu.index, link.links, link.remote_pci_bus_id
+                            )));
+                        }
+                    };
+                    nvlinks.push(NvLink { peer, peer_pci_bus_id: link.remote_pci_bus_id, links: link.links });
+                }
+                gpus.push(Gpu {
+                    index: driver_gpu.index,
+                    uuid: driver_gpu.uuid.clone(),
+                    model: driver_gpu
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| gpu_model(device.device, device.device_name.as_deref())),
+                    memory_mib: driver_gpu.memory_mib,
+                    pci_bus_id: driver_gpu.pci_bus_id,
+                    pci_id: device.pci_id(),
+                    numa_node: device.numa_node().or(driver_gpu.numa_node),
+                    cpus: device.cpus.clone(),
+                    nvlinks,
+                    mig: driver_gpu.mig.clone(),
+                    telemetry: Some(driver_gpu.telemetry.clone()),
+                    health: driver_gpu.health.clone(),
+                });
+            }
+            for device in &hwloc_gpus {
+                if !driver_gpus.iter().any(|gpu| gpu.pci_bus_id == device.bus_id) {
+                    warnings.push(format!(
+                        "NVIDIA GPU {} is on the PCI bus but NVML does not report it (bound to another driver, or excluded); it is not offered",
+                        device.bus_id
+                    ));
+                }
+            }
+            (NvmlStatus::Present { library, driver_version, cuda_driver_version }, gpus)
+        }
+    };
+
+    let nics = host
+        .devices
+        .iter()
+        .filter(|device| is_nic(device))
+        .map(|device| {
+            let netdev = device.os_device(OsDeviceKind::Network);
+            let rdma_device = device.os_device(OsDeviceKind::OpenFabrics);
+            let link_layer = rdma_device.and_then(|rdma| rdma.info("Port1LinkLayer"));
+            let kind = if device.class == pci_class::INFINIBAND || link_layer == Some("InfiniBand") {
+                NicKind::Infiniband
+            } else if device.class == 0x0200 {
+                NicKind::Ethernet
+            } else {
+                NicKind::Other
+            };
+            let name = netdev
+                .or(rdma_device)
+                .map(|os_device| os_device.name.clone())
+                .unwrap_or_else(|| device.bus_id.to_string());
+            Nic {
+                link_speed_mbps: netdev.and_then(|netdev| details.link_speed_mbps(&netdev.name)),
+                name,
+                pci_bus_id: device.bus_id,
+                pci_id: device.pci_id(),
+                numa_node: device.numa_node(),
+                kind,
+                rdma: rdma_device.is_some(),
+                rdma_device: rdma_device.map(|rdma| rdma.name.clone()),
+            }
+        })
+        .collect();
+
+    let mut nvme = Vec::new();
+    for device in host.devices.iter().filter(|device| is_nvme(device)) {
+        let namespaces: Vec<_> =
+            device.os_devices.iter().filter(|os_device| os_device.kind == OsDeviceKind::Block).collect();
+        if namespaces.is_empty() {
+            nvme.push(NvmeDrive {
+                name: device.bus_id.to_string(),
+                pci_bus_id: device.bus_id,
+                numa_node: device.numa_node(),
+                capacity_bytes: None,
+                model: device.device_name.clone(),
+            });
+        }
+        for namespace in namespaces {
+            // hwloc records block device sizes in KiB.
+            let from_hwloc =
+                namespace.info("Size").and_then(|kib| kib.trim().parse::<u64>().ok()).map(|kib| kib * 1024);
+            nvme.push(NvmeDrive {
+                name: namespace.name.clone(),
+                pci_bus_id: device.bus_id,
+                numa_node: device.numa_node(),
+                capacity_bytes: from_hwloc.or_else(|| details.block_capacity_bytes(&namespace.name)),
+                model: namespace.info("Model").map(str::to_owned).or_else(|| device.device_name.clone()),
+            });
+        }
+    }
+
+    let inventory = NodeInventory {
+        hostname: hostname.to_owned(),
+        cpu: host.cpu,
+        gpus,
+        nics,
+        nvme,
+        nvswitches,
+        pci: host.pci,
+        nvml,
+        warnings,
+    };
+    inventory.validate().map_err(|error| inconsistent(error.to_string()))?;
+    Ok(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use allot_api::topology::{GpuTelemetry, PciNode, PciNodeKind, PciTree};
+    use allot_api::units::{CpuSet, PciBusId};
+
+    use super::*;
+    use crate::discovery::{DriverGpu, DriverNvLink, OsDevice};
+
+    fn bus(text: &str) -> PciBusId {
+        text.parse().expect("valid bus id")
+    }
+
+    /// One host bridge per NUMA node; every device directly below its node's bridge.
+    fn host(devices: &[(&str, u16, u16, u32, Vec<OsDevice>)]) -> HostTopology {
+        let mut nodes = vec![
+            PciNode {
+                kind: PciNodeKind::HostBridge,
+                bus_id: None,
+                parent: None,
+                numa_nodes: vec![0],
+                cpus: CpuSet::default(),
+            },
+            PciNode {
+                kind: PciNodeKind::HostBridge,
+                bus_id: None,
+                parent: None,
+                numa_nodes: vec![1],
+                cpus: CpuSet::default(),
+            },
+        ];
+        let mut pci_devices = Vec::new();
+        for (bus_id, class, device, numa, os_devices) in devices {
+            nodes.push(PciNode {
+                kind: PciNodeKind::Device { class: *class, vendor: 0x10de, device: *device },
+                bus_id: Some(bus(bus_id)),
+                parent: Some(*numa as usize),
+                numa_nodes: vec![*numa],
+                cpus: CpuSet::default(),
+            });
+            pci_devices.push(PciDevice {
+                bus_id: bus(bus_id),
+                class: *class,
+                vendor: if *class >> 8 == 0x02 || *class == 0x0108 { 0x15b3 } else { 0x10de },
+                device: *device,
+                vendor_name: None,
+                device_name: None,
+                numa_nodes: vec![*numa],
+                cpus: CpuSet::default(),
+                os_devices: os_devices.clone(),
+            });
+        }
+        HostTopology {
+            pci: PciTree { nodes },
+            devices: pci_devices,
+            origin: "test.xml".into(),
+            ..HostTopology::default()
+        }
+    }
+
+    fn driver_gpu(index: u32, bus_id: &str, nvlinks: Vec<DriverNvLink>) -> DriverGpu {
+        DriverGpu {
+            index,
+            uuid: Some(format!("GPU-{index}")),
+            name: Some("NVIDIA H100 80GB HBM3".into()),
+            pci_bus_id: bus(bus_id),
+            memory_mib: None,
+            numa_node: None,
+            nvlinks,
+            mig: None,
+            telemetry: GpuTelemetry::default(),
+            health: GpuHealth::Healthy,
+        }
+    }
+
+    fn present(gpus: Vec<DriverGpu>) -> GpuReport {
+        GpuReport::Present {
+            library: "fake".into(),
+            driver_version: None,
+            cuda_driver_version: None,
+            gpus,
+            warnings: vec![],
+        }
+    }
+
+    struct NoDetails;
+    impl DeviceDetails for NoDetails {
+        fn link_speed_mbps(&self, interface: &str) -> Option<u64> {
+            (interface == "ib0").then_some(400_000)
+        }
+        fn block_capacity_bytes(&self, block_device: &str) -> Option<u64> {
+            (block_device == "nvme1n1").then_some(1_000)
+        }
+    }
+
+    fn os(name: &str, kind: OsDeviceKind, infos: &[(&str, &str)]) -> OsDevice {
+        OsDevice {
+            name: name.into(),
+            kind,
+            infos: infos.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn without_nvml_gpus_come_from_the_pci_bus_in_bus_order() {
+        let host = host(&[("0000:c3:00.0", 0x0302, 0x2330, 1, vec![]), ("0000:1b:00.0", 0x0302, 0x2330, 0, vec![])]);
+        let inventory = merge("n", host, GpuReport::Absent { reason: "none".into() }, &NoDetails).expect("merges");
+        let ids: Vec<String> = inventory.gpus.iter().map(|gpu| gpu.pci_bus_id.to_string()).collect();
+        assert_eq!(ids, ["0000:1b:00.0", "0000:c3:00.0"]);
+        assert_eq!(inventory.gpus[1].index, 1);
+        assert_eq!(inventory.gpus[1].numa_node, Some(1));
+        assert_eq!(inventory.gpus[0].model, "NVIDIA H100 80GB HBM3");
+        assert_eq!(inventory.gpus[0].health, GpuHealth::Unknown);
+    }
+
+    #[test]
+    fn an_nvml_gpu_missing_from_the_pci_tree_is_a_contradiction() {
+        let host = host(&[("0000:1b:00.0", 0x0302, 0x2330, 0, vec![])]);
+        let report = present(vec![driver_gpu(0, "0000:1b:00.0", vec![]), driver_gpu(1, "0000:43:00.0", vec![])]);
+        let error = merge("n", host, report, &NoDetails).expect_err("contradiction");
+        let message = error.to_string();
+        assert!(message.contains("test.xml") && message.contains("0000:43:00.0"), "{message}");
+    }
+
+    #[test]
+    fn an_nvlink_to_a_gpu_that_does_not_exist_is_a_contradiction() {
+        let host = host(&[("0000:1b:00.0", 0x0302, 0x2330, 0, vec![])]);
+        let link =
+            DriverNvLink { remote_pci_bus_id: bus("0000:99:00.0"), remote_kind: Some(NvLinkPeer::Gpu), links: 4 };
+        let report = present(vec![driver_gpu(0, "0000:1b:00.0", vec![link])]);
+        let error = merge("n", host, report, &NoDetails).expect_err("contradiction");
+        assert!(error.to_string().contains("neither a GPU nor an NVSwitch"), "{error}");
+    }
+
+    #[test]
+    fn nvswitches_count_links_and_may_be_invisible_on_the_bus() {
+        let host = host(&[
+            ("0000:1b:00.0", 0x0302, 0x2330, 0, vec![]),
+            ("0000:43:00.0", 0x0302, 0x2330, 0, vec![]),
+            ("0000:05:00.0", 0x0680, 0x22a3, 0, vec![]),
+        ]);
+        let to_visible = |links| DriverNvLink {
+            remote_pci_bus_id: bus("0000:05:00.0"),
+            remote_kind: Some(NvLinkPeer::NvSwitch),
+            links,
+        };
+        let to_hidden = |links| DriverNvLink {
+            remote_pci_bus_id: bus("0000:06:00.0"),
+            remote_kind: Some(NvLinkPeer::NvSwitch),
+            links,
+        };
+        let report = present(vec![
+            driver_gpu(0, "0000:1b:00.0", vec![to_visible(9), to_hidden(9)]),
+            driver_gpu(1, "0000:43:00.0", vec![to_visible(9), to_hidden(9)]),
+        ]);
+        let inventory = merge("n", host, report, &NoDetails).expect("merges");
+        assert_eq!(inventory.link_matrices().gpu_gpu[0][1].to_string(), "NV18");
+        assert_eq!(inventory.nvswitches.len(), 2);
+        assert!(inventory.warnings.iter().any(|w| w.contains("0000:06:00.0")), "{:?}", inventory.warnings);
+    }
+
+    #[test]
+    fn a_gpu_nvml_does_not_report_is_warned_about_not_offered() {
+        let host = host(&[("0000:1b:00.0", 0x0302, 0x2330, 0, vec![]), ("0000:43:00.0", 0x0302, 0x2330, 0, vec![])]);
+        let report = present(vec![driver_gpu(0, "0000:1b:00.0", vec![])]);
+        let inventory = merge("n", host, report, &NoDetails).expect("merges");
+        assert_eq!(inventory.gpus.len(), 1);
+        assert!(inventory.warnings.iter().any(|w| w.contains("0000:43:00.0")), "{:?}", inventory.warnings);
+    }
+
+    #[test]
+    fn nics_and_drives_take_names_kinds_and_sizes_from_their_os_devices() {
+        let host = host(&[
+            (
+                "0000:1a:00.0",
+                0x0207,
+                0x1021,
+                0,
+                vec![os("ib0", OsDeviceKind::Network, &[]), os("mlx5_0", OsDeviceKind::OpenFabrics, &[])],
+            ),
+            ("0000:2a:00.0", 0x0200, 0x101d, 1, vec![os("ens1f0np0", OsDeviceKind::Network, &[])]),
+            ("0000:3a:00.0", 0x0108, 0x0010, 0, vec![os("nvme0n1", OsDeviceKind::Block, &[("Size", "2048")])]),
+            ("0000:3b:00.0", 0x0108, 0x0010, 1, vec![os("nvme1n1", OsDeviceKind::Block, &[])]),
+        ]);
+        let inventory = merge("n", host, GpuReport::Absent { reason: "none".into() }, &NoDetails).expect("merges");
+        let ib = &inventory.nics[0];
+        assert_eq!(
+            (ib.name.as_str(), ib.kind, ib.rdma, ib.link_speed_mbps),
+            ("ib0", NicKind::Infiniband, true, Some(400_000))
+        );
+        assert_eq!(ib.rdma_device.as_deref(), Some("mlx5_0"));
+        let eth = &inventory.nics[1];
+        assert_eq!((eth.kind, eth.rdma, eth.numa_node), (NicKind::Ethernet, false, Some(1)));
+        assert_eq!(inventory.nvme[0].capacity_bytes, Some(2048 * 1024));
+        assert_eq!(inventory.nvme[1].capacity_bytes, Some(1_000));
+    }
+}
