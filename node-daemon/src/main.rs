@@ -1,6 +1,7 @@
 //! The `allot-node` binary: parses arguments, prepares the environment, and calls
 //! the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use allot_node::cli::{Cli, Command};
@@ -20,13 +21,20 @@ fn main() -> ExitCode {
                 unsafe { std::env::set_var(name, value) };
             }
             match allot_node::cli::inventory(&plan, args.output) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => print(&text),
                 Err(error) => fail(&error),
             }
         }
+    }
+}
+
+/// Writes the result; a reader that went away early (`| head`) is not an error.
+fn print(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
     }
 }
 

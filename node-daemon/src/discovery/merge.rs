@@ -24,6 +24,13 @@ fn is_nvme(device: &PciDevice) -> bool {
     device.class == pci_class::NVME
 }
 
+/// Sorts `mlx5_10` after `mlx5_9`: the text before the trailing number, then the number.
+fn natural_key(name: &str) -> (String, u64) {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (stem, number) = name.split_at(name.len() - digits);
+    (stem.to_owned(), number.parse().unwrap_or(0))
+}
+
 /// Builds the inventory. `details` fills what hwloc lacks (link speed, capacity).
 pub fn merge(
     hostname: &str,
@@ -155,7 +162,7 @@ pub fn merge(
         }
     };
 
-    let nics = host
+    let mut nics: Vec<Nic> = host
         .devices
         .iter()
         .filter(|device| is_nic(device))
@@ -186,6 +193,9 @@ pub fn merge(
             }
         })
         .collect();
+    // nvidia-smi numbers NICs by their RDMA device (mlx5_0, mlx5_1, ...); do the
+    // same so the two matrices line up, and put NICs without RDMA after them.
+    nics.sort_by_key(|nic| (nic.rdma_device.is_none(), nic.rdma_device.as_deref().map(natural_key), nic.pci_bus_id));
 
     let mut nvme = Vec::new();
     for device in host.devices.iter().filter(|device| is_nvme(device)) {
@@ -413,6 +423,7 @@ mod tests {
             ("0000:3b:00.0", 0x0108, 0x0010, 1, vec![os("nvme1n1", OsDeviceKind::Block, &[])]),
         ]);
         let inventory = merge("n", host, GpuReport::Absent { reason: "none".into() }, &NoDetails).expect("merges");
+        assert_eq!(natural_key("mlx5_10").cmp(&natural_key("mlx5_9")), std::cmp::Ordering::Greater);
         let ib = &inventory.nics[0];
         assert_eq!(
             (ib.name.as_str(), ib.kind, ib.rdma, ib.link_speed_mbps),
