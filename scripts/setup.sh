@@ -25,7 +25,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"
     else
-        echo "setup: cargo not found: install Rust 1.85 or newer (https://rustup.rs), then run this again" >&2
+        echo "setup: cargo not found: install Rust 1.88 or newer (https://rustup.rs), then run this again" >&2
         exit 1
     fi
 fi

@@ -21,7 +21,7 @@ pub fn json(inventory: &NodeInventory) -> String {
 }
 
 fn kib(size_kib: u64) -> String {
-    if size_kib >= 1024 && size_kib % 1024 == 0 {
+    if size_kib >= 1024 && size_kib.is_multiple_of(1024) {
         format!("{} MiB", size_kib / 1024)
     } else if size_kib >= 1024 {
         format!("{:.1} MiB", size_kib as f64 / 1024.0)

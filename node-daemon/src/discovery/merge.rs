@@ -91,13 +91,13 @@ pub fn merge(
                         driver_gpu.index, driver_gpu.pci_bus_id
                     )));
                 };
-                if let (Some(from_driver), Some(from_hwloc)) = (driver_gpu.numa_node, device.numa_node()) {
-                    if from_driver != from_hwloc {
-                        warnings.push(format!(
-                            "GPU {}: NVML says NUMA node {from_driver}, hwloc says {from_hwloc}; using hwloc's",
-                            driver_gpu.index
-                        ));
-                    }
+                if let (Some(from_driver), Some(from_hwloc)) = (driver_gpu.numa_node, device.numa_node())
+                    && from_driver != from_hwloc
+                {
+                    warnings.push(format!(
+                        "GPU {}: NVML says NUMA node {from_driver}, hwloc says {from_hwloc}; using hwloc's",
+                        driver_gpu.index
+                    ));
                 }
                 let mut nvlinks = Vec::new();
                 for link in &driver_gpu.nvlinks {

@@ -362,10 +362,8 @@ impl PciTree {
     /// Checks that every parent exists and no node is its own ancestor.
     pub fn validate(&self) -> Result<(), TopologyError> {
         for (index, node) in self.nodes.iter().enumerate() {
-            if let Some(parent) = node.parent {
-                if parent >= self.nodes.len() {
-                    return Err(TopologyError::PciParentMissing { index, parent });
-                }
+            if let Some(parent) = node.parent.filter(|parent| *parent >= self.nodes.len()) {
+                return Err(TopologyError::PciParentMissing { index, parent });
             }
             let chain = self.ancestors(index);
             let last = chain[chain.len() - 1];

@@ -236,7 +236,7 @@ fn mig_mode(value: u32) -> MigMode {
 
 /// A profile name in NVIDIA's style when the driver gives none: `3g.40gb`.
 fn profile_name(compute_slices: u32, memory_mib: u64) -> String {
-    format!("{compute_slices}g.{}gb", (memory_mib + 1023) / 1024)
+    format!("{compute_slices}g.{}gb", memory_mib.div_ceil(1024))
 }
 
 fn read_mig(
