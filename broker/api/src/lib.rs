@@ -4,6 +4,7 @@
 //! Domain types are plain Rust ([`topology`], [`units`]); protobuf appears only in
 //! [`wire`], which converts between the two at the edge and validates what arrives.
 
+pub mod allocation;
 pub mod topology;
 pub mod units;
 pub mod wire;
