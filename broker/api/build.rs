@@ -1,7 +1,7 @@
 //! Compiles the `allot.v1` protobuf contract with protox, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/allot/v1/inventory.proto", "proto/allot/v1/node.proto"];
+    let files = ["proto/allot/v1/inventory.proto", "proto/allot/v1/node.proto", "proto/allot/v1/broker.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

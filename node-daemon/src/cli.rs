@@ -28,6 +28,20 @@ pub struct Cli {
 pub enum Command {
     /// Show what this machine (or a fixture, or an hwloc export) is made of.
     Inventory(InventoryArgs),
+    /// Register with the broker, heartbeat, and follow this node's assignments.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub hardware: HardwareArgs,
+    /// The broker's gRPC address, like 127.0.0.1:7443.
+    #[arg(long, value_name = "ADDR")]
+    pub broker: String,
+    /// Seconds between heartbeats until the broker says otherwise.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub heartbeat_interval: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

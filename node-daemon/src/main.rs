@@ -3,29 +3,87 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use allot_node::cli::{Cli, Command};
+use allot_node::agent::{self, AgentConfig};
+use allot_node::cli::{Cli, Command, DiscoveryPlan, HardwareArgs};
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inventory(args) => {
-            let plan = match args.hardware.plan() {
+            let plan = match prepare(&args.hardware) {
                 Ok(plan) => plan,
                 Err(error) => return fail(&error),
             };
-            for (name, value) in &plan.environment {
-                // SAFETY: set_var is unsound only while other threads read the
-                // environment; this runs before anything starts a thread.
-                unsafe { std::env::set_var(name, value) };
-            }
             match allot_node::cli::inventory(&plan, args.output) {
                 Ok(text) => print(&text),
                 Err(error) => fail(&error),
             }
         }
+        Command::Run(args) => {
+            let plan = match prepare(&args.hardware) {
+                Ok(plan) => plan,
+                Err(error) => return fail(&error),
+            };
+            if !(args.heartbeat_interval > 0.0 && args.heartbeat_interval.is_finite()) {
+                eprintln!("allot-node: error: --heartbeat-interval must be a positive number of seconds");
+                return ExitCode::FAILURE;
+            }
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = AgentConfig {
+                broker: args.broker,
+                heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
+                max_backoff: Duration::from_secs(5),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => return fail(&error),
+            };
+            runtime.block_on(async {
+                tokio::select! {
+                    result = agent::run(plan, config) => match result {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(error) => fail(&error),
+                    },
+                    _ = shutdown_signal() => ExitCode::SUCCESS,
+                }
+            })
+        }
     }
+}
+
+/// Decides what to discover and sets the environment the fake NVML library reads.
+fn prepare(hardware: &HardwareArgs) -> Result<DiscoveryPlan, allot_node::discovery::DiscoveryError> {
+    let plan = hardware.plan()?;
+    for (name, value) in &plan.environment {
+        // SAFETY: set_var is unsound only while other threads read the environment;
+        // this runs before the runtime or anything else starts a thread.
+        unsafe { std::env::set_var(name, value) };
+    }
+    Ok(plan)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
 }
 
 /// Writes the result; a reader that went away early (`| head`) is not an error.

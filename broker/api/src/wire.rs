@@ -3,6 +3,8 @@
 //! Outgoing conversions cannot fail. Incoming ones validate everything a peer could
 //! get wrong and name the field: `gpus[3].pci_bus_id: invalid PCI bus id "zz"`.
 
+mod allocation;
+
 use crate::proto;
 use crate::topology::{
     CacheKind, CacheLevel, Core, CpuTopology, Gpu, GpuHealth, GpuTelemetry, MigInfo, MigInstance, MigMode, MigProfile,
@@ -19,7 +21,7 @@ pub struct WireError {
     pub problem: String,
 }
 
-fn wire_error(field: impl Into<String>, problem: impl ToString) -> WireError {
+pub(crate) fn wire_error(field: impl Into<String>, problem: impl ToString) -> WireError {
     WireError { field: field.into(), problem: problem.to_string() }
 }
 
@@ -342,6 +344,69 @@ fn mig_mode_from_wire(field: &str, value: i32) -> Result<MigMode, WireError> {
     }
 }
 
+/// A GPU's MIG state from the wire (also what a heartbeat carries).
+pub fn mig_from_wire(field: &str, mig: proto::MigInfo) -> Result<MigInfo, WireError> {
+    Ok(MigInfo {
+        mode: mig_mode_from_wire(&format!("{field}.mode"), mig.mode)?,
+        pending_mode: mig_mode_from_wire(&format!("{field}.pending_mode"), mig.pending_mode)?,
+        profiles: mig
+            .profiles
+            .into_iter()
+            .map(|profile| MigProfile {
+                name: profile.name,
+                profile_id: profile.profile_id,
+                compute_slices: profile.compute_slices,
+                memory_slices: profile.memory_slices,
+                memory_mib: MiB(profile.memory_mib),
+                max_count: profile.max_count,
+                placements: profile.placements,
+            })
+            .collect(),
+        instances: mig
+            .instances
+            .into_iter()
+            .map(|instance| MigInstance {
+                profile: instance.profile,
+                profile_id: instance.profile_id,
+                gpu_instance_id: instance.gpu_instance_id,
+                start: instance.start,
+                size: instance.size,
+                uuid: instance.uuid,
+            })
+            .collect(),
+    })
+}
+
+/// A GPU's telemetry from the wire (also what a heartbeat carries).
+pub fn telemetry_from_wire(field: &str, telemetry: proto::GpuTelemetry) -> Result<GpuTelemetry, WireError> {
+    Ok(GpuTelemetry {
+        temperature_c: telemetry.temperature_c,
+        slowdown_temperature_c: telemetry.slowdown_temperature_c,
+        power_draw_mw: telemetry.power_draw_mw,
+        power_limit_mw: telemetry.power_limit_mw,
+        throttle_reasons: telemetry
+            .throttle_reasons
+            .iter()
+            .map(|name| {
+                ThrottleReason::from_name(name)
+                    .ok_or_else(|| wire_error(format!("{field}.throttle_reasons"), format!("unknown reason {name:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+        ecc_uncorrected_volatile: telemetry.ecc_uncorrected_volatile,
+    })
+}
+
+/// A GPU's health from the wire (also what a heartbeat carries).
+pub fn health_from_wire(field: &str, health: Option<proto::GpuHealth>) -> Result<GpuHealth, WireError> {
+    let Some(health) = health else { return Err(wire_error(field, "missing")) };
+    Ok(match proto::HealthState::try_from(health.state) {
+        Ok(proto::HealthState::Healthy) => GpuHealth::Healthy,
+        Ok(proto::HealthState::Unhealthy) => GpuHealth::Unhealthy { reasons: health.reasons },
+        Ok(proto::HealthState::Unknown) => GpuHealth::Unknown,
+        _ => return Err(wire_error(format!("{field}.state"), "unknown health state")),
+    })
+}
+
 fn gpu_from_wire(field: &str, gpu: proto::Gpu) -> Result<Gpu, WireError> {
     let nvlinks = gpu
         .nvlinks
@@ -361,66 +426,10 @@ fn gpu_from_wire(field: &str, gpu: proto::Gpu) -> Result<Gpu, WireError> {
             })
         })
         .collect::<Result<_, _>>()?;
-    let mig = match gpu.mig {
-        None => None,
-        Some(mig) => Some(MigInfo {
-            mode: mig_mode_from_wire(&format!("{field}.mig.mode"), mig.mode)?,
-            pending_mode: mig_mode_from_wire(&format!("{field}.mig.pending_mode"), mig.pending_mode)?,
-            profiles: mig
-                .profiles
-                .into_iter()
-                .map(|profile| MigProfile {
-                    name: profile.name,
-                    profile_id: profile.profile_id,
-                    compute_slices: profile.compute_slices,
-                    memory_slices: profile.memory_slices,
-                    memory_mib: MiB(profile.memory_mib),
-                    max_count: profile.max_count,
-                    placements: profile.placements,
-                })
-                .collect(),
-            instances: mig
-                .instances
-                .into_iter()
-                .map(|instance| MigInstance {
-                    profile: instance.profile,
-                    profile_id: instance.profile_id,
-                    gpu_instance_id: instance.gpu_instance_id,
-                    start: instance.start,
-                    size: instance.size,
-                    uuid: instance.uuid,
-                })
-                .collect(),
-        }),
-    };
-    let telemetry = match gpu.telemetry {
-        None => None,
-        Some(telemetry) => Some(GpuTelemetry {
-            temperature_c: telemetry.temperature_c,
-            slowdown_temperature_c: telemetry.slowdown_temperature_c,
-            power_draw_mw: telemetry.power_draw_mw,
-            power_limit_mw: telemetry.power_limit_mw,
-            throttle_reasons: telemetry
-                .throttle_reasons
-                .iter()
-                .map(|name| {
-                    ThrottleReason::from_name(name).ok_or_else(|| {
-                        wire_error(format!("{field}.telemetry.throttle_reasons"), format!("unknown reason {name:?}"))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            ecc_uncorrected_volatile: telemetry.ecc_uncorrected_volatile,
-        }),
-    };
-    let health = match gpu.health {
-        None => return Err(wire_error(format!("{field}.health"), "missing")),
-        Some(health) => match proto::HealthState::try_from(health.state) {
-            Ok(proto::HealthState::Healthy) => GpuHealth::Healthy,
-            Ok(proto::HealthState::Unhealthy) => GpuHealth::Unhealthy { reasons: health.reasons },
-            Ok(proto::HealthState::Unknown) => GpuHealth::Unknown,
-            _ => return Err(wire_error(format!("{field}.health.state"), "unknown health state")),
-        },
-    };
+    let mig = gpu.mig.map(|mig| mig_from_wire(&format!("{field}.mig"), mig)).transpose()?;
+    let telemetry =
+        gpu.telemetry.map(|telemetry| telemetry_from_wire(&format!("{field}.telemetry"), telemetry)).transpose()?;
+    let health = health_from_wire(&format!("{field}.health"), gpu.health)?;
     Ok(Gpu {
         index: gpu.index,
         uuid: gpu.uuid,

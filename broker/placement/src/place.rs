@@ -1,0 +1,342 @@
+//! The placement decision: evaluate every node, keep the best candidate, build its
+//! binding (GPUs, NICs, cores, memory) and say why.
+
+use std::fmt::Write as _;
+
+use allot_api::allocation::{Binding, GpuDemand, GpuGrant, MigGrant, ShareGrant, ValidatedRequest};
+use allot_api::topology::NodeInventory;
+
+use crate::cores::{CoreGrant, assign_cores, free_memory, gpu_numa_weights, total_free, would_spill};
+use crate::explain::{Explanation, NodeRefusal, NodeVerdict, Refusal, RefusalReason, Verdict, describe_request};
+use crate::gpus::{GpuFilter, Mode, assign_nics};
+use crate::mig::{self, MigAsk};
+use crate::node::NodeCtx;
+use crate::score::{CpuScore, Score, blocked_words};
+use crate::share::{self, ShareAsk};
+use crate::usage::NodeUsage;
+use crate::whole::{self, WholeAsk};
+use crate::{Decision, NodeStatus, NodeView, PlacementOptions};
+
+/// What one node can offer: its score and what it would grant.
+#[derive(Debug, Clone)]
+pub(crate) struct Offer {
+    pub score: Score,
+    plan: Plan,
+}
+
+#[derive(Debug, Clone)]
+enum Plan {
+    Whole { positions: Vec<usize> },
+    Mig { position: usize, grant: MigGrant },
+    Share { position: usize, grant: ShareGrant },
+    Cpu,
+}
+
+/// Evaluates one node for the request, as it is now or as it could ever be.
+pub(crate) fn evaluate_node(
+    request: &ValidatedRequest,
+    inventory: &NodeInventory,
+    usage: &NodeUsage,
+    mode: Mode,
+    options: &PlacementOptions,
+) -> Result<Offer, NodeRefusal> {
+    let node = NodeCtx::new(inventory, usage, mode);
+    let filter = GpuFilter { models: &[], min_memory: request.min_gpu_memory, rdma: request.rdma };
+    let offer = match &request.gpus {
+        GpuDemand::None => {
+            let free = total_free(node.free_cores_by_numa());
+            if request.cpus > free {
+                return Err(NodeRefusal::NotEnoughCores { requested: request.cpus, free });
+            }
+            let score = CpuScore {
+                spills: would_spill(node.free_cores_by_numa(), &[], request.cpus),
+                free_gpus: node.free_gpus(),
+                cores_left: free - request.cpus,
+            };
+            Offer { score: Score::Cpu(score), plan: Plan::Cpu }
+        }
+        GpuDemand::Whole { count, models } => {
+            let ask = WholeAsk {
+                count: *count,
+                interconnect: request.interconnect,
+                filter: GpuFilter { models, ..filter },
+                cpus: request.cpus,
+            };
+            let offer = whole::evaluate(&node, &ask, options.exhaustive_limit)?;
+            Offer { score: Score::Whole(offer.score), plan: Plan::Whole { positions: offer.positions } }
+        }
+        GpuDemand::Mig { profile } => {
+            let offer = mig::evaluate(&node, &MigAsk { profile, filter, cpus: request.cpus })?;
+            Offer { score: Score::Mig(offer.score), plan: Plan::Mig { position: offer.position, grant: offer.grant } }
+        }
+        GpuDemand::Share { compute, memory } => {
+            let ask =
+                ShareAsk { compute: *compute, memory: *memory, filter, cpus: request.cpus, policy: options.share_policy };
+            let offer = share::evaluate(&node, &ask)?;
+            Offer {
+                score: Score::Share(offer.score),
+                plan: Plan::Share { position: offer.position, grant: offer.grant },
+            }
+        }
+    };
+    // Cores taken that the inventory does not list make this an underestimate,
+    // which errs on the side of refusing.
+    let cores = u32::try_from(inventory.cpu.cores.len()).unwrap_or(u32::MAX);
+    let free_cores = match mode {
+        Mode::Now => cores.saturating_sub(usage.cores_taken()),
+        Mode::Ever => cores,
+    };
+    if request.cpus > free_cores {
+        return Err(NodeRefusal::NotEnoughCores { requested: request.cpus, free: free_cores });
+    }
+    let free_memory = free_memory(inventory, usage, mode);
+    if request.memory > free_memory {
+        return Err(NodeRefusal::NotEnoughMemory { requested: request.memory, free: free_memory });
+    }
+    Ok(offer)
+}
+
+pub(crate) fn place_with(
+    request: &ValidatedRequest,
+    nodes: &[NodeView<'_>],
+    options: &PlacementOptions,
+) -> Result<Decision, Refusal> {
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|a, b| nodes[*a].name.cmp(nodes[*b].name));
+    let mut outcomes: Vec<(usize, Result<Score, NodeRefusal>)> = Vec::with_capacity(nodes.len());
+    let mut best: Option<(usize, Offer)> = None;
+    for index in order {
+        let view = &nodes[index];
+        let outcome = match view.status {
+            NodeStatus::Lost => Err(NodeRefusal::Lost),
+            NodeStatus::Cordoned => Err(NodeRefusal::Cordoned),
+            NodeStatus::Ready => evaluate_node(request, view.inventory, view.usage, Mode::Now, options),
+        };
+        match outcome {
+            Ok(offer) => {
+                outcomes.push((index, Ok(offer.score.clone())));
+                // Nodes come in name order and only a strictly better score
+                // replaces the best: ties go to the first name.
+                if best.as_ref().is_none_or(|(_, best)| offer.score < best.score) {
+                    best = Some((index, offer));
+                }
+            }
+            Err(reason) => outcomes.push((index, Err(reason))),
+        }
+    }
+    let Some((chosen, offer)) = best else {
+        return Err(crate::refuse::refusal(request, nodes, outcomes, options));
+    };
+    let view = &nodes[chosen];
+    let binding = match bind(request, view, &offer) {
+        Ok(binding) => binding,
+        Err(detail) => {
+            let explanation = explanation(request, nodes, outcomes, None, None);
+            return Err(Refusal { reason: RefusalReason::NoCapacityNow { detail }, explanation });
+        }
+    };
+    let text = chosen_text(request, view, &offer, &binding, &outcomes, chosen, nodes);
+    let explanation = explanation(request, nodes, outcomes, Some(chosen), Some(text));
+    Ok(Decision { binding: binding.binding, explanation })
+}
+
+/// A binding with the core grant it was built from (for the explanation).
+struct Bound {
+    binding: Binding,
+    cores: CoreGrant,
+}
+
+fn bind(request: &ValidatedRequest, view: &NodeView<'_>, offer: &Offer) -> Result<Bound, String> {
+    let inventory = view.inventory;
+    let positions: Vec<usize> = match &offer.plan {
+        Plan::Whole { positions } => positions.clone(),
+        Plan::Mig { position, .. } | Plan::Share { position, .. } => vec![*position],
+        Plan::Cpu => vec![],
+    };
+    let local = gpu_numa_weights(inventory, &positions);
+    let cores = assign_cores(inventory, view.usage, request.cpus, &local)
+        .ok_or_else(|| format!("core accounting of node {} disagrees with its inventory", view.name))?;
+    let nics = if request.rdma { assign_nics(inventory, &positions) } else { vec![None; positions.len()] };
+    let gpus = positions
+        .iter()
+        .zip(nics)
+        .map(|(position, nic)| {
+            let gpu = &inventory.gpus[*position];
+            let (mig, share) = match &offer.plan {
+                Plan::Mig { grant, .. } => (Some(grant.clone()), None),
+                Plan::Share { grant, .. } => (None, Some(*grant)),
+                _ => (None, None),
+            };
+            GpuGrant {
+                index: gpu.index,
+                uuid: gpu.uuid.clone(),
+                pci_bus_id: gpu.pci_bus_id.to_string(),
+                mig,
+                share,
+                nic: nic.and_then(|(nic, _)| inventory.nics.get(nic)).map(|nic| nic.name.clone()),
+            }
+        })
+        .collect();
+    let numa_nodes = if cores.numa_nodes.is_empty() {
+        let mut numa: Vec<u32> = local.iter().map(|(numa, _)| *numa).collect();
+        numa.sort_unstable();
+        numa
+    } else {
+        cores.numa_nodes.clone()
+    };
+    let binding = Binding {
+        node: view.name.clone(),
+        gpus,
+        cpus: cores.pus.clone(),
+        cores: cores.cores.clone(),
+        memory: request.memory,
+        numa_nodes,
+    };
+    Ok(Bound { binding, cores })
+}
+
+/// Every node's verdict: the chosen first, then candidates best first, then the
+/// refused by name (the order `outcomes` arrive in).
+pub(crate) fn explanation(
+    request: &ValidatedRequest,
+    nodes: &[NodeView<'_>],
+    outcomes: Vec<(usize, Result<Score, NodeRefusal>)>,
+    chosen: Option<usize>,
+    chosen_text: Option<String>,
+) -> Explanation {
+    let mut candidates: Vec<(usize, Score)> = Vec::new();
+    let mut refused: Vec<NodeVerdict> = Vec::new();
+    let mut first: Option<NodeVerdict> = None;
+    for (index, outcome) in outcomes {
+        let node = nodes[index].name.clone();
+        match outcome {
+            Ok(score) if Some(index) == chosen => first = Some(NodeVerdict { node, verdict: Verdict::Chosen { score } }),
+            Ok(score) => candidates.push((index, score)),
+            Err(reason) => refused.push(NodeVerdict { node, verdict: Verdict::Refused { reason } }),
+        }
+    }
+    // A stable sort keeps name order among equal scores.
+    candidates.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut verdicts = Vec::with_capacity(candidates.len() + refused.len() + 1);
+    verdicts.extend(first);
+    verdicts.extend(
+        candidates
+            .into_iter()
+            .map(|(index, score)| NodeVerdict { node: nodes[index].name.clone(), verdict: Verdict::Candidate { score } }),
+    );
+    verdicts.extend(refused);
+    Explanation { request: describe_request(request), chosen: chosen_text, nodes: verdicts }
+}
+
+/// Why this node and these GPUs, cores and memory, in words.
+fn chosen_text(
+    request: &ValidatedRequest,
+    view: &NodeView<'_>,
+    offer: &Offer,
+    bound: &Bound,
+    outcomes: &[(usize, Result<Score, NodeRefusal>)],
+    chosen: usize,
+    nodes: &[NodeView<'_>],
+) -> String {
+    let inventory = view.inventory;
+    let binding = &bound.binding;
+    let mut text = String::new();
+    let gpu_indices: Vec<String> = binding.gpus.iter().map(|grant| grant.index.to_string()).collect();
+    let _ = match (&offer.plan, &offer.score) {
+        (Plan::Whole { .. }, Score::Whole(score)) => write!(
+            text,
+            "placed on {}: GPU{} {} ({score})",
+            view.name,
+            if gpu_indices.len() == 1 { "" } else { "s" },
+            gpu_indices.join(", ")
+        ),
+        (Plan::Mig { grant, .. }, Score::Mig(score)) => {
+            let how = if grant.recarve {
+                "after a re-carve (MIG enabled or unowned instances removed first)"
+            } else if score.reuses_orphan {
+                "reusing an existing unowned instance"
+            } else {
+                "carved into free slices"
+            };
+            write!(
+                text,
+                "placed on {}: MIG {} on GPU {} at memory slices {}-{}, {how}; blocks {}",
+                view.name,
+                grant.profile,
+                gpu_indices.join(", "),
+                grant.start,
+                grant.start + grant.size.saturating_sub(1),
+                blocked_words(&score.blocked),
+            )
+        }
+        (Plan::Share { grant, .. }, Score::Share(score)) => write!(
+            text,
+            "placed on {}: a share of GPU {} ({} milli-GPU, {}); {score}",
+            view.name,
+            gpu_indices.join(", "),
+            grant.compute.0,
+            grant.memory
+        ),
+        _ => write!(text, "placed on {}: no GPU", view.name),
+    };
+    let nics: Vec<String> = binding
+        .gpus
+        .iter()
+        .filter_map(|grant| grant.nic.as_ref().map(|nic| format!("GPU {} -> {nic}", grant.index)))
+        .collect();
+    if !nics.is_empty() {
+        let _ = write!(text, "\nRDMA NICs: {}", nics.join(", "));
+    }
+    let runner_up = outcomes
+        .iter()
+        .filter(|(index, _)| *index != chosen)
+        .filter_map(|(index, outcome)| outcome.as_ref().ok().map(|score| (*index, score)))
+        .min_by(|a, b| a.1.cmp(b.1));
+    let _ = match runner_up {
+        None => write!(text, "\nwhy: the only node that can take it"),
+        Some((index, score)) => match offer.score.decisive(score) {
+            Some(words) => write!(text, "\nwhy: beats {}: {words}", nodes[index].name),
+            None => write!(text, "\nwhy: ties with {} on every criterion; the first name wins", nodes[index].name),
+        },
+    };
+    let _ = write!(text, "\ncores: {}", cores_words(&bound.cores, request.cpus, &offer.plan));
+    let _ = write!(text, "\nmemory: {} of {} free", request.memory, free_memory(inventory, view.usage, Mode::Now));
+    text
+}
+
+fn cores_words(grant: &CoreGrant, wanted: u32, plan: &Plan) -> String {
+    if wanted == 0 {
+        return "none asked".to_owned();
+    }
+    let numa_list = |numa: &[(u32, u32)]| -> String {
+        numa.iter().map(|(numa, count)| format!("{count} on NUMA {numa}")).collect::<Vec<_>>().join(", ")
+    };
+    let whose = if matches!(plan, Plan::Cpu) { "" } else { ", local to the GPUs" };
+    let mut words = if grant.local.is_empty() {
+        cpu_list(&grant.cores)
+    } else {
+        format!("{} ({}{whose})", numa_list(&grant.local), cpu_list(&grant.cores))
+    };
+    if !grant.spilled.is_empty() {
+        let spilled: Vec<String> = grant
+            .spilled
+            .iter()
+            .map(|(numa, count, distance)| match numa {
+                Some(numa) => format!("{count} to NUMA {numa} (distance {distance})"),
+                None => format!("{count} to cores of no NUMA node"),
+            })
+            .collect();
+        let _ = write!(
+            words,
+            "; spilled {} because the local NUMA nodes had only {} free cores",
+            spilled.join(", "),
+            grant.local_free
+        );
+    }
+    words
+}
+
+/// Indices in cpu-list form (`0-3,8`).
+fn cpu_list(indices: &[u32]) -> String {
+    format!("cores {}", allot_api::units::CpuSet::new(indices.to_vec()))
+}

@@ -1,0 +1,161 @@
+//! Configuration: raw command-line arguments, then a validated `ServeConfig`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "allot-broker", version, about = "Allot's broker: places GPU work on the cluster and keeps its state")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (and a small HTTP endpoint for health and metrics).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where cluster state lives: `embedded:DIR` (one machine) or `etcd:URL[,URL...]`.
+    #[arg(long, default_value = "embedded:/var/lib/allot")]
+    pub store: String,
+    /// gRPC address; port 0 picks a free one (see --ready-file).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: String,
+    /// HTTP address for /healthz, /readyz and /metrics; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub http: String,
+    /// A node whose heartbeats stop for this long is marked lost (`30s`, `500ms`, `2m`).
+    #[arg(long, default_value = "30s")]
+    pub node_timeout: String,
+    /// How often nodes are asked to heartbeat.
+    #[arg(long, default_value = "5s")]
+    pub heartbeat_interval: String,
+    /// Once serving, write the bound addresses here as JSON (`{"grpc": ..., "http": ...}`).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Where state is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Embedded(PathBuf),
+    Etcd(Vec<String>),
+}
+
+/// A configuration that has been checked.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub store: StoreSpec,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub node_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub ready_file: Option<PathBuf>,
+}
+
+/// A configuration value that is wrong, with the flag and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag} {value:?}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| "expected a number and a unit, like 30s or 500ms".to_owned())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "" => return Err("add a unit: ms, s, m or h".to_owned()),
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e7) {
+        return Err("must be positive".to_owned());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn parse_store(text: &str) -> Result<StoreSpec, String> {
+    if let Some(dir) = text.strip_prefix("embedded:") {
+        if dir.is_empty() {
+            return Err("name a directory: embedded:/var/lib/allot".to_owned());
+        }
+        return Ok(StoreSpec::Embedded(PathBuf::from(dir)));
+    }
+    if let Some(urls) = text.strip_prefix("etcd:") {
+        let endpoints: Vec<String> = urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
+        if endpoints.is_empty() {
+            return Err("name at least one endpoint: etcd:http://127.0.0.1:2379".to_owned());
+        }
+        return Ok(StoreSpec::Etcd(endpoints));
+    }
+    Err("use embedded:DIR or etcd:URL[,URL...]".to_owned())
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
+        let error = |flag, value: &str, problem: String| ConfigError { flag, value: value.to_owned(), problem };
+        let store = parse_store(&self.store).map_err(|problem| error("store", &self.store, problem))?;
+        let address = |flag, value: &str| -> Result<SocketAddr, ConfigError> {
+            value.parse().map_err(|_| error(flag, value, "expected IP:PORT, like 127.0.0.1:7443".to_owned()))
+        };
+        let node_timeout =
+            parse_duration(&self.node_timeout).map_err(|problem| error("node-timeout", &self.node_timeout, problem))?;
+        let heartbeat_interval = parse_duration(&self.heartbeat_interval)
+            .map_err(|problem| error("heartbeat-interval", &self.heartbeat_interval, problem))?;
+        if heartbeat_interval >= node_timeout {
+            return Err(error(
+                "heartbeat-interval",
+                &self.heartbeat_interval,
+                format!("must be shorter than --node-timeout ({}), or every node would be lost", self.node_timeout),
+            ));
+        }
+        Ok(ServeConfig {
+            store,
+            listen: address("listen", &self.listen)?,
+            http: address("http", &self.http)?,
+            node_timeout,
+            heartbeat_interval,
+            ready_file: self.ready_file.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn stores_are_embedded_or_etcd() {
+        assert_eq!(parse_store("embedded:/tmp/a"), Ok(StoreSpec::Embedded("/tmp/a".into())));
+        assert_eq!(
+            parse_store("etcd:http://a:2379,http://b:2379"),
+            Ok(StoreSpec::Etcd(vec!["http://a:2379".into(), "http://b:2379".into()]))
+        );
+        assert!(parse_store("redis:x").is_err());
+        assert!(parse_store("etcd:").is_err());
+    }
+}

@@ -1,0 +1,502 @@
+//! The broker's core: the in-memory state behind a lock, and the single writer
+//! task through which every change goes.
+//!
+//! Every mutation is a [`Command`] sent to the writer. The writer drains what is
+//! queued (up to [`MAX_BATCH`]), applies each command to the state in order
+//! (placement sees the effect of the requests before it), then persists the
+//! whole batch in as few store transactions as etcd's operation limit allows
+//! (group commit: one fsync for many allocations), and only then answers the
+//! callers and tells the nodes. If the store refuses or fails, the state is
+//! reloaded from the store and every caller of the batch gets an error: nothing
+//! is half-written, and nothing unpersisted is acted on.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use allot_api::allocation::{
+    Allocation, AllocationId, AllocationState, GpuDemand, NodeName, TeamName, ValidatedRequest,
+};
+use allot_api::topology::NodeInventory;
+use allot_placement::{NodeStatus, RefusalReason};
+use allot_store::{Compare, Op, Store, Txn, layout};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::BrokerError;
+use crate::state::{ClusterState, NodeEntry, NodeRecord, TeamRecord};
+
+/// The most commands one writer batch takes.
+pub const MAX_BATCH: usize = 512;
+
+/// Store operations per transaction: etcd's default limit is 128; keep room for
+/// the leadership fence and the id counter.
+const OPS_PER_TXN: usize = 120;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+/// A change to cluster state, with where to send the answer.
+#[derive(Debug)]
+pub enum Command {
+    CreateAllocation { request: ValidatedRequest, reply: oneshot::Sender<Result<(Allocation, String), BrokerError>> },
+    Release { id: AllocationId, reply: oneshot::Sender<Result<Allocation, BrokerError>> },
+    CreateTeam { name: TeamName, reply: oneshot::Sender<Result<(), BrokerError>> },
+    RegisterNode { name: NodeName, inventory: NodeInventory, reply: oneshot::Sender<Result<u64, BrokerError>> },
+    /// Heartbeats stopped: the node and its allocations are lost.
+    NodeLost { name: NodeName },
+    /// A lost node heartbeats again: its allocations hold again.
+    NodeReturned { name: NodeName },
+    /// The node applied an allocation's generation.
+    Applied { id: AllocationId, generation: u64 },
+}
+
+/// Identity of this broker as the store's leader.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// The broker: state, the writer's queue, and the node notification channel.
+#[derive(Debug)]
+pub struct Core {
+    state: Mutex<ClusterState>,
+    commands: mpsc::Sender<Command>,
+    /// Every persisted allocation change, for nodes following their assignments.
+    pub assignments: broadcast::Sender<Allocation>,
+    pub node_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub metrics: crate::http::Metrics,
+}
+
+impl Core {
+    /// Loads state from the store and starts the writer task.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        leadership: Leadership,
+        node_timeout: Duration,
+        heartbeat_interval: Duration,
+    ) -> Result<Arc<Core>, BrokerError> {
+        let state = load(store.as_ref()).await?;
+        let (commands, receiver) = mpsc::channel(4096);
+        let (assignments, _) = broadcast::channel(4096);
+        let core = Arc::new(Core {
+            state: Mutex::new(state),
+            commands,
+            assignments,
+            node_timeout,
+            heartbeat_interval,
+            metrics: crate::http::Metrics::default(),
+        });
+        tokio::spawn(writer(Arc::clone(&core), store, leadership, receiver));
+        Ok(core)
+    }
+
+    /// The state, for reading. Never held across an await.
+    pub fn state(&self) -> MutexGuard<'_, ClusterState> {
+        // A panic while holding the lock would poison it; the state is still the
+        // best we have, so keep serving it.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends a command to the writer and waits for its answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, BrokerError>>) -> Command,
+    ) -> Result<T, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| BrokerError::NotLeader)?;
+        answer.await.map_err(|_| BrokerError::NotLeader)?
+    }
+
+    /// Sends a command whose answer nobody waits for.
+    pub async fn tell(&self, command: Command) {
+        let _ = self.commands.send(command).await;
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
+    serde_json::to_vec(value).map_err(|error| BrokerError::Internal(format!("cannot encode a record: {error}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, BrokerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| BrokerError::Internal(format!("record {key} in the store is unreadable: {error}")))
+}
+
+/// Reads everything the broker persists.
+pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
+    let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
+    let mut state = ClusterState::default();
+    let now = now_ms();
+    for kv in store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs {
+        let record: NodeRecord = decode(&kv.key, &kv.value)?;
+        // A node gets one timeout after a broker start to show it is alive.
+        let entry = NodeEntry {
+            record,
+            status: NodeStatus::Ready,
+            last_heartbeat_ms: now,
+            usage: Default::default(),
+        };
+        state.nodes.insert(entry.record.name.clone(), entry);
+    }
+    for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
+        let record: TeamRecord = decode(&kv.key, &kv.value)?;
+        state.teams.insert(record.name);
+    }
+    for kv in store.range(layout::prefix_allocations()).await.map_err(unavailable)?.kvs {
+        let allocation: Allocation = decode(&kv.key, &kv.value)?;
+        state.allocations.insert(allocation.id, allocation);
+    }
+    let counter = store.get(&layout::counter("allocation")).await.map_err(unavailable)?;
+    state.next_id = match counter {
+        Some(kv) => decode(&kv.key, &kv.value)?,
+        None => 1,
+    };
+    // Never reuse an id, even if the counter lagged.
+    if let Some(last) = state.allocations.keys().next_back() {
+        state.next_id = state.next_id.max(last.as_u64() + 1);
+    }
+    state.recompute_all_usage();
+    Ok(state)
+}
+
+/// What one applied command must do once the batch is persisted.
+enum Pending {
+    Allocation(oneshot::Sender<Result<(Allocation, String), BrokerError>>, Allocation, String),
+    Released(oneshot::Sender<Result<Allocation, BrokerError>>, Allocation),
+    Team(oneshot::Sender<Result<(), BrokerError>>),
+    Registered(oneshot::Sender<Result<u64, BrokerError>>, u64, Vec<Allocation>),
+    Changed(Vec<Allocation>),
+}
+
+/// Applies one command to the state. Returns the store writes it needs and what
+/// to do after they are persisted; errors are answered at once (no write).
+fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Option<Pending> {
+    let now = now_ms();
+    match command {
+        Command::CreateAllocation { request, reply } => {
+            match place(state, request, now) {
+                Ok((allocation, explanation)) => {
+                    match encode(&allocation) {
+                        Ok(bytes) => writes.push(Op::put(layout::allocation(&allocation.id.to_string()), bytes)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                            return None;
+                        }
+                    }
+                    if let Some(binding) = &allocation.binding {
+                        if let Some(entry) = state.nodes.get_mut(&binding.node) {
+                            entry.usage.add(binding);
+                        }
+                    }
+                    state.allocations.insert(allocation.id, allocation.clone());
+                    Some(Pending::Allocation(reply, allocation, explanation))
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    None
+                }
+            }
+        }
+        Command::Release { id, reply } => {
+            let Some(allocation) = state.allocations.get_mut(&id) else {
+                let _ = reply.send(Err(BrokerError::NotFound { what: format!("allocation {id}") }));
+                return None;
+            };
+            if matches!(allocation.state, AllocationState::Released | AllocationState::Preempted) {
+                let _ = reply.send(Err(BrokerError::FailedPrecondition(format!(
+                    "allocation {id} is already {}",
+                    allocation.state.as_str()
+                ))));
+                return None;
+            }
+            allocation.state = AllocationState::Released;
+            allocation.updated_at_ms = now;
+            allocation.generation += 1;
+            let released = allocation.clone();
+            match encode(&released) {
+                Ok(bytes) => writes.push(Op::put(layout::allocation(&id.to_string()), bytes)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    return None;
+                }
+            }
+            if let Some(binding) = &released.binding {
+                let node = binding.node.clone();
+                state.recompute_usage(&node);
+            }
+            Some(Pending::Released(reply, released))
+        }
+        Command::CreateTeam { name, reply } => {
+            if state.teams.contains(&name) {
+                let _ = reply.send(Err(BrokerError::AlreadyExists { what: format!("team {name}") }));
+                return None;
+            }
+            let record = TeamRecord { name: name.clone(), created_at_ms: now };
+            match encode(&record) {
+                Ok(bytes) => writes.push(Op::put(layout::team(name.as_str()), bytes)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    return None;
+                }
+            }
+            state.teams.insert(name);
+            Some(Pending::Team(reply))
+        }
+        Command::RegisterNode { name, inventory, reply } => {
+            let epoch = state.nodes.get(&name).map_or(1, |entry| entry.record.epoch + 1);
+            let record = NodeRecord { name: name.clone(), inventory, epoch, registered_at_ms: now };
+            match encode(&record) {
+                Ok(bytes) => writes.push(Op::put(layout::node(name.as_str()), bytes)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    return None;
+                }
+            }
+            let was_lost = state.nodes.get(&name).is_some_and(|entry| entry.status == NodeStatus::Lost);
+            let usage = state.nodes.get(&name).map(|entry| entry.usage.clone()).unwrap_or_default();
+            state.nodes.insert(
+                name.clone(),
+                NodeEntry { record, status: NodeStatus::Ready, last_heartbeat_ms: now, usage },
+            );
+            let mut changed = Vec::new();
+            if was_lost {
+                changed = set_lost_allocations(state, &name, false, now, writes);
+            }
+            state.recompute_usage(&name);
+            Some(Pending::Registered(reply, epoch, changed))
+        }
+        Command::NodeLost { name } => {
+            let Some(entry) = state.nodes.get_mut(&name) else { return None };
+            if entry.status == NodeStatus::Lost {
+                return None;
+            }
+            entry.status = NodeStatus::Lost;
+            tracing::warn!(node = %name, "node lost: no heartbeat within the timeout");
+            let changed = set_lost_allocations(state, &name, true, now, writes);
+            Some(Pending::Changed(changed))
+        }
+        Command::NodeReturned { name } => {
+            let Some(entry) = state.nodes.get_mut(&name) else { return None };
+            if entry.status != NodeStatus::Lost {
+                return None;
+            }
+            entry.status = NodeStatus::Ready;
+            tracing::info!(node = %name, "node back");
+            let changed = set_lost_allocations(state, &name, false, now, writes);
+            Some(Pending::Changed(changed))
+        }
+        Command::Applied { id, generation } => {
+            let allocation = state.allocations.get_mut(&id)?;
+            if allocation.generation != generation || allocation.state != AllocationState::Bound {
+                return None;
+            }
+            allocation.state = AllocationState::Enforced;
+            allocation.updated_at_ms = now;
+            allocation.generation += 1;
+            let changed = allocation.clone();
+            if let Ok(bytes) = encode(&changed) {
+                writes.push(Op::put(layout::allocation(&id.to_string()), bytes));
+            }
+            Some(Pending::Changed(vec![changed]))
+        }
+    }
+}
+
+/// Marks a node's live allocations lost (or bound again when it returns).
+fn set_lost_allocations(
+    state: &mut ClusterState,
+    node: &NodeName,
+    lost: bool,
+    now: u64,
+    writes: &mut Vec<Op>,
+) -> Vec<Allocation> {
+    let mut changed = Vec::new();
+    for allocation in state.allocations.values_mut() {
+        let on_node = allocation.binding.as_ref().is_some_and(|binding| &binding.node == node);
+        let applies = if lost {
+            matches!(allocation.state, AllocationState::Bound | AllocationState::Enforced)
+        } else {
+            allocation.state == AllocationState::Lost
+        };
+        if !on_node || !applies {
+            continue;
+        }
+        allocation.state = if lost { AllocationState::Lost } else { AllocationState::Bound };
+        allocation.updated_at_ms = now;
+        allocation.generation += 1;
+        if let Ok(bytes) = encode(&*allocation) {
+            writes.push(Op::put(layout::allocation(&allocation.id.to_string()), bytes));
+        }
+        changed.push(allocation.clone());
+    }
+    changed
+}
+
+/// Places a request on the current state (pure placement, plus the id and times).
+fn place(state: &mut ClusterState, request: ValidatedRequest, now: u64) -> Result<(Allocation, String), BrokerError> {
+    if !state.teams.contains(&request.team) {
+        return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
+    }
+    let decision = {
+        let views = state.node_views();
+        allot_placement::place(&request, &views)
+    };
+    let decision = decision.map_err(refusal_error)?;
+    let id = AllocationId::from_u64(state.next_id);
+    state.next_id += 1;
+    let explanation = decision.explanation.to_string();
+    let allocation = Allocation {
+        id,
+        request,
+        state: AllocationState::Bound,
+        binding: Some(decision.binding),
+        explanation: explanation.clone(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        generation: 1,
+    };
+    Ok((allocation, explanation))
+}
+
+/// A placement refusal for the caller: the one-line reason first, then each node's verdict.
+fn refusal_error(refusal: allot_placement::Refusal) -> BrokerError {
+    match refusal.reason {
+        RefusalReason::Impossible { detail } => {
+            BrokerError::Impossible { reason: format!("{detail}\n{}", refusal.explanation) }
+        }
+        RefusalReason::NoCapacityNow { detail } => {
+            BrokerError::NoCapacity { reason: format!("{detail}\n{}", refusal.explanation) }
+        }
+    }
+}
+
+/// Where a request would go now, without taking anything.
+pub fn dry_run(core: &Core, request: &ValidatedRequest) -> Result<(allot_api::allocation::Binding, String), BrokerError> {
+    let state = core.state();
+    if !state.teams.contains(&request.team) {
+        return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
+    }
+    let views = state.node_views();
+    match allot_placement::place(request, &views) {
+        Ok(decision) => Ok((decision.binding, decision.explanation.to_string())),
+        Err(refusal) => Err(refusal_error(refusal)),
+    }
+}
+
+/// Whether a demand names GPUs at all (for metrics).
+pub fn wants_gpus(request: &ValidatedRequest) -> bool {
+    !matches!(request.gpus, GpuDemand::None)
+}
+
+/// The writer task: batches commands, persists each batch, then answers.
+async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, mut receiver: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut writes = Vec::new();
+        let mut pending = Vec::new();
+        let next_id_before;
+        {
+            let mut state = core.state();
+            next_id_before = state.next_id;
+            for command in batch.drain(..) {
+                if let Some(done) = apply(&mut state, command, &mut writes) {
+                    pending.push(done);
+                }
+            }
+            if state.next_id != next_id_before {
+                writes.push(Op::put(layout::counter("allocation"), state.next_id.to_string().into_bytes()));
+            }
+        }
+        if writes.is_empty() {
+            finish(&core, pending);
+            continue;
+        }
+        core.metrics.batch(pending.len(), writes.len());
+        match persist(store.as_ref(), &leadership, writes).await {
+            Ok(()) => finish(&core, pending),
+            Err(error) => {
+                tracing::error!(%error, "could not persist a batch; reloading state from the store");
+                let lost_leadership = matches!(error, BrokerError::NotLeader);
+                fail(pending, &error);
+                match load(store.as_ref()).await {
+                    Ok(reloaded) => *core.state() = reloaded,
+                    Err(reload_error) => tracing::error!(%reload_error, "reload failed; state may be stale until restart"),
+                }
+                if lost_leadership {
+                    // Another broker leads now: stop taking commands (fail-stop).
+                    tracing::error!("lost leadership: this broker stops writing");
+                    receiver.close();
+                }
+            }
+        }
+    }
+}
+
+/// Writes the batch: chunks of at most [`OPS_PER_TXN`], each fenced by leadership.
+async fn persist(store: &dyn Store, leadership: &Leadership, writes: Vec<Op>) -> Result<(), BrokerError> {
+    for chunk in writes.chunks(OPS_PER_TXN) {
+        let txn = Txn::new()
+            .when([Compare::value_equals(leadership.key.clone(), leadership.value.clone())])
+            .then(chunk.to_vec());
+        let result = store.txn(txn).await.map_err(|error| BrokerError::StoreUnavailable(error.to_string()))?;
+        if !result.succeeded {
+            return Err(BrokerError::NotLeader);
+        }
+    }
+    Ok(())
+}
+
+fn finish(core: &Core, pending: Vec<Pending>) {
+    for done in pending {
+        match done {
+            Pending::Allocation(reply, allocation, explanation) => {
+                let _ = core.assignments.send(allocation.clone());
+                let _ = reply.send(Ok((allocation, explanation)));
+            }
+            Pending::Released(reply, allocation) => {
+                let _ = core.assignments.send(allocation.clone());
+                let _ = reply.send(Ok(allocation));
+            }
+            Pending::Team(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Pending::Registered(reply, epoch, changed) => {
+                for allocation in changed {
+                    let _ = core.assignments.send(allocation);
+                }
+                let _ = reply.send(Ok(epoch));
+            }
+            Pending::Changed(allocations) => {
+                for allocation in allocations {
+                    let _ = core.assignments.send(allocation);
+                }
+            }
+        }
+    }
+}
+
+fn fail(pending: Vec<Pending>, error: &BrokerError) {
+    let again = || match error {
+        BrokerError::NotLeader => BrokerError::NotLeader,
+        other => BrokerError::StoreUnavailable(other.to_string()),
+    };
+    for done in pending {
+        match done {
+            Pending::Allocation(reply, ..) => {
+                let _ = reply.send(Err(again()));
+            }
+            Pending::Released(reply, _) => {
+                let _ = reply.send(Err(again()));
+            }
+            Pending::Team(reply) => {
+                let _ = reply.send(Err(again()));
+            }
+            Pending::Registered(reply, ..) => {
+                let _ = reply.send(Err(again()));
+            }
+            Pending::Changed(_) => {}
+        }
+    }
+}

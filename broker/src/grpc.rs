@@ -1,0 +1,351 @@
+//! The gRPC services: thin translations between the wire and the core.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use allot_api::allocation::{AllocationId, AllocationState, NodeName, TeamName, ValidatedRequest};
+use allot_api::proto;
+use allot_api::topology::{GpuHealth, MigInfo, NodeInventory};
+use allot_placement::NodeStatus;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::core::{Command, Core, dry_run, now_ms};
+use crate::error::BrokerError;
+
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub core: Arc<Core>,
+}
+
+fn invalid(field: &str, error: impl ToString) -> Status {
+    BrokerError::InvalidArgument { field: field.to_owned(), problem: error.to_string() }.into()
+}
+
+fn allocation_id(text: &str) -> Result<AllocationId, Status> {
+    text.parse().map_err(|error| invalid("id", error))
+}
+
+fn node_name(text: &str) -> Result<NodeName, Status> {
+    text.parse().map_err(|error| invalid("node_name", error))
+}
+
+#[tonic::async_trait]
+impl proto::node_service_server::NodeService for Services {
+    async fn register(
+        &self,
+        request: Request<proto::RegisterNodeRequest>,
+    ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        let request = request.into_inner();
+        let name = node_name(&request.node_name)?;
+        let inventory = request.inventory.ok_or_else(|| invalid("inventory", "missing"))?;
+        let inventory = NodeInventory::try_from(inventory).map_err(BrokerError::from)?;
+        let epoch = self.core.ask(|reply| Command::RegisterNode { name: name.clone(), inventory, reply }).await?;
+        tracing::info!(node = %name, epoch, "node registered");
+        Ok(Response::new(proto::RegisterNodeResponse {
+            registration_epoch: epoch,
+            heartbeat_interval_ms: self.core.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let name = node_name(&request.node_name)?;
+        let interval = self.core.heartbeat_interval.as_millis() as u32;
+        let returned = {
+            let mut state = self.core.state();
+            let Some(entry) = state.nodes.get_mut(&name) else {
+                return Ok(Response::new(proto::HeartbeatResponse { register_again: true, heartbeat_interval_ms: interval }));
+            };
+            if entry.record.epoch != request.registration_epoch {
+                return Ok(Response::new(proto::HeartbeatResponse { register_again: true, heartbeat_interval_ms: interval }));
+            }
+            entry.last_heartbeat_ms = now_ms();
+            apply_telemetry(&mut entry.record.inventory, request.gpus);
+            entry.status == NodeStatus::Lost
+        };
+        if returned {
+            self.core.tell(Command::NodeReturned { name }).await;
+        }
+        Ok(Response::new(proto::HeartbeatResponse { register_again: false, heartbeat_interval_ms: interval }))
+    }
+
+    type WatchAssignmentsStream = Pin<Box<dyn Stream<Item = Result<proto::AssignmentEvent, Status>> + Send>>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<proto::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let name = node_name(&request.into_inner().node_name)?;
+        // Subscribe before the snapshot, so no change falls between the two.
+        let mut changes = self.core.assignments.subscribe();
+        let existing = {
+            let state = self.core.state();
+            if !state.nodes.contains_key(&name) {
+                return Err(BrokerError::NotFound { what: format!("node {name}; register it first") }.into());
+            }
+            state.live_on(&name)
+        };
+        let stream = async_stream(move |sender| async move {
+            for allocation in existing {
+                let event = proto::AssignmentEvent {
+                    kind: proto::assignment_event::Kind::Existing as i32,
+                    allocation: Some((&allocation).into()),
+                };
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            let synced = proto::AssignmentEvent { kind: proto::assignment_event::Kind::Synced as i32, allocation: None };
+            if sender.send(Ok(synced)).await.is_err() {
+                return;
+            }
+            loop {
+                match changes.recv().await {
+                    Ok(allocation) => {
+                        if allocation.binding.as_ref().is_none_or(|binding| binding.node != name) {
+                            continue;
+                        }
+                        let event = proto::AssignmentEvent {
+                            kind: proto::assignment_event::Kind::Changed as i32,
+                            allocation: Some((&allocation).into()),
+                        };
+                        if sender.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        // The node must resynchronise; ending the stream makes it reconnect.
+                        let _ = sender
+                            .send(Err(Status::aborted(format!("missed {missed} changes; watch again to resynchronise"))))
+                            .await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn report_applied(
+        &self,
+        request: Request<proto::ReportAppliedRequest>,
+    ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
+        let request = request.into_inner();
+        let id = allocation_id(&request.allocation_id)?;
+        {
+            let mut state = self.core.state();
+            let Some(allocation) = state.allocations.get(&id) else {
+                return Err(BrokerError::NotFound { what: format!("allocation {id}") }.into());
+            };
+            let on_node = allocation.binding.as_ref().is_some_and(|binding| binding.node.as_str() == request.node_name);
+            if !on_node {
+                return Err(BrokerError::FailedPrecondition(format!(
+                    "allocation {id} is not on node {}",
+                    request.node_name
+                ))
+                .into());
+            }
+            state.node_reports.insert(id, request.message.clone());
+        }
+        if request.applied {
+            self.core.tell(Command::Applied { id, generation: request.generation }).await;
+        }
+        Ok(Response::new(proto::ReportAppliedResponse {}))
+    }
+}
+
+/// Overlays a heartbeat's telemetry on the registered inventory. A GPU status that
+/// does not parse is skipped (the previous values stay), never fatal.
+fn apply_telemetry(inventory: &mut NodeInventory, gpus: Vec<proto::GpuStatus>) {
+    use allot_api::wire::{health_from_wire, mig_from_wire, telemetry_from_wire};
+    for status in gpus {
+        let Ok(bus_id) = status.pci_bus_id.parse::<allot_api::units::PciBusId>() else { continue };
+        let Some(gpu) = inventory.gpus.iter_mut().find(|gpu| gpu.pci_bus_id == bus_id) else { continue };
+        if let Some(Ok(telemetry)) = status.telemetry.map(|t| telemetry_from_wire("telemetry", t)) {
+            gpu.telemetry = Some(telemetry);
+        }
+        if let Ok(health) = health_from_wire("health", status.health) {
+            gpu.health = health;
+        }
+        if let Some(Ok(mig)) = status.mig.map(|m| mig_from_wire("mig", m)) {
+            let mig: MigInfo = mig;
+            gpu.mig = Some(mig);
+        }
+    }
+}
+
+/// A stream fed by a task, ended when the receiver goes away.
+fn async_stream<F, Fut>(body: F) -> Pin<Box<dyn Stream<Item = Result<proto::AssignmentEvent, Status>> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<proto::AssignmentEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(body(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+#[tonic::async_trait]
+impl proto::allocation_service_server::AllocationService for Services {
+    async fn create(
+        &self,
+        request: Request<proto::CreateAllocationRequest>,
+    ) -> Result<Response<proto::CreateAllocationResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
+        let validated = ValidatedRequest::try_from(spec).map_err(BrokerError::from)?;
+        if request.dry_run {
+            let (binding, explanation) = dry_run(&self.core, &validated)?;
+            return Ok(Response::new(proto::CreateAllocationResponse {
+                allocation: None,
+                binding: Some((&binding).into()),
+                explanation,
+            }));
+        }
+        let (allocation, explanation) =
+            self.core.ask(|reply| Command::CreateAllocation { request: validated, reply }).await?;
+        Ok(Response::new(proto::CreateAllocationResponse {
+            binding: allocation.binding.as_ref().map(Into::into),
+            allocation: Some((&allocation).into()),
+            explanation,
+        }))
+    }
+
+    async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
+        let id = allocation_id(&request.into_inner().id)?;
+        let state = self.core.state();
+        let allocation = state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
+        Ok(Response::new(allocation.into()))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListAllocationsRequest>,
+    ) -> Result<Response<proto::ListAllocationsResponse>, Status> {
+        let request = request.into_inner();
+        let team = match request.team.as_str() {
+            "" => None,
+            text => Some(text.parse::<TeamName>().map_err(|error| invalid("team", error))?),
+        };
+        let state = self.core.state();
+        let allocations = state
+            .allocations
+            .values()
+            .filter(|allocation| request.include_finished || !matches!(allocation.state, AllocationState::Released | AllocationState::Preempted))
+            .filter(|allocation| team.as_ref().is_none_or(|team| &allocation.request.team == team))
+            .filter(|allocation| {
+                request.node.is_empty()
+                    || allocation.binding.as_ref().is_some_and(|binding| binding.node.as_str() == request.node)
+            })
+            .filter(|allocation| request.owner.is_empty() || allocation.request.owner.as_deref() == Some(request.owner.as_str()))
+            .map(Into::into)
+            .collect();
+        Ok(Response::new(proto::ListAllocationsResponse { allocations }))
+    }
+
+    async fn explain(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::ExplainResponse>, Status> {
+        let id = allocation_id(&request.into_inner().id)?;
+        let state = self.core.state();
+        let allocation = state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
+        let mut explanation = allocation.explanation.clone();
+        if let Some(report) = state.node_reports.get(&id) {
+            explanation.push_str(&format!("\nnode reports: {report}"));
+        }
+        Ok(Response::new(proto::ExplainResponse { id: id.to_string(), explanation }))
+    }
+
+    async fn release(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
+        let id = allocation_id(&request.into_inner().id)?;
+        let allocation = self.core.ask(|reply| Command::Release { id, reply }).await?;
+        Ok(Response::new((&allocation).into()))
+    }
+
+    async fn find_by_device(
+        &self,
+        request: Request<proto::FindByDeviceRequest>,
+    ) -> Result<Response<proto::Allocation>, Status> {
+        let request = request.into_inner();
+        let node = node_name(&request.node)?;
+        if request.device_uuid.is_empty() {
+            return Err(invalid("device_uuid", "missing"));
+        }
+        let state = self.core.state();
+        let found = state.allocations.values().filter(|allocation| allocation.state.holds_capacity()).find(|allocation| {
+            allocation.binding.as_ref().is_some_and(|binding| {
+                binding.node == node
+                    && binding.gpus.iter().any(|gpu| {
+                        gpu.uuid.as_deref() == Some(request.device_uuid.as_str())
+                            || mig_uuid(&state, &node, gpu).as_deref() == Some(request.device_uuid.as_str())
+                    })
+            })
+        });
+        let allocation = found.ok_or_else(|| BrokerError::NotFound {
+            what: format!("a live allocation holding device {} on node {node}", request.device_uuid),
+        })?;
+        Ok(Response::new(allocation.into()))
+    }
+}
+
+/// The MIG device UUID the node reports for a granted instance, if it exists yet.
+fn mig_uuid(state: &crate::state::ClusterState, node: &NodeName, grant: &allot_api::allocation::GpuGrant) -> Option<String> {
+    let mig = grant.mig.as_ref()?;
+    let entry = state.nodes.get(node)?;
+    let gpu = entry.record.inventory.gpus.iter().find(|gpu| gpu.index == grant.index)?;
+    gpu.mig.as_ref()?.instances.iter().find(|instance| instance.start == mig.start && instance.profile == mig.profile)?.uuid.clone()
+}
+
+#[tonic::async_trait]
+impl proto::admin_service_server::AdminService for Services {
+    async fn create_team(&self, request: Request<proto::CreateTeamRequest>) -> Result<Response<proto::Team>, Status> {
+        let name: TeamName = request.into_inner().name.parse().map_err(|error| invalid("name", error))?;
+        self.core.ask(|reply| Command::CreateTeam { name: name.clone(), reply }).await?;
+        Ok(Response::new(proto::Team { name: name.to_string() }))
+    }
+
+    async fn list_teams(&self, _: Request<proto::ListTeamsRequest>) -> Result<Response<proto::ListTeamsResponse>, Status> {
+        let state = self.core.state();
+        let teams = state.teams.iter().map(|team| proto::Team { name: team.to_string() }).collect();
+        Ok(Response::new(proto::ListTeamsResponse { teams }))
+    }
+
+    async fn list_nodes(&self, _: Request<proto::ListNodesRequest>) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let state = self.core.state();
+        let nodes = state
+            .nodes
+            .iter()
+            .map(|(name, entry)| {
+                let inventory = &entry.record.inventory;
+                let gpus_free = inventory.gpus.iter().filter(|gpu| !entry.usage.gpu_in_use(gpu.index)).count();
+                let unhealthy = inventory.gpus.iter().filter(|gpu| matches!(gpu.health, GpuHealth::Unhealthy { .. })).count();
+                let mut models: Vec<&str> = inventory.gpus.iter().map(|gpu| gpu.model.as_str()).collect();
+                models.dedup();
+                proto::NodeSummary {
+                    name: name.to_string(),
+                    status: match entry.status {
+                        NodeStatus::Lost => proto::NodeStatus::Lost,
+                        _ => proto::NodeStatus::Ready,
+                    } as i32,
+                    gpus: inventory.gpus.len() as u32,
+                    gpus_free: gpus_free as u32,
+                    gpu_model: models.join(", "),
+                    cores: inventory.cpu.cores.len() as u32,
+                    cores_free: inventory.cpu.cores.len().saturating_sub(entry.usage.cores_taken() as usize) as u32,
+                    last_heartbeat_ms: entry.last_heartbeat_ms,
+                    unhealthy_gpus: unhealthy as u32,
+                    allocations: state
+                        .allocations
+                        .values()
+                        .filter(|allocation| allocation.state.holds_capacity())
+                        .filter(|allocation| allocation.binding.as_ref().is_some_and(|binding| &binding.node == name))
+                        .count() as u32,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListNodesResponse { nodes }))
+    }
+}

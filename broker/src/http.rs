@@ -1,0 +1,84 @@
+//! A small HTTP endpoint: `/healthz`, `/readyz` and Prometheus `/metrics`.
+//!
+//! Metric names and labels are an API; each is documented where it is written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use allot_api::allocation::AllocationState;
+use allot_placement::NodeStatus;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+
+use crate::core::Core;
+
+/// Counters the writer updates.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    batches: AtomicU64,
+    commands: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Metrics {
+    pub fn batch(&self, commands: usize, writes: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> String {
+    let mut out = String::new();
+    let state = core.state();
+    // allot_nodes{status}: nodes the broker knows, by status.
+    out.push_str("# HELP allot_nodes Nodes known to the broker, by status.\n# TYPE allot_nodes gauge\n");
+    for (label, status) in [("ready", NodeStatus::Ready), ("lost", NodeStatus::Lost)] {
+        let count = state.nodes.values().filter(|entry| entry.status == status).count();
+        out.push_str(&format!("allot_nodes{{status=\"{label}\"}} {count}\n"));
+    }
+    // allot_allocations{state}: allocations by lifecycle state.
+    out.push_str("# HELP allot_allocations Allocations by state.\n# TYPE allot_allocations gauge\n");
+    for state_value in [
+        AllocationState::Pending,
+        AllocationState::Bound,
+        AllocationState::Enforced,
+        AllocationState::Released,
+        AllocationState::Lost,
+        AllocationState::Preempted,
+    ] {
+        out.push_str(&format!(
+            "allot_allocations{{state=\"{}\"}} {}\n",
+            state_value.as_str(),
+            state.count_in_state(state_value)
+        ));
+    }
+    // allot_gpus{use}: GPUs in the cluster, and those holding any allocation.
+    let total: usize = state.nodes.values().map(|entry| entry.record.inventory.gpus.len()).sum();
+    let used: usize = state
+        .nodes
+        .values()
+        .map(|entry| entry.record.inventory.gpus.iter().filter(|gpu| entry.usage.gpu_in_use(gpu.index)).count())
+        .sum();
+    out.push_str("# HELP allot_gpus GPUs in the cluster (total) and holding an allocation (used).\n# TYPE allot_gpus gauge\n");
+    out.push_str(&format!("allot_gpus{{use=\"total\"}} {total}\nallot_gpus{{use=\"used\"}} {used}\n"));
+    drop(state);
+    // allot_writer_*: the group-commit writer.
+    let metrics = &core.metrics;
+    out.push_str("# HELP allot_writer_batches_total Batches the writer persisted.\n# TYPE allot_writer_batches_total counter\n");
+    out.push_str(&format!("allot_writer_batches_total {}\n", metrics.batches.load(Ordering::Relaxed)));
+    out.push_str("# HELP allot_writer_commands_total Commands in persisted batches.\n# TYPE allot_writer_commands_total counter\n");
+    out.push_str(&format!("allot_writer_commands_total {}\n", metrics.commands.load(Ordering::Relaxed)));
+    out.push_str("# HELP allot_writer_writes_total Store writes in persisted batches.\n# TYPE allot_writer_writes_total counter\n");
+    out.push_str(&format!("allot_writer_writes_total {}\n", metrics.writes.load(Ordering::Relaxed)));
+    out
+}

@@ -1,0 +1,155 @@
+//! allot-broker: one place that knows every GPU in the cluster and hands out
+//! whole GPUs, MIG instances and GPU shares without granting anything twice.
+//!
+//! `serve` wires the pieces: the store (etcd or embedded), leadership, the core
+//! (state plus the group-commit writer), the lost-node detector, the gRPC
+//! services and the HTTP endpoint.
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod leader;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_api::proto;
+use allot_placement::NodeStatus;
+use allot_store::Store;
+use anyhow::Context;
+
+use crate::config::{ServeConfig, StoreSpec};
+use crate::core::{Command, Core, now_ms};
+
+/// Opens the configured store, retrying an unreachable etcd with backoff.
+pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
+    match spec {
+        StoreSpec::Embedded(dir) => {
+            let store = allot_store::EmbeddedStore::open(dir)
+                .await
+                .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreSpec::Etcd(endpoints) => {
+            let mut delay = Duration::from_millis(200);
+            let mut attempt = 1;
+            loop {
+                match allot_store::EtcdStore::connect(allot_store::EtcdConfig::new(endpoints.iter().cloned())).await {
+                    Ok(store) => return Ok(Arc::new(store)),
+                    Err(error) if attempt < 8 => {
+                        tracing::warn!(%error, attempt, "etcd unreachable; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        attempt += 1;
+                    }
+                    Err(error) => {
+                        return Err(error).with_context(|| {
+                            format!("cannot reach etcd at {} after {attempt} attempts", endpoints.join(","))
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let store = open_store(&config.store).await?;
+    let identity = format!("{}:{}:{}", hostname(), std::process::id(), now_ms());
+    let (lost_sender, lost_receiver) = tokio::sync::oneshot::channel::<()>();
+    let leadership = tokio::select! {
+        leadership = leader::acquire(Arc::clone(&store), identity, move || { let _ = lost_sender.send(()); }) => leadership?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    let core = Core::start(Arc::clone(&store), leadership, config.node_timeout, config.heartbeat_interval).await?;
+    {
+        let state = core.state();
+        tracing::info!(
+            nodes = state.nodes.len(),
+            allocations = state.allocations.len(),
+            teams = state.teams.len(),
+            "state loaded"
+        );
+    }
+    tokio::spawn(detect_lost_nodes(Arc::clone(&core)));
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen on {} (--http)", config.http))?;
+    let grpc_address = grpc_listener.local_addr()?;
+    let http_address = http_listener.local_addr()?;
+
+    let services = grpc::Services { core: Arc::clone(&core) };
+    let grpc = tonic::transport::Server::builder()
+        .add_service(proto::node_service_server::NodeServiceServer::new(services.clone()))
+        .add_service(proto::allocation_service_server::AllocationServiceServer::new(services.clone()))
+        .add_service(proto::admin_service_server::AdminServiceServer::new(services))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    let http = axum::serve(http_listener, http::router(Arc::clone(&core)));
+
+    if let Some(path) = &config.ready_file {
+        let ready = serde_json::json!({ "grpc": grpc_address.to_string(), "http": http_address.to_string() });
+        std::fs::write(path, ready.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tracing::info!(grpc = %grpc_address, http = %http_address, "serving");
+
+    tokio::select! {
+        result = grpc => result.context("gRPC server failed")?,
+        result = http => result.context("HTTP server failed")?,
+        _ = shutdown => tracing::info!("shutting down"),
+        _ = lost_receiver => anyhow::bail!("lost leadership of the store: another broker may lead now; stopping"),
+    }
+    Ok(())
+}
+
+/// Marks nodes lost when their heartbeats stop.
+async fn detect_lost_nodes(core: Arc<Core>) {
+    let period = (core.node_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        let now = now_ms();
+        let timeout = core.node_timeout.as_millis() as u64;
+        let lost: Vec<_> = {
+            let state = core.state();
+            state
+                .nodes
+                .iter()
+                .filter(|(_, entry)| entry.status == NodeStatus::Ready && now.saturating_sub(entry.last_heartbeat_ms) > timeout)
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for name in lost {
+            core.tell(Command::NodeLost { name }).await;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_else(|_| "broker".into())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
+}

@@ -1,0 +1,253 @@
+//! A real etcd for tests: free loopback ports, a temporary data directory, killed on drop.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use allot_store::{Store, testing::EtcdHarness};
+//! let etcd = EtcdHarness::start().await;
+//! let store = etcd.store().await;
+//! assert!(store.get("/nothing").await.expect("get").is_none());
+//! # }
+//! ```
+//!
+//! The harness runs the `etcd` found on `PATH` (or the one named by
+//! `ALLOT_ETCD_BIN`), and panics with what to install when there is none. Its
+//! log is kept in the temporary directory and printed when etcd fails to start.
+//! It is test code: every failure panics with a message saying what went wrong.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, CompactionOptions, ConnectOptions, GetOptions};
+use tempfile::TempDir;
+
+use crate::etcd::{EtcdConfig, EtcdStore, RetryPolicy};
+use crate::types::Revision;
+
+/// The message when etcd is missing.
+const NOT_FOUND: &str = "etcd not found: install Debian's etcd-server (apt-get install etcd-server)";
+
+/// How long etcd may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A single-member etcd cluster on 127.0.0.1, stopped and deleted on drop.
+#[derive(Debug)]
+pub struct EtcdHarness {
+    child: Option<Child>,
+    binary: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+impl EtcdHarness {
+    /// Starts etcd on free loopback ports and waits until it answers.
+    ///
+    /// # Panics
+    /// When etcd is not installed, or does not become healthy within 30 s.
+    pub async fn start() -> EtcdHarness {
+        let binary = find_etcd();
+        let dir = tempfile::Builder::new()
+            .prefix("allot-etcd-")
+            .tempdir()
+            .unwrap_or_else(|error| panic!("cannot create a temporary directory for etcd: {error}"));
+        let mut harness = EtcdHarness { child: None, binary, client_port: 0, peer_port: 0, dir };
+        let mut log = String::new();
+        // Another process may take a port between our probe and etcd's bind; try new ones.
+        for _ in 0..3 {
+            (harness.client_port, harness.peer_port) = free_ports();
+            harness.spawn();
+            match harness.wait_until_healthy().await {
+                Ok(()) => return harness,
+                Err(failure) => {
+                    log = failure;
+                    harness.stop();
+                    // A half-initialised member would remember the old peer URL.
+                    let _ = std::fs::remove_dir_all(harness.dir.path().join("data"));
+                    if !log.contains("address already in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("etcd did not become healthy; its log:\n{log}");
+    }
+
+    /// The client URL, like `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A store configuration for this etcd, with a retry policy short enough
+    /// for tests (about 1.5 s of backoff in all).
+    pub fn config(&self) -> EtcdConfig {
+        let mut config = EtcdConfig::new([self.endpoint()]);
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_secs(5);
+        config.retry = RetryPolicy {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+        };
+        config
+    }
+
+    /// A store connected to this etcd with [`config`](Self::config).
+    ///
+    /// # Panics
+    /// When it cannot connect.
+    pub async fn store(&self) -> EtcdStore {
+        EtcdStore::connect(self.config())
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to the test etcd at {}: {error:?}", self.endpoint()))
+    }
+
+    /// Stops etcd (SIGKILL, like a crash), keeping its data for [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // It may have exited already; either way it is gone after wait.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    ///
+    /// # Panics
+    /// When it does not become healthy.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        if let Err(log) = self.wait_until_healthy().await {
+            panic!("etcd did not come back after a restart; its log:\n{log}");
+        }
+    }
+
+    /// Compacts etcd's history up to `revision`, as an operator (or etcd's
+    /// auto-compaction) would: watches from older revisions then fail.
+    ///
+    /// # Panics
+    /// When etcd refuses.
+    pub async fn compact(&self, revision: Revision) {
+        let mut client = self.client().await;
+        let revision = i64::try_from(revision.get()).unwrap_or(i64::MAX);
+        client
+            .compact(revision, Some(CompactionOptions::new().with_physical()))
+            .await
+            .unwrap_or_else(|error| panic!("etcd refused to compact to {revision}: {error}"));
+    }
+
+    /// etcd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|error| panic!("cannot create etcd's log {}: {error}", self.log_path().display()));
+        let log_for_stderr =
+            log.try_clone().unwrap_or_else(|error| panic!("cannot share etcd's log file between streams: {error}"));
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let data = self.dir.path().join("data");
+        let child = Command::new(&self.binary)
+            .arg("--name=allot-test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=allot-test={peer}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=allot-test")
+            // A short election makes a single member lead quickly, and lowers
+            // etcd's minimum lease TTL (1.5 elections) to 1 s, so lease tests stay short.
+            .arg("--heartbeat-interval=25")
+            .arg("--election-timeout=250")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_for_stderr)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    async fn client(&self) -> Client {
+        let options =
+            ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(Duration::from_secs(5));
+        Client::connect([self.endpoint()], Some(options))
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to the test etcd at {}: {error}", self.endpoint()))
+    }
+
+    /// Waits until etcd serves a linearizable read; on failure, returns its log.
+    async fn wait_until_healthy(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let mut client = self.client().await;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("etcd exited with {status}\n{}", self.log()));
+            }
+            if client.get(vec![0], Some(GetOptions::new().with_count_only())).await.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(format!("etcd did not answer within {START_TIMEOUT:?}\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EtcdHarness {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `ALLOT_ETCD_BIN`, or `etcd` on `PATH`.
+fn find_etcd() -> PathBuf {
+    if let Some(binary) = std::env::var_os("ALLOT_ETCD_BIN") {
+        let binary = PathBuf::from(binary);
+        if is_executable(&binary) {
+            return binary;
+        }
+        panic!("ALLOT_ETCD_BIN names {}, which is not an executable file", binary.display());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| is_executable(candidate))
+        .unwrap_or_else(|| panic!("{NOT_FOUND}"))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0)
+}
+
+/// Two distinct free ports on 127.0.0.1 (held together while probing so they differ).
+fn free_ports() -> (u16, u16) {
+    let bind = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr().map(|address: SocketAddr| (listener, address.port())))
+            .unwrap_or_else(|error| panic!("cannot find a free port on 127.0.0.1: {error}"))
+    };
+    let (_client, client_port) = bind();
+    let (_peer, peer_port) = bind();
+    (client_port, peer_port)
+}

@@ -1,0 +1,203 @@
+//! Harness for cross-component tests: starts the real `allot-broker`, `allot-node`
+//! and `allotctl` binaries (built by `cargo build --workspace`) on loopback ports,
+//! and a real etcd through `allot_store::testing`.
+//!
+//! Every process is killed when its handle drops, so a failing test leaves
+//! nothing running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A workspace binary, next to the test executable's `deps/` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let candidates = exe.ancestors().skip(1).take(2).map(|dir| dir.join(name)).collect::<Vec<_>>();
+    candidates.iter().find(|path| path.is_file()).cloned().unwrap_or_else(|| {
+        panic!("{name} is not built (looked in {candidates:?}): run `cargo build --workspace` first (scripts/test.sh does)")
+    })
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A child process killed on drop; its stderr goes to a file kept for messages.
+#[derive(Debug)]
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, log_dir: &Path) -> Process {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        Process { name: name.to_owned(), child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where a broker keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Embedded(PathBuf),
+    Etcd(String),
+}
+
+impl StoreKind {
+    pub fn flag(&self) -> String {
+        match self {
+            StoreKind::Embedded(dir) => format!("embedded:{}", dir.display()),
+            StoreKind::Etcd(endpoints) => format!("etcd:{endpoints}"),
+        }
+    }
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    pub process: Process,
+    pub grpc: String,
+    pub http: String,
+}
+
+/// Starts a broker and waits until it serves (or fails the test with its log).
+pub fn start_broker(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str) -> Broker {
+    start_broker_on(store, dir, name, node_timeout, "127.0.0.1:0")
+}
+
+/// Starts a broker on a given gRPC address (to restart one where nodes look for it).
+pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str, listen: &str) -> Broker {
+    let ready = dir.join(format!("{name}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let mut command = Command::new(binary("allot-broker"));
+    command.args([
+        "serve",
+        "--store",
+        &store.flag(),
+        "--listen",
+        listen,
+        "--http",
+        "127.0.0.1:0",
+        "--node-timeout",
+        node_timeout,
+        "--heartbeat-interval",
+        "200ms",
+        "--ready-file",
+    ]);
+    command.arg(&ready);
+    let mut process = Process::spawn(name, &mut command, dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            if let Ok(addresses) = serde_json::from_str::<Value>(&text) {
+                let grpc = addresses["grpc"].as_str().unwrap_or_default().to_owned();
+                let http = addresses["http"].as_str().unwrap_or_default().to_owned();
+                return Broker { process, grpc, http };
+            }
+        }
+        if process.has_exited() || Instant::now() > deadline {
+            panic!("broker {name} did not become ready:\n{}", process.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a broker that should NOT become ready for `wait`.
+pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Process, PathBuf) {
+    let ready = dir.join(format!("{name}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let mut command = Command::new(binary("allot-broker"));
+    command.args(["serve", "--store", &store.flag(), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--node-timeout", "3s", "--heartbeat-interval", "200ms", "--ready-file"]);
+    command.arg(&ready);
+    (Process::spawn(name, &mut command, dir), ready)
+}
+
+/// Starts a node daemon for a fixture under a name.
+pub fn start_node(broker: &Broker, fixture: &str, name: &str, dir: &Path) -> Process {
+    let mut command = Command::new(binary("allot-node"));
+    command.args(["run", "--broker", &broker.grpc, "--fixture", fixture, "--name", name, "--heartbeat-interval", "0.2"]);
+    Process::spawn(name, &mut command, dir)
+}
+
+/// Runs allotctl against a broker; returns the raw output.
+pub fn allotctl(broker: &Broker, args: &[&str]) -> Output {
+    Command::new(binary("allotctl"))
+        .arg("--broker")
+        .arg(&broker.grpc)
+        .args(args)
+        .output()
+        .expect("allotctl runs")
+}
+
+/// Runs allotctl with `-o json` and parses the answer; fails the test on error.
+pub fn allotctl_json(broker: &Broker, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let output = allotctl(broker, &all);
+    assert!(
+        output.status.success(),
+        "allotctl {all:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("allotctl {all:?}: not JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Polls until `check` holds or the time is up.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Node name → status from `allotctl nodes list`.
+pub fn node_statuses(broker: &Broker) -> Vec<(String, String)> {
+    let output = allotctl(broker, &["nodes", "list", "-o", "json"]);
+    if !output.status.success() {
+        return Vec::new();
+    }
+    let nodes: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    nodes
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|node| (node["name"].as_str().unwrap_or("").to_owned(), node["status"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,230 @@
+//! The broker end to end, on etcd and on the embedded store: two DGX H100 node
+//! daemons and a MIG-enabled DGX A100 (fixtures through the fake NVML), allotctl,
+//! and a gRPC client that fires 200 requests at once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use allot_api::proto;
+use allot_api::proto::allocation_service_client::AllocationServiceClient;
+use allot_tests::{
+    Broker, StoreKind, allotctl, allotctl_json, node_statuses, spawn_standby_broker, start_broker, start_broker_on,
+    start_node,
+    wait_until,
+};
+use serde_json::Value;
+
+fn cpu_list(text: &str) -> BTreeSet<u32> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => a.parse::<u32>().expect("cpu")..=b.parse::<u32>().expect("cpu"),
+            None => part.parse::<u32>().expect("cpu")..=part.parse::<u32>().expect("cpu"),
+        })
+        .collect()
+}
+
+/// NUMA node → CPUs of the dgx-h100 fixture, from its own inventory.
+fn dgx_h100_numa_cpus() -> Vec<BTreeSet<u32>> {
+    let output = std::process::Command::new(allot_tests::binary("allot-node"))
+        .args(["inventory", "--fixture", "dgx-h100", "--output", "json"])
+        .output()
+        .expect("allot-node runs");
+    let inventory: Value = serde_json::from_slice(&output.stdout).expect("inventory JSON");
+    inventory["cpu"]["numa_nodes"]
+        .as_array()
+        .expect("numa nodes")
+        .iter()
+        .map(|node| cpu_list(node["cpus"].as_str().expect("cpus")))
+        .collect()
+}
+
+fn create(broker: &Broker, args: &[&str]) -> Value {
+    let mut all = vec!["alloc", "create", "--team", "ml"];
+    all.extend_from_slice(args);
+    allotctl_json(broker, &all)
+}
+
+fn refused(broker: &Broker, args: &[&str], code: &str, mention: &str) {
+    let before = allotctl_json(broker, &["alloc", "list", "--all"]);
+    let output = allotctl(broker, args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "allotctl {args:?} should fail");
+    assert!(stderr.contains(code) && stderr.contains(mention), "allotctl {args:?}: expected {code} mentioning {mention:?}, got: {stderr}");
+    let after = allotctl_json(broker, &["alloc", "list", "--all"]);
+    assert_eq!(before, after, "a refused request changed state: {args:?}");
+}
+
+fn gpus_of(allocation: &Value) -> Vec<(String, u64)> {
+    let node = allocation["node"].as_str().expect("node").to_owned();
+    allocation["gpus"].as_array().expect("gpus").iter().map(|gpu| (node.clone(), gpu["index"].as_u64().expect("index"))).collect()
+}
+
+async fn fire_concurrently(address: &str, count: usize) -> (Vec<proto::Allocation>, usize) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut tasks = Vec::new();
+    for index in 0..count {
+        let mut client = AllocationServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let spec = proto::AllocationSpec {
+                team: "ml".into(),
+                gpus: Some(proto::allocation_spec::Gpus::Whole(proto::WholeGpus { count: 1, models: vec!["H100".into()] })),
+                cpus: 1,
+                owner: Some(format!("job-{index}")),
+                ..Default::default()
+            };
+            client.create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: false }).await
+        }));
+    }
+    let mut granted = Vec::new();
+    let mut exhausted = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(response) => granted.push(response.into_inner().allocation.expect("allocation")),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => exhausted += 1,
+            Err(status) => panic!("unexpected failure: {status}"),
+        }
+    }
+    (granted, exhausted)
+}
+
+fn scenario(store: StoreKind, dir: &Path) {
+    let broker = start_broker(&store, dir, "broker", "2s");
+    let _node_a = start_node(&broker, "dgx-h100", "node-a", dir);
+    let mut node_b = start_node(&broker, "dgx-h100", "node-b", dir);
+    let _node_mig = start_node(&broker, "dgx-a100-mig", "node-mig", dir);
+    wait_until("three nodes are ready", Duration::from_secs(30), || {
+        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
+    });
+    allotctl_json(&broker, &["team", "create", "ml"]);
+
+    // Bad input: refused with a clear status, state unchanged.
+    refused(&broker, &["alloc", "create", "--team", "nobody", "--gpus", "1"], "NOT_FOUND", "nobody");
+    refused(&broker, &["alloc", "create", "--team", "ml", "--gpus", "9", "--interconnect", "nvlink"], "INVALID_ARGUMENT", "E-IMPOSSIBLE");
+    refused(&broker, &["alloc", "create", "--team", "ml", "--mig", "9g.99gb"], "INVALID_ARGUMENT", "9g.99gb");
+    refused(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "B300"], "INVALID_ARGUMENT", "B300");
+    refused(&broker, &["alloc", "get", "a-00000000ffffffff"], "NOT_FOUND", "a-00000000ffffffff");
+    refused(&broker, &["alloc", "release", "not-an-id"], "", "allocation id");
+
+    // An 8-GPU NVLink request gets a whole node.
+    let whole = create(&broker, &["--gpus", "8", "--interconnect", "nvlink", "--gpu-model", "H100"]);
+    let whole_gpus = gpus_of(&whole);
+    assert_eq!(whole_gpus.len(), 8);
+    assert_eq!(whole_gpus.iter().map(|(_, index)| *index).collect::<BTreeSet<_>>().len(), 8, "{whole}");
+    assert_eq!(whole["state"], "bound");
+
+    // A 4-GPU NVLink request: 4 GPUs on the other node, cores of their NUMA node.
+    let four = create(&broker, &["--gpus", "4", "--interconnect", "nvlink", "--cpus", "16", "--gpu-model", "H100"]);
+    assert_ne!(four["node"], whole["node"], "the 8-GPU node is full");
+    assert_eq!(four["gpus"].as_array().expect("gpus").len(), 4);
+    assert_eq!(four["cpus"].as_array().expect("cores").len(), 16);
+    let numa = dgx_h100_numa_cpus();
+    let pus: BTreeSet<u32> = four["pus"].as_array().expect("pus").iter().map(|pu| pu.as_u64().expect("pu") as u32).collect();
+    let local = numa.iter().position(|cpus| pus.is_subset(cpus));
+    assert!(local.is_some(), "cores {pus:?} are not all on one NUMA node");
+    assert_eq!(four["numa_nodes"].as_array().expect("numa").len(), 1, "{four}");
+
+    // A 3g.40gb MIG instance on the A100 node gets a valid free slot.
+    let mig = create(&broker, &["--mig", "3g.40gb"]);
+    assert_eq!(mig["node"], "node-mig");
+    let grant = &mig["gpus"][0]["mig"];
+    assert_eq!(grant["profile"], "3g.40gb");
+    assert!([0, 4].contains(&grant["start"].as_u64().expect("start")), "{grant}");
+    let second_mig = create(&broker, &["--mig", "3g.40gb"]);
+    let overlap = second_mig["gpus"][0]["index"] == mig["gpus"][0]["index"] && second_mig["gpus"][0]["mig"]["start"] == grant["start"];
+    assert!(!overlap, "two 3g.40gb instances on one slot: {mig} {second_mig}");
+    let explanation = allotctl(&broker, &["alloc", "explain", mig["id"].as_str().expect("id")]);
+    assert!(explanation.status.success());
+    assert!(String::from_utf8_lossy(&explanation.stdout).contains("node-mig"));
+
+    // Release everything, then 200 concurrent 1-GPU requests for the 16 H100s.
+    for allocation in [&whole, &four, &mig, &second_mig] {
+        let released = allotctl_json(&broker, &["alloc", "release", allocation["id"].as_str().expect("id")]);
+        assert_eq!(released["state"], "released");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (granted, exhausted) = runtime.block_on(fire_concurrently(&broker.grpc, 200));
+    assert_eq!(granted.len(), 16, "exactly the 16 free GPUs are granted");
+    assert_eq!(exhausted, 184);
+    let mut devices = BTreeSet::new();
+    for allocation in &granted {
+        let binding = allocation.binding.as_ref().expect("binding");
+        assert_eq!(binding.gpus.len(), 1);
+        assert!(devices.insert((binding.node.clone(), binding.gpus[0].index)), "GPU granted twice: {binding:?}");
+    }
+
+    // After a broker restart every allocation is still there.
+    let before: Value = allotctl_json(&broker, &["alloc", "list", "--all"]);
+    let address = broker.grpc.clone();
+    drop(broker);
+    let broker = start_broker_on(&store, dir, "broker-restarted", "2s", &address);
+    let after: Value = allotctl_json(&broker, &["alloc", "list", "--all"]);
+    assert_eq!(before, after, "allocations changed across a restart");
+    // The nodes find the new broker and register again.
+    wait_until("nodes re-register with the restarted broker", Duration::from_secs(30), || {
+        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
+    });
+    // Still nothing more to give: the restart did not forget what was granted.
+    let output = allotctl(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "H100"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("RESOURCE_EXHAUSTED"), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // A killed node daemon: its node is lost within the timeout, and so are its allocations.
+    node_b.kill();
+    wait_until("node-b is lost", Duration::from_secs(10), || {
+        node_statuses(&broker).iter().any(|(name, status)| name == "node-b" && status == "lost")
+    });
+    let on_b = allotctl_json(&broker, &["alloc", "list", "--node", "node-b"]);
+    let on_b = on_b.as_array().expect("list");
+    assert_eq!(on_b.len(), 8);
+    assert!(on_b.iter().all(|allocation| allocation["state"] == "lost"), "{on_b:?}");
+    // It comes back: its allocations hold again.
+    let _node_b = start_node(&broker, "dgx-h100", "node-b", dir);
+    wait_until("node-b's allocations are bound again", Duration::from_secs(30), || {
+        let list = allotctl_json(&broker, &["alloc", "list", "--node", "node-b"]);
+        list.as_array().is_some_and(|list| list.len() == 8 && list.iter().all(|a| a["state"] == "bound"))
+    });
+}
+
+#[test]
+fn broker_on_etcd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let etcd = runtime.block_on(allot_store::testing::EtcdHarness::start());
+    scenario(StoreKind::Etcd(etcd.endpoint()), dir.path());
+}
+
+#[test]
+fn broker_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    scenario(StoreKind::Embedded(dir.path().join("state")), dir.path());
+}
+
+#[test]
+fn a_second_broker_on_the_same_etcd_waits_until_it_leads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let etcd = runtime.block_on(allot_store::testing::EtcdHarness::start());
+    let store = StoreKind::Etcd(etcd.endpoint());
+    let first = start_broker(&store, dir.path(), "first", "3s");
+    allotctl_json(&first, &["team", "create", "ml"]);
+    let (mut second, ready) = spawn_standby_broker(&store, dir.path(), "second");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!ready.exists(), "the second broker serves while the first leads:\n{}", second.log_text());
+    assert!(!second.has_exited(), "the standby broker exited:\n{}", second.log_text());
+    drop(first);
+    // The first's lease runs out (10 s), then the second takes over with the same state.
+    wait_until("the second broker leads", Duration::from_secs(30), || ready.exists());
+    let text = std::fs::read_to_string(&ready).expect("ready file");
+    let addresses: Value = serde_json::from_str(&text).expect("JSON");
+    let grpc = addresses["grpc"].as_str().expect("grpc").to_owned();
+    let output = std::process::Command::new(allot_tests::binary("allotctl"))
+        .args(["--broker", &grpc, "team", "list", "-o", "json"])
+        .output()
+        .expect("allotctl");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"ml\""), "{}", String::from_utf8_lossy(&output.stdout));
+}

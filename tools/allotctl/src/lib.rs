@@ -1,0 +1,290 @@
+//! allotctl: teams, nodes and allocations, for people (tables) and scripts (JSON).
+
+mod output;
+
+use allot_api::allocation::{AllocationId, GpuDemand, Interconnect, MilliGpu, ValidatedRequest};
+use allot_api::proto;
+use allot_api::proto::admin_service_client::AdminServiceClient;
+use allot_api::proto::allocation_service_client::AllocationServiceClient;
+use allot_api::units::MiB;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::transport::{Channel, Endpoint};
+
+pub use output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "allotctl", version, about = "Manage Allot: teams, nodes and GPU allocations")]
+pub struct Cli {
+    /// The broker's gRPC address.
+    #[arg(long, global = true, env = "ALLOT_BROKER", default_value = "127.0.0.1:7443")]
+    pub broker: String,
+    /// Output for people (table) or programs (json).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Teams own allocations (quotas arrive with the policy work).
+    #[command(subcommand)]
+    Team(TeamCommand),
+    /// The GPU servers the broker knows.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Ask for, inspect and give back GPUs.
+    #[command(subcommand)]
+    Alloc(AllocCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    Create { name: String },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllocCommand {
+    /// Place and persist an allocation.
+    Create(CreateArgs),
+    List(ListArgs),
+    Get { id: String },
+    /// Why the allocation is where it is, and why other nodes were not chosen.
+    Explain { id: String },
+    Release { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InterconnectArg {
+    Nvlink,
+    PcieSwitch,
+    Numa,
+    Any,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub team: String,
+    /// Whole GPUs on one node.
+    #[arg(long, conflicts_with_all = ["mig", "share"])]
+    pub gpus: Option<u32>,
+    /// Acceptable GPU model (repeatable), matched as a substring: H100, A100-SXM4-80GB.
+    #[arg(long = "gpu-model", requires = "gpus")]
+    pub gpu_models: Vec<String>,
+    /// One MIG instance of this profile, like 3g.40gb.
+    #[arg(long, conflicts_with = "share")]
+    pub mig: Option<String>,
+    /// A share of one GPU in thousandths (250 = a quarter); needs --gpu-memory.
+    #[arg(long, requires = "gpu_memory")]
+    pub share: Option<u32>,
+    /// The GPU-memory cap of a share, in MiB.
+    #[arg(long, requires = "share")]
+    pub gpu_memory: Option<u64>,
+    /// Whole CPU cores.
+    #[arg(long, default_value_t = 0)]
+    pub cpus: u32,
+    /// Host memory in MiB.
+    #[arg(long, default_value_t = 0)]
+    pub memory: u64,
+    #[arg(long, value_enum, default_value_t = InterconnectArg::Any)]
+    pub interconnect: InterconnectArg,
+    /// An RDMA NIC under the same PCIe switch as each GPU (GPUDirect RDMA).
+    #[arg(long)]
+    pub rdma: bool,
+    /// Each GPU has at least this much memory, in MiB.
+    #[arg(long)]
+    pub min_gpu_memory: Option<u64>,
+    /// Who the allocation is for (a pod, a container, a job id).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only show where it would go.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub team: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Include released and preempted allocations.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// What went wrong, worded for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the broker at {address}: {problem}; is allot-broker running? (set --broker or ALLOT_BROKER)")]
+    Unreachable { address: String, problem: String },
+    #[error("{code}: {message}")]
+    Broker { code: &'static str, message: String },
+    #[error("the broker sent something this allotctl cannot read: {0}")]
+    Protocol(String),
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::Internal => "INTERNAL",
+        _ => "ERROR",
+    }
+}
+
+impl From<tonic::Status> for CtlError {
+    fn from(status: tonic::Status) -> Self {
+        CtlError::Broker { code: code_name(status.code()), message: status.message().to_owned() }
+    }
+}
+
+async fn connect(address: &str) -> Result<Channel, CtlError> {
+    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    let unreachable = |problem: String| CtlError::Unreachable { address: address.to_owned(), problem };
+    let endpoint = Endpoint::from_shared(uri).map_err(|error| unreachable(error.to_string()))?;
+    endpoint
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|error| unreachable(source_chain(&error)))
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn parse_id(id: &str) -> Result<String, CtlError> {
+    id.parse::<AllocationId>().map(|id| id.to_string()).map_err(|error| CtlError::Usage(error.to_string()))
+}
+
+/// Checks the request here too, so a typo is caught before the network.
+fn spec(args: &CreateArgs) -> Result<proto::AllocationSpec, CtlError> {
+    let usage = |message: String| CtlError::Usage(message);
+    let gpus = match (&args.gpus, &args.mig, &args.share) {
+        (Some(count), None, None) => GpuDemand::Whole { count: *count, models: args.gpu_models.clone() },
+        (None, Some(profile), None) => GpuDemand::Mig { profile: profile.clone() },
+        (None, None, Some(milli)) => {
+            GpuDemand::Share { compute: MilliGpu(*milli), memory: MiB(args.gpu_memory.unwrap_or(0)) }
+        }
+        (None, None, None) => GpuDemand::None,
+        _ => return Err(usage("use one of --gpus, --mig or --share".into())),
+    };
+    let interconnect = match args.interconnect {
+        InterconnectArg::Nvlink => Interconnect::Nvlink,
+        InterconnectArg::PcieSwitch => Interconnect::PcieSwitch,
+        InterconnectArg::Numa => Interconnect::Numa,
+        InterconnectArg::Any => Interconnect::Any,
+    };
+    let team = args.team.parse().map_err(|error: allot_api::allocation::NameError| usage(error.to_string()))?;
+    let request = ValidatedRequest::new(
+        team,
+        gpus,
+        args.cpus,
+        MiB(args.memory),
+        interconnect,
+        args.rdma,
+        args.min_gpu_memory.map(MiB),
+        args.owner.clone(),
+    )
+    .map_err(|error| usage(format!("--{}: {}", error.field.replace('_', "-"), error.problem)))?;
+    Ok((&request).into())
+}
+
+/// Runs one command and returns what to print.
+pub async fn run(cli: Cli) -> Result<String, CtlError> {
+    // Validate what can be validated before connecting.
+    let create_spec = match &cli.command {
+        Command::Alloc(AllocCommand::Create(args)) => Some(spec(args)?),
+        _ => None,
+    };
+    let channel = connect(&cli.broker).await?;
+    let format = cli.output;
+    match cli.command {
+        Command::Team(command) => {
+            let mut admin = AdminServiceClient::new(channel);
+            match command {
+                TeamCommand::Create { name } => {
+                    let team = admin.create_team(proto::CreateTeamRequest { name }).await?.into_inner();
+                    Ok(output::team_created(&team, format))
+                }
+                TeamCommand::List => {
+                    let teams = admin.list_teams(proto::ListTeamsRequest {}).await?.into_inner();
+                    Ok(output::teams(&teams.teams, format))
+                }
+            }
+        }
+        Command::Nodes(NodesCommand::List) => {
+            let mut admin = AdminServiceClient::new(channel);
+            let nodes = admin.list_nodes(proto::ListNodesRequest {}).await?.into_inner();
+            Ok(output::nodes(&nodes.nodes, format))
+        }
+        Command::Alloc(command) => {
+            let mut allocations = AllocationServiceClient::new(channel);
+            match command {
+                AllocCommand::Create(args) => {
+                    let spec = create_spec.ok_or_else(|| CtlError::Usage("missing request".into()))?;
+                    let reply = allocations
+                        .create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: args.dry_run })
+                        .await?
+                        .into_inner();
+                    output::created(reply, format)
+                }
+                AllocCommand::List(args) => {
+                    let list = allocations
+                        .list(proto::ListAllocationsRequest {
+                            team: args.team.unwrap_or_default(),
+                            node: args.node.unwrap_or_default(),
+                            owner: args.owner.unwrap_or_default(),
+                            include_finished: args.all,
+                        })
+                        .await?
+                        .into_inner();
+                    output::allocations(list.allocations, format)
+                }
+                AllocCommand::Get { id } => {
+                    let id = parse_id(&id)?;
+                    let allocation = allocations.get(proto::AllocationRef { id }).await?.into_inner();
+                    output::allocation(allocation, format)
+                }
+                AllocCommand::Explain { id } => {
+                    let id = parse_id(&id)?;
+                    let reply = allocations.explain(proto::AllocationRef { id }).await?.into_inner();
+                    Ok(output::explanation(&reply, format))
+                }
+                AllocCommand::Release { id } => {
+                    let id = parse_id(&id)?;
+                    let allocation = allocations.release(proto::AllocationRef { id }).await?.into_inner();
+                    output::allocation(allocation, format)
+                }
+            }
+        }
+    }
+}
