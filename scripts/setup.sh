@@ -5,8 +5,8 @@ set -euo pipefail
 
 # Build: hwloc headers and libudev for hwlocality, protoc for etcd-client's build.
 # Tests: hwloc's command-line tools (the oracle for topology tests), GNU time for
-# the benchmarks.
-packages=(libhwloc-dev pkg-config libudev-dev protobuf-compiler hwloc time)
+# the benchmarks, etcd for the store and broker tests.
+packages=(libhwloc-dev pkg-config libudev-dev protobuf-compiler hwloc time etcd-server)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -25,7 +25,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"
     else
-        echo "setup: cargo not found: install Rust 1.88 or newer (https://rustup.rs), then run this again" >&2
+        echo "setup: cargo not found: install Rust 1.90 or newer (https://rustup.rs), then run this again" >&2
         exit 1
     fi
 fi

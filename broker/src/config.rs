@@ -96,7 +96,8 @@ pub fn parse_store(text: &str) -> Result<StoreSpec, String> {
         return Ok(StoreSpec::Embedded(PathBuf::from(dir)));
     }
     if let Some(urls) = text.strip_prefix("etcd:") {
-        let endpoints: Vec<String> = urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
+        let endpoints: Vec<String> =
+            urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
         if endpoints.is_empty() {
             return Err("name at least one endpoint: etcd:http://127.0.0.1:2379".to_owned());
         }

@@ -38,16 +38,36 @@ pub fn now_ms() -> u64 {
 /// A change to cluster state, with where to send the answer.
 #[derive(Debug)]
 pub enum Command {
-    CreateAllocation { request: ValidatedRequest, reply: oneshot::Sender<Result<(Allocation, String), BrokerError>> },
-    Release { id: AllocationId, reply: oneshot::Sender<Result<Allocation, BrokerError>> },
-    CreateTeam { name: TeamName, reply: oneshot::Sender<Result<(), BrokerError>> },
-    RegisterNode { name: NodeName, inventory: NodeInventory, reply: oneshot::Sender<Result<u64, BrokerError>> },
+    CreateAllocation {
+        request: Box<ValidatedRequest>,
+        reply: oneshot::Sender<Result<(Allocation, String), BrokerError>>,
+    },
+    Release {
+        id: AllocationId,
+        reply: oneshot::Sender<Result<Allocation, BrokerError>>,
+    },
+    CreateTeam {
+        name: TeamName,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    RegisterNode {
+        name: NodeName,
+        inventory: Box<NodeInventory>,
+        reply: oneshot::Sender<Result<u64, BrokerError>>,
+    },
     /// Heartbeats stopped: the node and its allocations are lost.
-    NodeLost { name: NodeName },
+    NodeLost {
+        name: NodeName,
+    },
     /// A lost node heartbeats again: its allocations hold again.
-    NodeReturned { name: NodeName },
+    NodeReturned {
+        name: NodeName,
+    },
     /// The node applied an allocation's generation.
-    Applied { id: AllocationId, generation: u64 },
+    Applied {
+        id: AllocationId,
+        generation: u64,
+    },
 }
 
 /// Identity of this broker as the store's leader.
@@ -55,6 +75,7 @@ pub enum Command {
 pub struct Leadership {
     pub key: String,
     pub value: Vec<u8>,
+    pub lease: allot_store::LeaseId,
 }
 
 /// The broker: state, the writer's queue, and the node notification channel.
@@ -67,6 +88,8 @@ pub struct Core {
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub metrics: crate::http::Metrics,
+    /// Signalled when a write finds that another broker leads now.
+    pub fenced: tokio::sync::Notify,
 }
 
 impl Core {
@@ -87,6 +110,7 @@ impl Core {
             node_timeout,
             heartbeat_interval,
             metrics: crate::http::Metrics::default(),
+            fenced: tokio::sync::Notify::new(),
         });
         tokio::spawn(writer(Arc::clone(&core), store, leadership, receiver));
         Ok(core)
@@ -132,12 +156,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     for kv in store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs {
         let record: NodeRecord = decode(&kv.key, &kv.value)?;
         // A node gets one timeout after a broker start to show it is alive.
-        let entry = NodeEntry {
-            record,
-            status: NodeStatus::Ready,
-            last_heartbeat_ms: now,
-            usage: Default::default(),
-        };
+        let entry = NodeEntry { record, status: NodeStatus::Ready, last_heartbeat_ms: now, usage: Default::default() };
         state.nodes.insert(entry.record.name.clone(), entry);
     }
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
@@ -175,32 +194,30 @@ enum Pending {
 fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Option<Pending> {
     let now = now_ms();
     match command {
-        Command::CreateAllocation { request, reply } => {
-            match place(state, request, now) {
-                Ok((allocation, explanation)) => {
-                    match encode(&allocation) {
-                        Ok(bytes) => writes.push(Op::put(layout::allocation(&allocation.id.to_string()), bytes)),
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                            return None;
-                        }
+        Command::CreateAllocation { request, reply } => match place(state, *request, now) {
+            Ok((allocation, explanation)) => {
+                match encode(&allocation) {
+                    Ok(bytes) => writes.push(Op::put(layout::allocation(allocation.id.to_string()), bytes)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                        return None;
                     }
-                    if let Some(binding) = &allocation.binding {
-                        if let Some(entry) = state.nodes.get_mut(&binding.node) {
-                            entry.usage.add(binding);
-                        }
-                    }
-                    state.allocations.insert(allocation.id, allocation.clone());
-                    Some(Pending::Allocation(reply, allocation, explanation))
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                    None
+                if let Some(binding) = &allocation.binding
+                    && let Some(entry) = state.nodes.get_mut(&binding.node)
+                {
+                    entry.usage.add(binding);
                 }
+                state.put_allocation(allocation.clone());
+                Some(Pending::Allocation(reply, allocation, explanation))
             }
-        }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                None
+            }
+        },
         Command::Release { id, reply } => {
-            let Some(allocation) = state.allocations.get_mut(&id) else {
+            let Some(allocation) = state.allocations.get(&id) else {
                 let _ = reply.send(Err(BrokerError::NotFound { what: format!("allocation {id}") }));
                 return None;
             };
@@ -211,17 +228,18 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
                 ))));
                 return None;
             }
-            allocation.state = AllocationState::Released;
-            allocation.updated_at_ms = now;
-            allocation.generation += 1;
-            let released = allocation.clone();
+            let mut released = allocation.clone();
+            released.state = AllocationState::Released;
+            released.updated_at_ms = now;
+            released.generation += 1;
             match encode(&released) {
-                Ok(bytes) => writes.push(Op::put(layout::allocation(&id.to_string()), bytes)),
+                Ok(bytes) => writes.push(Op::put(layout::allocation(id.to_string()), bytes)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
                     return None;
                 }
             }
+            state.put_allocation(released.clone());
             if let Some(binding) = &released.binding {
                 let node = binding.node.clone();
                 state.recompute_usage(&node);
@@ -246,7 +264,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
         }
         Command::RegisterNode { name, inventory, reply } => {
             let epoch = state.nodes.get(&name).map_or(1, |entry| entry.record.epoch + 1);
-            let record = NodeRecord { name: name.clone(), inventory, epoch, registered_at_ms: now };
+            let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now };
             match encode(&record) {
                 Ok(bytes) => writes.push(Op::put(layout::node(name.as_str()), bytes)),
                 Err(error) => {
@@ -256,10 +274,9 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             }
             let was_lost = state.nodes.get(&name).is_some_and(|entry| entry.status == NodeStatus::Lost);
             let usage = state.nodes.get(&name).map(|entry| entry.usage.clone()).unwrap_or_default();
-            state.nodes.insert(
-                name.clone(),
-                NodeEntry { record, status: NodeStatus::Ready, last_heartbeat_ms: now, usage },
-            );
+            state
+                .nodes
+                .insert(name.clone(), NodeEntry { record, status: NodeStatus::Ready, last_heartbeat_ms: now, usage });
             let mut changed = Vec::new();
             if was_lost {
                 changed = set_lost_allocations(state, &name, false, now, writes);
@@ -268,7 +285,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             Some(Pending::Registered(reply, epoch, changed))
         }
         Command::NodeLost { name } => {
-            let Some(entry) = state.nodes.get_mut(&name) else { return None };
+            let entry = state.nodes.get_mut(&name)?;
             if entry.status == NodeStatus::Lost {
                 return None;
             }
@@ -278,7 +295,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             Some(Pending::Changed(changed))
         }
         Command::NodeReturned { name } => {
-            let Some(entry) = state.nodes.get_mut(&name) else { return None };
+            let entry = state.nodes.get_mut(&name)?;
             if entry.status != NodeStatus::Lost {
                 return None;
             }
@@ -288,16 +305,17 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             Some(Pending::Changed(changed))
         }
         Command::Applied { id, generation } => {
-            let allocation = state.allocations.get_mut(&id)?;
+            let allocation = state.allocations.get(&id)?;
             if allocation.generation != generation || allocation.state != AllocationState::Bound {
                 return None;
             }
-            allocation.state = AllocationState::Enforced;
-            allocation.updated_at_ms = now;
-            allocation.generation += 1;
-            let changed = allocation.clone();
+            let mut changed = allocation.clone();
+            changed.state = AllocationState::Enforced;
+            changed.updated_at_ms = now;
+            changed.generation += 1;
+            state.put_allocation(changed.clone());
             if let Ok(bytes) = encode(&changed) {
-                writes.push(Op::put(layout::allocation(&id.to_string()), bytes));
+                writes.push(Op::put(layout::allocation(id.to_string()), bytes));
             }
             Some(Pending::Changed(vec![changed]))
         }
@@ -305,6 +323,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
 }
 
 /// Marks a node's live allocations lost (or bound again when it returns).
+/// Lost allocations still hold capacity, so they stay in the node's index.
 fn set_lost_allocations(
     state: &mut ClusterState,
     node: &NodeName,
@@ -313,23 +332,23 @@ fn set_lost_allocations(
     writes: &mut Vec<Op>,
 ) -> Vec<Allocation> {
     let mut changed = Vec::new();
-    for allocation in state.allocations.values_mut() {
-        let on_node = allocation.binding.as_ref().is_some_and(|binding| &binding.node == node);
+    for mut allocation in state.live_on(node) {
         let applies = if lost {
             matches!(allocation.state, AllocationState::Bound | AllocationState::Enforced)
         } else {
             allocation.state == AllocationState::Lost
         };
-        if !on_node || !applies {
+        if !applies {
             continue;
         }
         allocation.state = if lost { AllocationState::Lost } else { AllocationState::Bound };
         allocation.updated_at_ms = now;
         allocation.generation += 1;
-        if let Ok(bytes) = encode(&*allocation) {
-            writes.push(Op::put(layout::allocation(&allocation.id.to_string()), bytes));
+        if let Ok(bytes) = encode(&allocation) {
+            writes.push(Op::put(layout::allocation(allocation.id.to_string()), bytes));
         }
-        changed.push(allocation.clone());
+        state.put_allocation(allocation.clone());
+        changed.push(allocation);
     }
     changed
 }
@@ -373,7 +392,10 @@ fn refusal_error(refusal: allot_placement::Refusal) -> BrokerError {
 }
 
 /// Where a request would go now, without taking anything.
-pub fn dry_run(core: &Core, request: &ValidatedRequest) -> Result<(allot_api::allocation::Binding, String), BrokerError> {
+pub fn dry_run(
+    core: &Core,
+    request: &ValidatedRequest,
+) -> Result<(allot_api::allocation::Binding, String), BrokerError> {
     let state = core.state();
     if !state.teams.contains(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
@@ -396,6 +418,7 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut writes = Vec::new();
         let mut pending = Vec::new();
+        let batch_started = std::time::Instant::now();
         let next_id_before;
         {
             let mut state = core.state();
@@ -414,7 +437,15 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             continue;
         }
         core.metrics.batch(pending.len(), writes.len());
-        match persist(store.as_ref(), &leadership, writes).await {
+        let applied = batch_started.elapsed();
+        let result = persist(store.as_ref(), &leadership, writes).await;
+        tracing::debug!(
+            commands = pending.len(),
+            apply_us = applied.as_micros() as u64,
+            persist_us = (batch_started.elapsed() - applied).as_micros() as u64,
+            "batch"
+        );
+        match result {
             Ok(()) => finish(&core, pending),
             Err(error) => {
                 tracing::error!(%error, "could not persist a batch; reloading state from the store");
@@ -422,24 +453,60 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                 fail(pending, &error);
                 match load(store.as_ref()).await {
                     Ok(reloaded) => *core.state() = reloaded,
-                    Err(reload_error) => tracing::error!(%reload_error, "reload failed; state may be stale until restart"),
+                    Err(reload_error) => {
+                        tracing::error!(%reload_error, "reload failed; state may be stale until restart")
+                    }
                 }
                 if lost_leadership {
                     // Another broker leads now: stop taking commands (fail-stop).
                     tracing::error!("lost leadership: this broker stops writing");
                     receiver.close();
+                    core.fenced.notify_one();
                 }
             }
         }
     }
 }
 
-/// Writes the batch: chunks of at most [`OPS_PER_TXN`], each fenced by leadership.
+/// Bytes of keys and values per transaction: the store refuses more than 1 MiB
+/// (etcd's request limit is 1.5 MiB); a node registration alone is ~40 KiB.
+const BYTES_PER_TXN: usize = 768 * 1024;
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Put { key, value, .. } => key.len() + value.len(),
+        Op::Get { key } | Op::Delete { key } => key.len(),
+        Op::DeletePrefix { prefix } => prefix.len(),
+    }
+}
+
+/// Splits writes into transactions within both limits, keeping their order.
+fn chunks(writes: Vec<Op>) -> Vec<Vec<Op>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for op in writes {
+        let size = op_bytes(&op);
+        if !current.is_empty() && (current.len() == OPS_PER_TXN || bytes + size > BYTES_PER_TXN) {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(op);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Writes the batch in transactions within the store's limits, each fenced by
+/// leadership. Chunks commit in order; if one fails, the ones before it stand and
+/// the caller reloads state from the store, so memory and store agree again.
 async fn persist(store: &dyn Store, leadership: &Leadership, writes: Vec<Op>) -> Result<(), BrokerError> {
-    for chunk in writes.chunks(OPS_PER_TXN) {
-        let txn = Txn::new()
-            .when([Compare::value_equals(leadership.key.clone(), leadership.value.clone())])
-            .then(chunk.to_vec());
+    for chunk in chunks(writes) {
+        let txn =
+            Txn::new().when([Compare::value_equals(leadership.key.clone(), leadership.value.clone())]).then(chunk);
         let result = store.txn(txn).await.map_err(|error| BrokerError::StoreUnavailable(error.to_string()))?;
         if !result.succeeded {
             return Err(BrokerError::NotLeader);
@@ -498,5 +565,20 @@ fn fail(pending: Vec<Pending>, error: &BrokerError) {
             }
             Pending::Changed(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_by_operation_count_and_by_size() {
+        let small: Vec<Op> = (0..250).map(|i| Op::put(format!("k{i}"), vec![0; 10])).collect();
+        let sizes: Vec<usize> = chunks(small).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [120, 120, 10]);
+        let big: Vec<Op> = (0..5).map(|i| Op::put(format!("k{i}"), vec![0; 300 * 1024])).collect();
+        let sizes: Vec<usize> = chunks(big).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2, 1]);
     }
 }

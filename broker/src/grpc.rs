@@ -40,7 +40,10 @@ impl proto::node_service_server::NodeService for Services {
         let name = node_name(&request.node_name)?;
         let inventory = request.inventory.ok_or_else(|| invalid("inventory", "missing"))?;
         let inventory = NodeInventory::try_from(inventory).map_err(BrokerError::from)?;
-        let epoch = self.core.ask(|reply| Command::RegisterNode { name: name.clone(), inventory, reply }).await?;
+        let epoch = self
+            .core
+            .ask(|reply| Command::RegisterNode { name: name.clone(), inventory: Box::new(inventory), reply })
+            .await?;
         tracing::info!(node = %name, epoch, "node registered");
         Ok(Response::new(proto::RegisterNodeResponse {
             registration_epoch: epoch,
@@ -58,10 +61,16 @@ impl proto::node_service_server::NodeService for Services {
         let returned = {
             let mut state = self.core.state();
             let Some(entry) = state.nodes.get_mut(&name) else {
-                return Ok(Response::new(proto::HeartbeatResponse { register_again: true, heartbeat_interval_ms: interval }));
+                return Ok(Response::new(proto::HeartbeatResponse {
+                    register_again: true,
+                    heartbeat_interval_ms: interval,
+                }));
             };
             if entry.record.epoch != request.registration_epoch {
-                return Ok(Response::new(proto::HeartbeatResponse { register_again: true, heartbeat_interval_ms: interval }));
+                return Ok(Response::new(proto::HeartbeatResponse {
+                    register_again: true,
+                    heartbeat_interval_ms: interval,
+                }));
             }
             entry.last_heartbeat_ms = now_ms();
             apply_telemetry(&mut entry.record.inventory, request.gpus);
@@ -99,7 +108,8 @@ impl proto::node_service_server::NodeService for Services {
                     return;
                 }
             }
-            let synced = proto::AssignmentEvent { kind: proto::assignment_event::Kind::Synced as i32, allocation: None };
+            let synced =
+                proto::AssignmentEvent { kind: proto::assignment_event::Kind::Synced as i32, allocation: None };
             if sender.send(Ok(synced)).await.is_err() {
                 return;
             }
@@ -120,7 +130,9 @@ impl proto::node_service_server::NodeService for Services {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                         // The node must resynchronise; ending the stream makes it reconnect.
                         let _ = sender
-                            .send(Err(Status::aborted(format!("missed {missed} changes; watch again to resynchronise"))))
+                            .send(Err(Status::aborted(format!(
+                                "missed {missed} changes; watch again to resynchronise"
+                            ))))
                             .await;
                         return;
                     }
@@ -208,7 +220,7 @@ impl proto::allocation_service_server::AllocationService for Services {
             }));
         }
         let (allocation, explanation) =
-            self.core.ask(|reply| Command::CreateAllocation { request: validated, reply }).await?;
+            self.core.ask(|reply| Command::CreateAllocation { request: Box::new(validated), reply }).await?;
         Ok(Response::new(proto::CreateAllocationResponse {
             binding: allocation.binding.as_ref().map(Into::into),
             allocation: Some((&allocation).into()),
@@ -219,7 +231,8 @@ impl proto::allocation_service_server::AllocationService for Services {
     async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
         let id = allocation_id(&request.into_inner().id)?;
         let state = self.core.state();
-        let allocation = state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
+        let allocation =
+            state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
         Ok(Response::new(allocation.into()))
     }
 
@@ -236,22 +249,31 @@ impl proto::allocation_service_server::AllocationService for Services {
         let allocations = state
             .allocations
             .values()
-            .filter(|allocation| request.include_finished || !matches!(allocation.state, AllocationState::Released | AllocationState::Preempted))
+            .filter(|allocation| {
+                request.include_finished
+                    || !matches!(allocation.state, AllocationState::Released | AllocationState::Preempted)
+            })
             .filter(|allocation| team.as_ref().is_none_or(|team| &allocation.request.team == team))
             .filter(|allocation| {
                 request.node.is_empty()
                     || allocation.binding.as_ref().is_some_and(|binding| binding.node.as_str() == request.node)
             })
-            .filter(|allocation| request.owner.is_empty() || allocation.request.owner.as_deref() == Some(request.owner.as_str()))
+            .filter(|allocation| {
+                request.owner.is_empty() || allocation.request.owner.as_deref() == Some(request.owner.as_str())
+            })
             .map(Into::into)
             .collect();
         Ok(Response::new(proto::ListAllocationsResponse { allocations }))
     }
 
-    async fn explain(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::ExplainResponse>, Status> {
+    async fn explain(
+        &self,
+        request: Request<proto::AllocationRef>,
+    ) -> Result<Response<proto::ExplainResponse>, Status> {
         let id = allocation_id(&request.into_inner().id)?;
         let state = self.core.state();
-        let allocation = state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
+        let allocation =
+            state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
         let mut explanation = allocation.explanation.clone();
         if let Some(report) = state.node_reports.get(&id) {
             explanation.push_str(&format!("\nnode reports: {report}"));
@@ -275,28 +297,37 @@ impl proto::allocation_service_server::AllocationService for Services {
             return Err(invalid("device_uuid", "missing"));
         }
         let state = self.core.state();
-        let found = state.allocations.values().filter(|allocation| allocation.state.holds_capacity()).find(|allocation| {
+        let found = state.live_on(&node).into_iter().find(|allocation| {
             allocation.binding.as_ref().is_some_and(|binding| {
-                binding.node == node
-                    && binding.gpus.iter().any(|gpu| {
-                        gpu.uuid.as_deref() == Some(request.device_uuid.as_str())
-                            || mig_uuid(&state, &node, gpu).as_deref() == Some(request.device_uuid.as_str())
-                    })
+                binding.gpus.iter().any(|gpu| {
+                    gpu.uuid.as_deref() == Some(request.device_uuid.as_str())
+                        || mig_uuid(&state, &node, gpu).as_deref() == Some(request.device_uuid.as_str())
+                })
             })
         });
         let allocation = found.ok_or_else(|| BrokerError::NotFound {
             what: format!("a live allocation holding device {} on node {node}", request.device_uuid),
         })?;
-        Ok(Response::new(allocation.into()))
+        Ok(Response::new((&allocation).into()))
     }
 }
 
 /// The MIG device UUID the node reports for a granted instance, if it exists yet.
-fn mig_uuid(state: &crate::state::ClusterState, node: &NodeName, grant: &allot_api::allocation::GpuGrant) -> Option<String> {
+fn mig_uuid(
+    state: &crate::state::ClusterState,
+    node: &NodeName,
+    grant: &allot_api::allocation::GpuGrant,
+) -> Option<String> {
     let mig = grant.mig.as_ref()?;
     let entry = state.nodes.get(node)?;
     let gpu = entry.record.inventory.gpus.iter().find(|gpu| gpu.index == grant.index)?;
-    gpu.mig.as_ref()?.instances.iter().find(|instance| instance.start == mig.start && instance.profile == mig.profile)?.uuid.clone()
+    gpu.mig
+        .as_ref()?
+        .instances
+        .iter()
+        .find(|instance| instance.start == mig.start && instance.profile == mig.profile)?
+        .uuid
+        .clone()
 }
 
 #[tonic::async_trait]
@@ -307,13 +338,19 @@ impl proto::admin_service_server::AdminService for Services {
         Ok(Response::new(proto::Team { name: name.to_string() }))
     }
 
-    async fn list_teams(&self, _: Request<proto::ListTeamsRequest>) -> Result<Response<proto::ListTeamsResponse>, Status> {
+    async fn list_teams(
+        &self,
+        _: Request<proto::ListTeamsRequest>,
+    ) -> Result<Response<proto::ListTeamsResponse>, Status> {
         let state = self.core.state();
         let teams = state.teams.iter().map(|team| proto::Team { name: team.to_string() }).collect();
         Ok(Response::new(proto::ListTeamsResponse { teams }))
     }
 
-    async fn list_nodes(&self, _: Request<proto::ListNodesRequest>) -> Result<Response<proto::ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
         let state = self.core.state();
         let nodes = state
             .nodes
@@ -321,7 +358,8 @@ impl proto::admin_service_server::AdminService for Services {
             .map(|(name, entry)| {
                 let inventory = &entry.record.inventory;
                 let gpus_free = inventory.gpus.iter().filter(|gpu| !entry.usage.gpu_in_use(gpu.index)).count();
-                let unhealthy = inventory.gpus.iter().filter(|gpu| matches!(gpu.health, GpuHealth::Unhealthy { .. })).count();
+                let unhealthy =
+                    inventory.gpus.iter().filter(|gpu| matches!(gpu.health, GpuHealth::Unhealthy { .. })).count();
                 let mut models: Vec<&str> = inventory.gpus.iter().map(|gpu| gpu.model.as_str()).collect();
                 models.dedup();
                 proto::NodeSummary {
@@ -337,12 +375,7 @@ impl proto::admin_service_server::AdminService for Services {
                     cores_free: inventory.cpu.cores.len().saturating_sub(entry.usage.cores_taken() as usize) as u32,
                     last_heartbeat_ms: entry.last_heartbeat_ms,
                     unhealthy_gpus: unhealthy as u32,
-                    allocations: state
-                        .allocations
-                        .values()
-                        .filter(|allocation| allocation.state.holds_capacity())
-                        .filter(|allocation| allocation.binding.as_ref().is_some_and(|binding| &binding.node == name))
-                        .count() as u32,
+                    allocations: state.live_count(name) as u32,
                 }
             })
             .collect();

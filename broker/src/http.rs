@@ -69,12 +69,16 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         .values()
         .map(|entry| entry.record.inventory.gpus.iter().filter(|gpu| entry.usage.gpu_in_use(gpu.index)).count())
         .sum();
-    out.push_str("# HELP allot_gpus GPUs in the cluster (total) and holding an allocation (used).\n# TYPE allot_gpus gauge\n");
+    out.push_str(
+        "# HELP allot_gpus GPUs in the cluster (total) and holding an allocation (used).\n# TYPE allot_gpus gauge\n",
+    );
     out.push_str(&format!("allot_gpus{{use=\"total\"}} {total}\nallot_gpus{{use=\"used\"}} {used}\n"));
     drop(state);
     // allot_writer_*: the group-commit writer.
     let metrics = &core.metrics;
-    out.push_str("# HELP allot_writer_batches_total Batches the writer persisted.\n# TYPE allot_writer_batches_total counter\n");
+    out.push_str(
+        "# HELP allot_writer_batches_total Batches the writer persisted.\n# TYPE allot_writer_batches_total counter\n",
+    );
     out.push_str(&format!("allot_writer_batches_total {}\n", metrics.batches.load(Ordering::Relaxed)));
     out.push_str("# HELP allot_writer_commands_total Commands in persisted batches.\n# TYPE allot_writer_commands_total counter\n");
     out.push_str(&format!("allot_writer_commands_total {}\n", metrics.commands.load(Ordering::Relaxed)));

@@ -12,6 +12,14 @@ use crate::error::BrokerError;
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
+/// Gives leadership up at once (on a clean shutdown), so a restarted or standby
+/// broker need not wait for the lease to run out.
+pub async fn resign(store: &dyn Store, leadership: &Leadership) {
+    if let Err(error) = store.revoke_lease(leadership.lease).await {
+        tracing::warn!(%error, "could not give up leadership; a successor waits for the lease to expire");
+    }
+}
+
 /// Waits until this broker leads, then keeps the lease alive in the background.
 /// `on_lost` runs if the lease cannot be kept.
 pub async fn acquire(
@@ -60,5 +68,5 @@ pub async fn acquire(
             }
         }
     });
-    Ok(Leadership { key, value })
+    Ok(Leadership { key, value, lease: lease.id })
 }

@@ -59,20 +59,24 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Serves until `shutdown` resolves.
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let store = open_store(&config.store).await?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "store open");
     let identity = format!("{}:{}:{}", hostname(), std::process::id(), now_ms());
     let (lost_sender, lost_receiver) = tokio::sync::oneshot::channel::<()>();
     let leadership = tokio::select! {
         leadership = leader::acquire(Arc::clone(&store), identity, move || { let _ = lost_sender.send(()); }) => leadership?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    let core = Core::start(Arc::clone(&store), leadership, config.node_timeout, config.heartbeat_interval).await?;
+    let core =
+        Core::start(Arc::clone(&store), leadership.clone(), config.node_timeout, config.heartbeat_interval).await?;
     {
         let state = core.state();
         tracing::info!(
             nodes = state.nodes.len(),
             allocations = state.allocations.len(),
             teams = state.teams.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "state loaded"
         );
     }
@@ -92,9 +96,8 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         .add_service(proto::node_service_server::NodeServiceServer::new(services.clone()))
         .add_service(proto::allocation_service_server::AllocationServiceServer::new(services.clone()))
         .add_service(proto::admin_service_server::AdminServiceServer::new(services))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        // Without TCP_NODELAY small HTTP/2 frames wait for delayed ACKs (~40 ms each).
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)));
     let http = axum::serve(http_listener, http::router(Arc::clone(&core)));
 
     if let Some(path) = &config.ready_file {
@@ -106,8 +109,12 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     tokio::select! {
         result = grpc => result.context("gRPC server failed")?,
         result = http => result.context("HTTP server failed")?,
-        _ = shutdown => tracing::info!("shutting down"),
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            leader::resign(store.as_ref(), &leadership).await;
+        }
         _ = lost_receiver => anyhow::bail!("lost leadership of the store: another broker may lead now; stopping"),
+        _ = core.fenced.notified() => anyhow::bail!("another broker leads the store now; stopping"),
     }
     Ok(())
 }
@@ -124,7 +131,9 @@ async fn detect_lost_nodes(core: Arc<Core>) {
             state
                 .nodes
                 .iter()
-                .filter(|(_, entry)| entry.status == NodeStatus::Ready && now.saturating_sub(entry.last_heartbeat_ms) > timeout)
+                .filter(|(_, entry)| {
+                    entry.status == NodeStatus::Ready && now.saturating_sub(entry.last_heartbeat_ms) > timeout
+                })
                 .map(|(name, _)| name.clone())
                 .collect()
         };
@@ -135,7 +144,9 @@ async fn detect_lost_nodes(core: Arc<Core>) {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_else(|_| "broker".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "broker".into())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

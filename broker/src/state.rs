@@ -47,34 +47,54 @@ pub struct ClusterState {
     pub next_id: u64,
     /// The node's last word on each allocation (not persisted).
     pub node_reports: BTreeMap<AllocationId, String>,
+    /// Allocations holding capacity, by node: keeps per-node work proportional to
+    /// the node's own allocations, not to the history of the cluster.
+    live_by_node: BTreeMap<NodeName, BTreeSet<AllocationId>>,
 }
 
 impl ClusterState {
+    /// Inserts or replaces an allocation, keeping the per-node index right.
+    pub fn put_allocation(&mut self, allocation: Allocation) {
+        if let Some(previous) = self.allocations.get(&allocation.id)
+            && let Some(binding) = &previous.binding
+            && let Some(live) = self.live_by_node.get_mut(&binding.node)
+        {
+            live.remove(&previous.id);
+        }
+        if allocation.state.holds_capacity()
+            && let Some(binding) = &allocation.binding
+        {
+            self.live_by_node.entry(binding.node.clone()).or_default().insert(allocation.id);
+        }
+        self.allocations.insert(allocation.id, allocation);
+    }
+
     /// Recomputes a node's usage from the allocations that hold capacity on it.
     pub fn recompute_usage(&mut self, node: &NodeName) {
-        let bindings: Vec<_> = self
-            .allocations
-            .values()
-            .filter(|allocation| allocation.state.holds_capacity())
-            .filter_map(|allocation| allocation.binding.as_ref())
-            .filter(|binding| &binding.node == node)
-            .cloned()
-            .collect();
+        let usage = match self.live_by_node.get(node) {
+            Some(live) => NodeUsage::from_bindings(
+                live.iter()
+                    .filter_map(|id| self.allocations.get(id))
+                    .filter_map(|allocation| allocation.binding.as_ref()),
+            ),
+            None => NodeUsage::default(),
+        };
         if let Some(entry) = self.nodes.get_mut(node) {
-            entry.usage = NodeUsage::from_bindings(bindings.iter());
+            entry.usage = usage;
         }
     }
 
+    /// Rebuilds the per-node index and every node's usage (after loading).
     pub fn recompute_all_usage(&mut self) {
-        let mut by_node: BTreeMap<NodeName, Vec<allot_api::allocation::Binding>> = BTreeMap::new();
+        self.live_by_node.clear();
         for allocation in self.allocations.values().filter(|allocation| allocation.state.holds_capacity()) {
             if let Some(binding) = &allocation.binding {
-                by_node.entry(binding.node.clone()).or_default().push(binding.clone());
+                self.live_by_node.entry(binding.node.clone()).or_default().insert(allocation.id);
             }
         }
-        for (name, entry) in &mut self.nodes {
-            let bindings = by_node.remove(name).unwrap_or_default();
-            entry.usage = NodeUsage::from_bindings(bindings.iter());
+        let names: Vec<NodeName> = self.nodes.keys().cloned().collect();
+        for name in names {
+            self.recompute_usage(&name);
         }
     }
 
@@ -93,12 +113,15 @@ impl ClusterState {
 
     /// Allocations on a node that hold capacity, as the node should see them.
     pub fn live_on(&self, node: &NodeName) -> Vec<Allocation> {
-        self.allocations
-            .values()
-            .filter(|allocation| allocation.state.holds_capacity())
-            .filter(|allocation| allocation.binding.as_ref().is_some_and(|binding| &binding.node == node))
-            .cloned()
-            .collect()
+        self.live_by_node
+            .get(node)
+            .map(|live| live.iter().filter_map(|id| self.allocations.get(id)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many allocations hold capacity on a node.
+    pub fn live_count(&self, node: &NodeName) -> usize {
+        self.live_by_node.get(node).map_or(0, BTreeSet::len)
     }
 
     pub fn count_in_state(&self, state: AllocationState) -> usize {

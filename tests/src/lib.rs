@@ -16,7 +16,9 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let candidates = exe.ancestors().skip(1).take(2).map(|dir| dir.join(name)).collect::<Vec<_>>();
     candidates.iter().find(|path| path.is_file()).cloned().unwrap_or_else(|| {
-        panic!("{name} is not built (looked in {candidates:?}): run `cargo build --workspace` first (scripts/test.sh does)")
+        panic!(
+            "{name} is not built (looked in {candidates:?}): run `cargo build --workspace` first (scripts/test.sh does)"
+        )
     })
 }
 
@@ -118,12 +120,12 @@ pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: 
     let mut process = Process::spawn(name, &mut command, dir);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            if let Ok(addresses) = serde_json::from_str::<Value>(&text) {
-                let grpc = addresses["grpc"].as_str().unwrap_or_default().to_owned();
-                let http = addresses["http"].as_str().unwrap_or_default().to_owned();
-                return Broker { process, grpc, http };
-            }
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(addresses) = serde_json::from_str::<Value>(&text)
+        {
+            let grpc = addresses["grpc"].as_str().unwrap_or_default().to_owned();
+            let http = addresses["http"].as_str().unwrap_or_default().to_owned();
+            return Broker { process, grpc, http };
         }
         if process.has_exited() || Instant::now() > deadline {
             panic!("broker {name} did not become ready:\n{}", process.log_text());
@@ -137,7 +139,20 @@ pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Proce
     let ready = dir.join(format!("{name}.ready"));
     let _ = std::fs::remove_file(&ready);
     let mut command = Command::new(binary("allot-broker"));
-    command.args(["serve", "--store", &store.flag(), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--node-timeout", "3s", "--heartbeat-interval", "200ms", "--ready-file"]);
+    command.args([
+        "serve",
+        "--store",
+        &store.flag(),
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--node-timeout",
+        "3s",
+        "--heartbeat-interval",
+        "200ms",
+        "--ready-file",
+    ]);
     command.arg(&ready);
     (Process::spawn(name, &mut command, dir), ready)
 }
@@ -145,18 +160,23 @@ pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Proce
 /// Starts a node daemon for a fixture under a name.
 pub fn start_node(broker: &Broker, fixture: &str, name: &str, dir: &Path) -> Process {
     let mut command = Command::new(binary("allot-node"));
-    command.args(["run", "--broker", &broker.grpc, "--fixture", fixture, "--name", name, "--heartbeat-interval", "0.2"]);
+    command.args([
+        "run",
+        "--broker",
+        &broker.grpc,
+        "--fixture",
+        fixture,
+        "--name",
+        name,
+        "--heartbeat-interval",
+        "0.2",
+    ]);
     Process::spawn(name, &mut command, dir)
 }
 
 /// Runs allotctl against a broker; returns the raw output.
 pub fn allotctl(broker: &Broker, args: &[&str]) -> Output {
-    Command::new(binary("allotctl"))
-        .arg("--broker")
-        .arg(&broker.grpc)
-        .args(args)
-        .output()
-        .expect("allotctl runs")
+    Command::new(binary("allotctl")).arg("--broker").arg(&broker.grpc).args(args).output().expect("allotctl runs")
 }
 
 /// Runs allotctl with `-o json` and parses the answer; fails the test on error.
@@ -164,13 +184,10 @@ pub fn allotctl_json(broker: &Broker, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
     let output = allotctl(broker, &all);
-    assert!(
-        output.status.success(),
-        "allotctl {all:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|error| panic!("allotctl {all:?}: not JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)))
+    assert!(output.status.success(), "allotctl {all:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("allotctl {all:?}: not JSON ({error}): {}", String::from_utf8_lossy(&output.stdout))
+    })
 }
 
 /// Polls until `check` holds or the time is up.
@@ -196,7 +213,9 @@ pub fn node_statuses(broker: &Broker) -> Vec<(String, String)> {
         .map(|nodes| {
             nodes
                 .iter()
-                .map(|node| (node["name"].as_str().unwrap_or("").to_owned(), node["status"].as_str().unwrap_or("").to_owned()))
+                .map(|node| {
+                    (node["name"].as_str().unwrap_or("").to_owned(), node["status"].as_str().unwrap_or("").to_owned())
+                })
                 .collect()
         })
         .unwrap_or_default()

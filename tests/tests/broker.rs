@@ -10,8 +10,7 @@ use allot_api::proto;
 use allot_api::proto::allocation_service_client::AllocationServiceClient;
 use allot_tests::{
     Broker, StoreKind, allotctl, allotctl_json, node_statuses, spawn_standby_broker, start_broker, start_broker_on,
-    start_node,
-    wait_until,
+    start_node, wait_until,
 };
 use serde_json::Value;
 
@@ -51,14 +50,22 @@ fn refused(broker: &Broker, args: &[&str], code: &str, mention: &str) {
     let output = allotctl(broker, args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "allotctl {args:?} should fail");
-    assert!(stderr.contains(code) && stderr.contains(mention), "allotctl {args:?}: expected {code} mentioning {mention:?}, got: {stderr}");
+    assert!(
+        stderr.contains(code) && stderr.contains(mention),
+        "allotctl {args:?}: expected {code} mentioning {mention:?}, got: {stderr}"
+    );
     let after = allotctl_json(broker, &["alloc", "list", "--all"]);
     assert_eq!(before, after, "a refused request changed state: {args:?}");
 }
 
 fn gpus_of(allocation: &Value) -> Vec<(String, u64)> {
     let node = allocation["node"].as_str().expect("node").to_owned();
-    allocation["gpus"].as_array().expect("gpus").iter().map(|gpu| (node.clone(), gpu["index"].as_u64().expect("index"))).collect()
+    allocation["gpus"]
+        .as_array()
+        .expect("gpus")
+        .iter()
+        .map(|gpu| (node.clone(), gpu["index"].as_u64().expect("index")))
+        .collect()
 }
 
 async fn fire_concurrently(address: &str, count: usize) -> (Vec<proto::Allocation>, usize) {
@@ -73,7 +80,10 @@ async fn fire_concurrently(address: &str, count: usize) -> (Vec<proto::Allocatio
         tasks.push(tokio::spawn(async move {
             let spec = proto::AllocationSpec {
                 team: "ml".into(),
-                gpus: Some(proto::allocation_spec::Gpus::Whole(proto::WholeGpus { count: 1, models: vec!["H100".into()] })),
+                gpus: Some(proto::allocation_spec::Gpus::Whole(proto::WholeGpus {
+                    count: 1,
+                    models: vec!["H100".into()],
+                })),
                 cpus: 1,
                 owner: Some(format!("job-{index}")),
                 ..Default::default()
@@ -105,9 +115,19 @@ fn scenario(store: StoreKind, dir: &Path) {
 
     // Bad input: refused with a clear status, state unchanged.
     refused(&broker, &["alloc", "create", "--team", "nobody", "--gpus", "1"], "NOT_FOUND", "nobody");
-    refused(&broker, &["alloc", "create", "--team", "ml", "--gpus", "9", "--interconnect", "nvlink"], "INVALID_ARGUMENT", "E-IMPOSSIBLE");
+    refused(
+        &broker,
+        &["alloc", "create", "--team", "ml", "--gpus", "9", "--interconnect", "nvlink"],
+        "INVALID_ARGUMENT",
+        "E-IMPOSSIBLE",
+    );
     refused(&broker, &["alloc", "create", "--team", "ml", "--mig", "9g.99gb"], "INVALID_ARGUMENT", "9g.99gb");
-    refused(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "B300"], "INVALID_ARGUMENT", "B300");
+    refused(
+        &broker,
+        &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "B300"],
+        "INVALID_ARGUMENT",
+        "B300",
+    );
     refused(&broker, &["alloc", "get", "a-00000000ffffffff"], "NOT_FOUND", "a-00000000ffffffff");
     refused(&broker, &["alloc", "release", "not-an-id"], "", "allocation id");
 
@@ -124,7 +144,8 @@ fn scenario(store: StoreKind, dir: &Path) {
     assert_eq!(four["gpus"].as_array().expect("gpus").len(), 4);
     assert_eq!(four["cpus"].as_array().expect("cores").len(), 16);
     let numa = dgx_h100_numa_cpus();
-    let pus: BTreeSet<u32> = four["pus"].as_array().expect("pus").iter().map(|pu| pu.as_u64().expect("pu") as u32).collect();
+    let pus: BTreeSet<u32> =
+        four["pus"].as_array().expect("pus").iter().map(|pu| pu.as_u64().expect("pu") as u32).collect();
     let local = numa.iter().position(|cpus| pus.is_subset(cpus));
     assert!(local.is_some(), "cores {pus:?} are not all on one NUMA node");
     assert_eq!(four["numa_nodes"].as_array().expect("numa").len(), 1, "{four}");
@@ -136,7 +157,8 @@ fn scenario(store: StoreKind, dir: &Path) {
     assert_eq!(grant["profile"], "3g.40gb");
     assert!([0, 4].contains(&grant["start"].as_u64().expect("start")), "{grant}");
     let second_mig = create(&broker, &["--mig", "3g.40gb"]);
-    let overlap = second_mig["gpus"][0]["index"] == mig["gpus"][0]["index"] && second_mig["gpus"][0]["mig"]["start"] == grant["start"];
+    let overlap = second_mig["gpus"][0]["index"] == mig["gpus"][0]["index"]
+        && second_mig["gpus"][0]["mig"]["start"] == grant["start"];
     assert!(!overlap, "two 3g.40gb instances on one slot: {mig} {second_mig}");
     let explanation = allotctl(&broker, &["alloc", "explain", mig["id"].as_str().expect("id")]);
     assert!(explanation.status.success());
@@ -171,7 +193,11 @@ fn scenario(store: StoreKind, dir: &Path) {
     });
     // Still nothing more to give: the restart did not forget what was granted.
     let output = allotctl(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "H100"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("RESOURCE_EXHAUSTED"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("RESOURCE_EXHAUSTED"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // A killed node daemon: its node is lost within the timeout, and so are its allocations.
     node_b.kill();

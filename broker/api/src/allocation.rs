@@ -320,10 +320,10 @@ impl ValidatedRequest {
                 }
             }
         }
-        if let Some(owner) = &owner {
-            if owner.len() > 253 || owner.chars().any(char::is_control) {
-                return error("owner", "at most 253 bytes without control characters".into());
-            }
+        if let Some(owner) = &owner
+            && (owner.len() > 253 || owner.chars().any(char::is_control))
+        {
+            return error("owner", "at most 253 bytes without control characters".into());
         }
         Ok(ValidatedRequest { team, gpus, cpus, memory, interconnect, rdma, min_gpu_memory, owner })
     }

@@ -19,16 +19,27 @@ use crate::usage::NodeUsage;
 /// index order, `None` last.
 pub(crate) fn free_cores_by_numa(inventory: &NodeInventory, usage: &NodeUsage, mode: Mode) -> Vec<(Option<u32>, u32)> {
     let mut free: Vec<(Option<u32>, u32)> = Vec::with_capacity(inventory.cpu.numa_nodes.len() + 1);
+    // Cores come grouped by NUMA node, so the group of the previous core is
+    // almost always the right one: this loop runs for every node on every request.
+    let mut group = usize::MAX;
     for core in &inventory.cpu.cores {
         if mode == Mode::Now && usage.core_taken(core.index) {
             continue;
         }
-        match free.iter_mut().find(|(numa, _)| *numa == core.numa_node) {
-            Some((_, count)) => *count += 1,
-            None => free.push((core.numa_node, 1)),
+        if free.get(group).is_none_or(|(numa, _)| *numa != core.numa_node) {
+            group = match free.iter().position(|(numa, _)| *numa == core.numa_node) {
+                Some(existing) => existing,
+                None => {
+                    free.push((core.numa_node, 0));
+                    free.len() - 1
+                }
+            };
         }
+        free[group].1 += 1;
     }
-    free.sort_by_key(|(numa, _)| (numa.is_none(), *numa));
+    if !free.is_sorted_by_key(|(numa, _)| (numa.is_none(), *numa)) {
+        free.sort_by_key(|(numa, _)| (numa.is_none(), *numa));
+    }
     free
 }
 
@@ -144,8 +155,10 @@ pub(crate) fn assign_cores(
     // Proportional quotas on the local NUMA nodes; the remainder goes to the nodes
     // with the most GPUs first.
     let total_weight: u32 = home.iter().map(|(_, weight)| *weight).sum::<u32>().max(1);
-    let mut quotas: Vec<(u32, u32)> =
-        home.iter().map(|(numa, weight)| (*numa, (u64::from(wanted) * u64::from(*weight) / u64::from(total_weight)) as u32)).collect();
+    let mut quotas: Vec<(u32, u32)> = home
+        .iter()
+        .map(|(numa, weight)| (*numa, (u64::from(wanted) * u64::from(*weight) / u64::from(total_weight)) as u32))
+        .collect();
     let mut left = wanted - quotas.iter().map(|(_, quota)| *quota).sum::<u32>();
     for (_, quota) in quotas.iter_mut() {
         if left == 0 {

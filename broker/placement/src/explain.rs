@@ -76,17 +76,39 @@ pub enum NodeRefusal {
     /// An administrator cordoned the node.
     Cordoned,
     /// Too few GPUs pass the request's filters and are free.
-    TooFewGpus { requested: u32, eligible: u32, excluded: GpuExclusions },
+    TooFewGpus {
+        requested: u32,
+        eligible: u32,
+        excluded: GpuExclusions,
+    },
     /// Enough GPUs are free, but no `requested` of them are connected as asked.
-    NoConnectedSet { interconnect: Interconnect, requested: u32, eligible: u32, largest: u32 },
+    NoConnectedSet {
+        interconnect: Interconnect,
+        requested: u32,
+        eligible: u32,
+        largest: u32,
+    },
     /// No GPU of the node has the MIG profile.
-    NoMigProfile { profile: String },
+    NoMigProfile {
+        profile: String,
+    },
     /// GPUs offer the profile, but none has a free slot for it now.
-    NoMigSlot { profile: String, excluded: GpuExclusions },
+    NoMigSlot {
+        profile: String,
+        excluded: GpuExclusions,
+    },
     /// No GPU can take the share.
-    NoShareRoom { excluded: GpuExclusions },
-    NotEnoughCores { requested: u32, free: u32 },
-    NotEnoughMemory { requested: MiB, free: MiB },
+    NoShareRoom {
+        excluded: GpuExclusions,
+    },
+    NotEnoughCores {
+        requested: u32,
+        free: u32,
+    },
+    NotEnoughMemory {
+        requested: MiB,
+        free: MiB,
+    },
 }
 
 impl NodeRefusal {
@@ -193,10 +215,16 @@ pub(crate) fn describe_request(request: &ValidatedRequest) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The request goes here.
-    Chosen { score: Score },
+    Chosen {
+        score: Score,
+    },
     /// It could have gone here; its best placement scored worse than the chosen one.
-    Candidate { score: Score },
-    Refused { reason: NodeRefusal },
+    Candidate {
+        score: Score,
+    },
+    Refused {
+        reason: NodeRefusal,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

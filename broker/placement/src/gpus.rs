@@ -61,11 +61,11 @@ pub(crate) fn passes_filter(gpu: &Gpu, filter: &GpuFilter<'_>, mode: Mode, exclu
         excluded.wrong_model += 1;
         return false;
     }
-    if let Some(min_memory) = filter.min_memory {
-        if gpu.memory_mib.is_none_or(|memory| memory < min_memory) {
-            excluded.too_small += 1;
-            return false;
-        }
+    if let Some(min_memory) = filter.min_memory
+        && gpu.memory_mib.is_none_or(|memory| memory < min_memory)
+    {
+        excluded.too_small += 1;
+        return false;
     }
     if mode == Mode::Now && is_unhealthy(gpu) {
         excluded.unhealthy += 1;
@@ -122,21 +122,33 @@ pub(crate) fn assign_nics(inventory: &NodeInventory, gpus: &[usize]) -> Vec<Opti
 }
 
 /// GPU positions in index order, so that ties break by GPU index whatever order the
-/// inventory lists them in.
-pub(crate) fn positions_by_index(inventory: &NodeInventory) -> Vec<usize> {
-    let mut positions: Vec<usize> = (0..inventory.gpus.len()).collect();
-    positions.sort_by_key(|position| (inventory.gpus[*position].index, *position));
-    positions
+/// inventory lists them in. Inventories are usually in index order already; then
+/// nothing is sorted or allocated.
+pub(crate) fn positions_by_index(inventory: &NodeInventory) -> Positions {
+    let gpus = &inventory.gpus;
+    if gpus.windows(2).all(|pair| pair[0].index < pair[1].index) {
+        return Positions::InOrder(0..gpus.len());
+    }
+    let mut positions: Vec<usize> = (0..gpus.len()).collect();
+    positions.sort_by_key(|position| (gpus[*position].index, *position));
+    Positions::Sorted(positions.into_iter())
 }
 
-/// GPUs nobody uses and that are healthy (or, in [`Mode::Ever`], all of them).
-pub(crate) fn free_gpu_count(inventory: &NodeInventory, usage: &NodeUsage, mode: Mode) -> u32 {
-    let free = inventory
-        .gpus
-        .iter()
-        .filter(|gpu| mode == Mode::Ever || (!is_unhealthy(gpu) && !usage.gpu_in_use(gpu.index)))
-        .count();
-    u32::try_from(free).unwrap_or(u32::MAX)
+/// The iterator of [`positions_by_index`].
+pub(crate) enum Positions {
+    InOrder(std::ops::Range<usize>),
+    Sorted(std::vec::IntoIter<usize>),
+}
+
+impl Iterator for Positions {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Positions::InOrder(range) => range.next(),
+            Positions::Sorted(positions) => positions.next(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,9 +23,9 @@
 //!   most [`PlacementOptions::exhaustive_limit`], otherwise grown greedily from
 //!   every GPU along its cheapest links.
 //! - **MIG** ([`MigScore`]): no re-carve first; then no throttling; NUMA-local
-//!   cores; reusing an unowned instance of exactly that profile and start; then the
-//!   slot that blocks the fewest instances of the largest profiles; then GPUs
-//!   already partitioned; then the snuggest node.
+//!   cores; then the slot that blocks the fewest instances of the largest profiles
+//!   (7g first, then 4g, 3g, ...); then reusing an unowned instance of exactly that
+//!   profile and start; then GPUs already partitioned; then the snuggest node.
 //! - **Shares** ([`ShareScore`]): ranked by a [`SharePolicy`], best fit by default.
 //! - **CPU only** ([`CpuScore`]): cores on one NUMA node; nodes with fewer free
 //!   GPUs (their cores are not wanted by GPU work); the snuggest fit.

@@ -2,17 +2,17 @@
 //!
 //! A GPU's occupied memory slices are those of the instances allocations own.
 //! Instances in the inventory that no allocation owns are orphans the node daemon
-//! will remove: their slices count as free, but one of exactly the requested
-//! profile and start is reused rather than carved anew, and a slot that overlaps
-//! other orphans needs a re-carve. Among the slots that fit, placement prefers the
-//! one that blocks the fewest instances of the largest profiles (so a 3g goes where
-//! a 4g and a 7g would not have fitted anyway), then GPUs already partitioned.
+//! will remove: their slices count as free, and a slot that overlaps them needs a
+//! re-carve. Among the slots that fit without a re-carve, placement prefers the one
+//! that blocks the fewest instances of the largest profiles (so a 3g goes where a 4g
+//! and a 7g would not have fitted anyway), then an orphan of exactly the requested
+//! profile and start (reused, not carved anew), then GPUs already partitioned.
 
 use allot_api::allocation::MigGrant;
 use allot_api::topology::{Gpu, MigInstance, MigMode, MigProfile};
 
 use crate::explain::{GpuExclusions, NodeRefusal};
-use crate::gpus::{GpuFilter, Mode, has_rdma_nic, is_throttling, passes_filter, positions_by_index};
+use crate::gpus::{GpuFilter, Mode, has_rdma_nic, is_throttling, passes_filter};
 use crate::node::NodeCtx;
 use crate::score::{BlockedProfile, MigScore};
 use crate::usage::MigSlot;
@@ -39,7 +39,8 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &MigAsk<'_>) -> Result<MigOffer,
     let mut best: Option<MigOffer> = None;
     // The GPU filter minus memory, which is checked against the profile instead.
     let filter = GpuFilter { min_memory: None, ..ask.filter };
-    for position in positions_by_index(inventory) {
+    for state in node.gpus() {
+        let position = state.position;
         let gpu = &inventory.gpus[position];
         let Some((mig, profile)) =
             gpu.mig.as_ref().and_then(|mig| Some((mig, mig.profiles.iter().find(|p| p.name == ask.profile)?)))
@@ -103,9 +104,9 @@ fn candidate(
     owned: &[MigSlot],
 ) -> MigOffer {
     let size = profile.memory_slices;
-    let reuses_orphan = orphans.iter().any(|orphan| {
-        orphan.start == start && orphan.size == size && orphan.profile_id == profile.profile_id
-    });
+    let reuses_orphan = orphans
+        .iter()
+        .any(|orphan| orphan.start == start && orphan.size == size && orphan.profile_id == profile.profile_id);
     let in_the_way = !reuses_orphan && orphans.iter().any(|orphan| overlaps(orphan.start, orphan.size, start, size));
     let mig_enabled = gpu.mig.as_ref().is_some_and(|mig| mig.mode == MigMode::Enabled);
     let recarve = node.mode == Mode::Now && (!mig_enabled || in_the_way);
@@ -119,13 +120,7 @@ fn candidate(
         gpu_in_use: !owned.is_empty(),
         free_gpus_after: node.free_gpus().saturating_sub(u32::from(gpu_free)),
     };
-    let grant = MigGrant {
-        profile: profile.name.clone(),
-        profile_id: profile.profile_id,
-        start,
-        size,
-        recarve,
-    };
+    let grant = MigGrant { profile: profile.name.clone(), profile_id: profile.profile_id, start, size, recarve };
     MigOffer { score, position, grant }
 }
 
@@ -216,7 +211,7 @@ impl<'g> Layout<'g> {
         let mask = slice_mask(start, profile.memory_slices)?;
         let fits = start + profile.memory_slices <= self.slices
             && profile.placements.contains(&start)
-            
+            && self.occupied & mask == 0
             && self.count_of(profile) < profile.max_count
             && self.instances() < self.max_instances
             && self.compute_used + profile.compute_slices <= self.compute_total;
@@ -246,7 +241,8 @@ impl<'g> Layout<'g> {
     /// For each shape of profile (memory and compute slices; media-engine variants
     /// aside), largest first: how many fewer instances fit in `after` than here.
     fn blocked_by(&self, after: &Layout<'_>) -> Vec<BlockedProfile> {
-        let mut shapes: Vec<&MigProfile> = self.profiles.iter().filter(|profile| !profile.name.contains("+me")).collect();
+        let mut shapes: Vec<&MigProfile> =
+            self.profiles.iter().filter(|profile| !profile.name.contains("+me")).collect();
         shapes.sort_by(|a, b| {
             (b.memory_slices, b.compute_slices).cmp(&(a.memory_slices, a.compute_slices)).then(a.name.cmp(&b.name))
         });
@@ -331,6 +327,10 @@ mod tests {
         check(&[("4g.40gb", 0), ("2g.20gb", 4)], "1g.10gb", "@6: 1g.20gbx1 1g.10gbx1");
         // At most one 1g.10gb+me per GPU.
         check(&[("1g.10gb+me", 6)], "1g.10gb+me", "");
-        check(&[("1g.10gb", 0), ("1g.10gb", 1), ("1g.10gb", 2), ("1g.10gb", 3)], "2g.20gb", "@4: 3g.40gbx1 2g.20gbx1 1g.20gbx1 1g.10gbx2");
+        check(
+            &[("1g.10gb", 0), ("1g.10gb", 1), ("1g.10gb", 2), ("1g.10gb", 3)],
+            "2g.20gb",
+            "@4: 3g.40gbx1 2g.20gbx1 1g.20gbx1 1g.10gbx2",
+        );
     }
 }

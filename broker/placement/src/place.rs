@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use allot_api::allocation::{Binding, GpuDemand, GpuGrant, MigGrant, ShareGrant, ValidatedRequest};
 use allot_api::topology::NodeInventory;
+use allot_api::units::CpuSet;
 
 use crate::cores::{CoreGrant, assign_cores, free_memory, gpu_numa_weights, total_free, would_spill};
 use crate::explain::{Explanation, NodeRefusal, NodeVerdict, Refusal, RefusalReason, Verdict, describe_request};
@@ -70,8 +71,13 @@ pub(crate) fn evaluate_node(
             Offer { score: Score::Mig(offer.score), plan: Plan::Mig { position: offer.position, grant: offer.grant } }
         }
         GpuDemand::Share { compute, memory } => {
-            let ask =
-                ShareAsk { compute: *compute, memory: *memory, filter, cpus: request.cpus, policy: options.share_policy };
+            let ask = ShareAsk {
+                compute: *compute,
+                memory: *memory,
+                filter,
+                cpus: request.cpus,
+                policy: options.share_policy,
+            };
             let offer = share::evaluate(&node, &ask)?;
             Offer {
                 score: Score::Share(offer.score),
@@ -204,27 +210,36 @@ pub(crate) fn explanation(
     chosen: Option<usize>,
     chosen_text: Option<String>,
 ) -> Explanation {
-    let mut candidates: Vec<(usize, Score)> = Vec::new();
-    let mut refused: Vec<NodeVerdict> = Vec::new();
-    let mut first: Option<NodeVerdict> = None;
-    for (index, outcome) in outcomes {
-        let node = nodes[index].name.clone();
+    // Order positions in `outcomes`, then move each outcome once: with ten thousand
+    // nodes, shuffling the verdicts themselves costs more than deciding.
+    let mut candidates: Vec<usize> = Vec::new();
+    let mut refused: Vec<usize> = Vec::new();
+    let mut first: Option<usize> = None;
+    for (position, (index, outcome)) in outcomes.iter().enumerate() {
         match outcome {
-            Ok(score) if Some(index) == chosen => first = Some(NodeVerdict { node, verdict: Verdict::Chosen { score } }),
-            Ok(score) => candidates.push((index, score)),
-            Err(reason) => refused.push(NodeVerdict { node, verdict: Verdict::Refused { reason } }),
+            Ok(_) if Some(*index) == chosen => first = Some(position),
+            Ok(_) => candidates.push(position),
+            Err(_) => refused.push(position),
         }
     }
+    let score = |position: &usize| outcomes[*position].1.as_ref().ok();
     // A stable sort keeps name order among equal scores.
-    candidates.sort_by(|a, b| a.1.cmp(&b.1));
-    let mut verdicts = Vec::with_capacity(candidates.len() + refused.len() + 1);
-    verdicts.extend(first);
-    verdicts.extend(
-        candidates
-            .into_iter()
-            .map(|(index, score)| NodeVerdict { node: nodes[index].name.clone(), verdict: Verdict::Candidate { score } }),
-    );
-    verdicts.extend(refused);
+    candidates.sort_by(|a, b| score(a).cmp(&score(b)));
+    let mut slots: Vec<Option<(usize, Result<Score, NodeRefusal>)>> = outcomes.into_iter().map(Some).collect();
+    let verdicts = first
+        .into_iter()
+        .chain(candidates)
+        .chain(refused)
+        .filter_map(|position| slots[position].take())
+        .map(|(index, outcome)| NodeVerdict {
+            node: nodes[index].name.clone(),
+            verdict: match outcome {
+                Ok(score) if Some(index) == chosen => Verdict::Chosen { score },
+                Ok(score) => Verdict::Candidate { score },
+                Err(reason) => Verdict::Refused { reason },
+            },
+        })
+        .collect();
     Explanation { request: describe_request(request), chosen: chosen_text, nodes: verdicts }
 }
 
@@ -308,15 +323,10 @@ fn cores_words(grant: &CoreGrant, wanted: u32, plan: &Plan) -> String {
     if wanted == 0 {
         return "none asked".to_owned();
     }
-    let numa_list = |numa: &[(u32, u32)]| -> String {
-        numa.iter().map(|(numa, count)| format!("{count} on NUMA {numa}")).collect::<Vec<_>>().join(", ")
-    };
-    let whose = if matches!(plan, Plan::Cpu) { "" } else { ", local to the GPUs" };
-    let mut words = if grant.local.is_empty() {
-        cpu_list(&grant.cores)
-    } else {
-        format!("{} ({}{whose})", numa_list(&grant.local), cpu_list(&grant.cores))
-    };
+    let local: Vec<String> = grant.local.iter().map(|(numa, count)| format!("{count} on NUMA {numa}")).collect();
+    let cpu_only = matches!(plan, Plan::Cpu);
+    let whose = if !cpu_only && !grant.local.is_empty() { ", local to the GPUs" } else { "" };
+    let mut words = format!("{} ({}{whose})", CpuSet::new(grant.cores.clone()), local.join(", "));
     if !grant.spilled.is_empty() {
         let spilled: Vec<String> = grant
             .spilled
@@ -326,17 +336,12 @@ fn cores_words(grant: &CoreGrant, wanted: u32, plan: &Plan) -> String {
                 None => format!("{count} to cores of no NUMA node"),
             })
             .collect();
-        let _ = write!(
-            words,
-            "; spilled {} because the local NUMA nodes had only {} free cores",
-            spilled.join(", "),
-            grant.local_free
-        );
+        let why = if cpu_only {
+            format!("no NUMA node has {wanted} free cores")
+        } else {
+            format!("the GPUs' NUMA nodes had only {} free cores", grant.local_free)
+        };
+        let _ = write!(words, "; spilled {} because {why}", spilled.join(", "));
     }
     words
-}
-
-/// Indices in cpu-list form (`0-3,8`).
-fn cpu_list(indices: &[u32]) -> String {
-    format!("cores {}", allot_api::units::CpuSet::new(indices.to_vec()))
 }

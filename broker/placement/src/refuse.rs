@@ -81,7 +81,11 @@ fn impossible_detail(request: &ValidatedRequest, nodes: &[NodeView<'_>], never: 
         NodeRefusal::NotEnoughMemory { free, .. } => Some(*free),
         _ => None,
     });
-    let which = if matches!(request.gpus, GpuDemand::None) { "the largest node has" } else { "the nodes with such GPUs have at most" };
+    let which = if matches!(request.gpus, GpuDemand::None) {
+        "the largest node has"
+    } else {
+        "the nodes with such GPUs have at most"
+    };
     if let Some(most) = most_memory.max() {
         return format!("{} of memory requested, {which} {most}; ask for less memory", request.memory);
     }
@@ -126,7 +130,9 @@ fn impossible_detail(request: &ValidatedRequest, nodes: &[NodeView<'_>], never: 
                     let largest = largest_domain(request, nodes, never, models, interconnect);
                     let domain = match interconnect {
                         Interconnect::Nvlink => "the largest NVLink domain in the cluster has",
-                        Interconnect::PcieSwitch => "the largest group of GPUs under one PCIe switch in the cluster has",
+                        Interconnect::PcieSwitch => {
+                            "the largest group of GPUs under one PCIe switch in the cluster has"
+                        }
                         _ => "the most GPUs on one NUMA node in the cluster is",
                     };
                     format!(
@@ -184,25 +190,21 @@ fn gpu_filter_detail(
     if gpus().next().is_none() {
         return "the cluster has no GPUs".to_owned();
     }
-    let of_model =
-        if models.is_empty() { String::new() } else { format!(" of model {}", models.join(" or ")) };
+    let of_model = if models.is_empty() { String::new() } else { format!(" of model {}", models.join(" or ")) };
     if excluded.wrong_model > 0 && excluded.wrong_model == excluded.total() {
         let known: BTreeSet<&str> = gpus().map(|gpu| gpu.model.as_str()).collect();
         let known: Vec<&str> = known.into_iter().collect();
-        return format!(
-            "no node has a GPU{of_model}; the cluster has {}; ask for one of those",
-            known.join(", ")
-        );
+        return format!("no node has a GPU{of_model}; the cluster has {}; ask for one of those", known.join(", "));
     }
     if excluded.too_small > 0 {
-        let largest = gpus()
-            .filter(|gpu| crate::gpus::model_matches(&gpu.model, models))
-            .filter_map(|gpu| gpu.memory_mib)
-            .max();
+        let largest =
+            gpus().filter(|gpu| crate::gpus::model_matches(&gpu.model, models)).filter_map(|gpu| gpu.memory_mib).max();
         let wanted = request.min_gpu_memory.unwrap_or(MiB(0));
         return match (largest, &request.gpus) {
             (_, GpuDemand::Mig { profile }) => {
-                format!("no MIG {profile} instance has {wanted} of memory; ask for a larger profile or lower the minimum")
+                format!(
+                    "no MIG {profile} instance has {wanted} of memory; ask for a larger profile or lower the minimum"
+                )
             }
             (Some(largest), _) => format!(
                 "no GPU{of_model} has {wanted} of memory, the largest has {largest}; lower the minimum GPU memory"

@@ -191,12 +191,14 @@ pub struct MigScore {
     pub recarve: bool,
     pub throttling: bool,
     pub cores_spill: bool,
-    /// An unowned instance of exactly this profile and start exists and is reused.
-    pub reuses_orphan: bool,
     /// For each profile of the GPU, largest first, how many fewer instances could
     /// still be placed afterwards; compared in that order, so keeping room for the
     /// largest profiles matters most.
     pub blocked: Vec<BlockedProfile>,
+    /// An unowned instance of exactly this profile and start exists and is reused
+    /// (no carving). Ranked after `blocked`: the node daemon removes the other
+    /// unowned instances anyway, so reuse saves a create, not capacity.
+    pub reuses_orphan: bool,
     /// The GPU already holds instances (packing onto it is preferred).
     pub gpu_in_use: bool,
     pub free_gpus_after: u32,
@@ -207,12 +209,12 @@ impl MigScore {
         self.blocked.iter().map(|blocked| blocked.count).cmp(other.blocked.iter().map(|blocked| blocked.count))
     }
 
-    fn head(&self) -> (bool, bool, bool, bool) {
-        (self.recarve, self.throttling, self.cores_spill, !self.reuses_orphan)
+    fn head(&self) -> (bool, bool, bool) {
+        (self.recarve, self.throttling, self.cores_spill)
     }
 
-    fn tail(&self) -> (bool, u32) {
-        (!self.gpu_in_use, self.free_gpus_after)
+    fn tail(&self) -> (bool, bool, u32) {
+        (!self.reuses_orphan, !self.gpu_in_use, self.free_gpus_after)
     }
 
     fn decisive(&self, other: &MigScore) -> Option<String> {
@@ -222,10 +224,10 @@ impl MigScore {
             format!("{}throttling GPU", if self.throttling { "" } else { "no " })
         } else if self.cores_spill != other.cores_spill {
             format!("cores {} vs {}", spill_words(self.cores_spill), spill_words(other.cores_spill))
-        } else if self.reuses_orphan != other.reuses_orphan {
-            format!("{} an existing unowned instance", if self.reuses_orphan { "reuses" } else { "does not reuse" })
         } else if self.cmp_blocked(other) != Ordering::Equal {
             format!("blocks {} vs {}", blocked_words(&self.blocked), blocked_words(&other.blocked))
+        } else if self.reuses_orphan != other.reuses_orphan {
+            format!("{} an existing unowned instance", if self.reuses_orphan { "reuses" } else { "does not reuse" })
         } else if self.gpu_in_use != other.gpu_in_use {
             format!("{} a GPU already partitioned", if self.gpu_in_use { "fills" } else { "opens" })
         } else if self.free_gpus_after != other.free_gpus_after {
@@ -346,7 +348,10 @@ impl CpuScore {
         Some(if self.spills != other.spills {
             format!("cores {} vs {}", spill_words(self.spills), spill_words(other.spills))
         } else if self.free_gpus != other.free_gpus {
-            format!("{} free GPUs whose cores GPU work will want vs {}", self.free_gpus, other.free_gpus)
+            format!(
+                "{} free GPUs vs {} (CPU-only work keeps off cores that GPU work will want)",
+                self.free_gpus, other.free_gpus
+            )
         } else if self.cores_left != other.cores_left {
             format!("leaves {} free cores vs {}", self.cores_left, other.cores_left)
         } else {
@@ -413,11 +418,7 @@ mod tests {
             whole(ConnectionLevel::Sys, 0, 0),
             "better interconnect (PIX vs SYS)",
         );
-        check_decisive(
-            whole(ConnectionLevel::Pix, 0, 6),
-            whole(ConnectionLevel::Pix, 1, 0),
-            "0 throttling GPUs vs 1",
-        );
+        check_decisive(whole(ConnectionLevel::Pix, 0, 6), whole(ConnectionLevel::Pix, 1, 0), "0 throttling GPUs vs 1");
         check_decisive(
             whole(ConnectionLevel::NvLink(18), 0, 0),
             whole(ConnectionLevel::NvLink(18), 0, 4),

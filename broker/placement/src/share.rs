@@ -8,7 +8,7 @@ use allot_api::allocation::{MilliGpu, ShareGrant};
 use allot_api::units::MiB;
 
 use crate::explain::{GpuExclusions, NodeRefusal};
-use crate::gpus::{GpuFilter, Mode, has_rdma_nic, is_throttling, mig_active, passes_filter, positions_by_index};
+use crate::gpus::{GpuFilter, Mode, has_rdma_nic, passes_filter};
 use crate::node::NodeCtx;
 use crate::score::ShareScore;
 
@@ -93,7 +93,8 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &ShareAsk<'_>) -> Result<ShareOf
     let inventory = node.inventory;
     let mut excluded = GpuExclusions::default();
     let mut best: Option<ShareOffer> = None;
-    for position in positions_by_index(inventory) {
+    for state in node.gpus() {
+        let position = state.position;
         let gpu = &inventory.gpus[position];
         if !passes_filter(gpu, &ask.filter, node.mode, &mut excluded) {
             continue;
@@ -109,7 +110,7 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &ShareAsk<'_>) -> Result<ShareOf
                     excluded.in_use += 1;
                     continue;
                 }
-                if mig_active(gpu, node.usage) {
+                if state.mig_active {
                     excluded.mig_enabled += 1;
                     continue;
                 }
@@ -132,7 +133,7 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &ShareAsk<'_>) -> Result<ShareOf
             memory_left: MiB(gpu_memory.0 - memory_after),
             gpu_memory,
             shared_before,
-            throttling: node.mode == Mode::Now && is_throttling(gpu),
+            throttling: state.throttling,
             cores_spill: node.cores_spill(std::iter::once(gpu.numa_node), ask.cpus),
             free_gpus_after: node.free_gpus().saturating_sub(u32::from(!shared_before)),
         };

@@ -79,7 +79,13 @@ pub fn pcie_gpu_server(spec: &PcieServer) -> NodeInventory {
         }
         let downstream = add(&mut pci, PciNodeKind::Bridge, Some(bus_id()), switch, numa);
         let gpu_bus = bus_id();
-        add(&mut pci, PciNodeKind::Device { class: 0x0302, vendor: 0x10de, device: 0 }, Some(gpu_bus), Some(downstream), numa);
+        add(
+            &mut pci,
+            PciNodeKind::Device { class: 0x0302, vendor: 0x10de, device: 0 },
+            Some(gpu_bus),
+            Some(downstream),
+            numa,
+        );
         gpu_list.push(Gpu {
             index,
             uuid: Some(format!("GPU-{}-{index}", spec.hostname)),
@@ -123,8 +129,7 @@ mod tests {
             memory: MiB(393_216),
         });
         assert_eq!(inventory.validate(), Ok(()));
-        let levels: Vec<String> =
-            inventory.link_matrices().gpu_gpu[0].iter().map(|level| level.to_string()).collect();
+        let levels: Vec<String> = inventory.link_matrices().gpu_gpu[0].iter().map(|level| level.to_string()).collect();
         assert_eq!(levels, ["X", "PIX", "PHB", "PHB", "SYS", "SYS", "SYS", "SYS"]);
         assert_eq!(inventory.cpu.cores.len(), 96);
         assert_eq!(inventory.gpus[7].numa_node, Some(1));

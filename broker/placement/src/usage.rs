@@ -80,6 +80,11 @@ pub struct NodeUsage {
     whole: BTreeSet<u32>,
     mig: BTreeMap<u32, Vec<MigSlot>>,
     shares: BTreeMap<u32, ShareLoad>,
+    /// GPUs below index 64 used in any way, as bits: placement asks this for every
+    /// GPU of every node on every request.
+    in_use_bits: u64,
+    /// GPUs of index 64 and above used in any way (no real machine has them).
+    in_use_high: BTreeSet<u32>,
     cores: CoreSet,
     memory: MiB,
 }
@@ -98,6 +103,11 @@ impl NodeUsage {
     /// Adds one binding's GPUs, MIG instances, shares, cores and memory.
     pub fn add(&mut self, binding: &Binding) {
         for grant in &binding.gpus {
+            if grant.index < 64 {
+                self.in_use_bits |= 1u64 << grant.index;
+            } else {
+                self.in_use_high.insert(grant.index);
+            }
             match (&grant.mig, &grant.share) {
                 (Some(mig), _) => {
                     let slots = self.mig.entry(grant.index).or_default();
@@ -133,22 +143,33 @@ impl NodeUsage {
     }
 
     pub fn is_whole(&self, gpu: u32) -> bool {
-        self.whole.contains(&gpu)
+        self.gpu_in_use(gpu) && self.whole.contains(&gpu)
     }
 
     /// MIG instances owned on this GPU, ordered by start slot.
     pub fn mig_slots(&self, gpu: u32) -> &[MigSlot] {
+        if !self.gpu_in_use(gpu) {
+            return &[];
+        }
         self.mig.get(&gpu).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The shares granted on this GPU, added up.
     pub fn share(&self, gpu: u32) -> Option<ShareLoad> {
+        if !self.gpu_in_use(gpu) {
+            return None;
+        }
         self.shares.get(&gpu).copied()
     }
 
     /// Whether any allocation uses this GPU in any way.
     pub fn gpu_in_use(&self, gpu: u32) -> bool {
-        self.whole.contains(&gpu) || self.mig.contains_key(&gpu) || self.shares.contains_key(&gpu)
+        if gpu < 64 { self.in_use_bits & (1u64 << gpu) != 0 } else { self.in_use_high.contains(&gpu) }
+    }
+
+    /// How many distinct GPUs are used in any way.
+    pub fn gpus_in_use(&self) -> u32 {
+        self.in_use_bits.count_ones() + self.in_use_high.len() as u32
     }
 
     pub fn core_taken(&self, core: u32) -> bool {
@@ -177,13 +198,7 @@ mod tests {
             index,
             uuid: None,
             pci_bus_id: String::new(),
-            mig: mig.map(|(start, size)| MigGrant {
-                profile: "x".into(),
-                profile_id: 9,
-                start,
-                size,
-                recarve: false,
-            }),
+            mig: mig.map(|(start, size)| MigGrant { profile: "x".into(), profile_id: 9, start, size, recarve: false }),
             share: share.map(|(compute, memory)| ShareGrant { compute: MilliGpu(compute), memory: MiB(memory) }),
             nic: None,
         }
@@ -215,6 +230,10 @@ mod tests {
         assert_eq!(starts, vec![0, 4]);
         assert_eq!(usage.share(3), Some(ShareLoad { compute: MilliGpu(750), memory: MiB(3000), count: 2 }));
         assert!(usage.gpu_in_use(2) && !usage.gpu_in_use(4));
+        assert_eq!(usage.gpus_in_use(), 4);
+        let high = NodeUsage::from_bindings(&[binding(vec![grant(70, None, None), grant(1, None, None)], vec![], 0)]);
+        assert!(high.gpu_in_use(70) && high.is_whole(70) && !high.gpu_in_use(69));
+        assert_eq!(high.gpus_in_use(), 2);
         assert_eq!(usage.cores_taken(), 5, "core 3 twice counts once");
         assert!(usage.core_taken(70_000) && !usage.core_taken(69_999));
         assert_eq!(usage.memory(), MiB(150));

@@ -11,7 +11,7 @@ use allot_api::allocation::Interconnect;
 use allot_api::topology::ConnectionLevel;
 
 use crate::explain::{GpuExclusions, NodeRefusal};
-use crate::gpus::{GpuFilter, Mode, has_rdma_nic, is_throttling, mig_active, passes_filter, positions_by_index, rdma_cost};
+use crate::gpus::{GpuFilter, Mode, has_rdma_nic, passes_filter, rdma_cost};
 use crate::node::NodeCtx;
 use crate::score::{WholeScore, pair_cost};
 
@@ -44,7 +44,21 @@ struct Usable {
     nic_cost: u32,
 }
 
-pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &WholeAsk<'_>, exhaustive_limit: u64) -> Result<WholeOffer, NodeRefusal> {
+pub(crate) fn evaluate(
+    node: &NodeCtx<'_>,
+    ask: &WholeAsk<'_>,
+    exhaustive_limit: u64,
+) -> Result<WholeOffer, NodeRefusal> {
+    if node.mode == Mode::Now {
+        // From the usage alone, without reading the GPUs: most nodes of a busy
+        // cluster stop here for a large request.
+        let in_use = node.usage.gpus_in_use();
+        let free_at_most = (node.inventory.gpus.len() as u32).saturating_sub(in_use);
+        if free_at_most < ask.count {
+            let excluded = GpuExclusions { in_use, ..GpuExclusions::default() };
+            return Err(NodeRefusal::TooFewGpus { requested: ask.count, eligible: free_at_most, excluded });
+        }
+    }
     let (usable, excluded) = usable_gpus(node, ask);
     if usable.len() < ask.count as usize {
         return Err(NodeRefusal::TooFewGpus { requested: ask.count, eligible: usable.len() as u32, excluded });
@@ -75,32 +89,30 @@ pub(crate) fn largest_domain(node: &NodeCtx<'_>, ask: &WholeAsk<'_>) -> u32 {
 fn usable_gpus(node: &NodeCtx<'_>, ask: &WholeAsk<'_>) -> (Vec<Usable>, GpuExclusions) {
     let inventory = node.inventory;
     let mut excluded = GpuExclusions::default();
-    let mut usable: Vec<Usable> = Vec::new();
-    for position in positions_by_index(inventory) {
-        let gpu = &inventory.gpus[position];
+    let mut usable: Vec<Usable> = Vec::with_capacity(inventory.gpus.len());
+    for state in node.gpus() {
+        let gpu = &inventory.gpus[state.position];
         if !passes_filter(gpu, &ask.filter, node.mode, &mut excluded) {
             continue;
         }
-        if node.mode == Mode::Now {
-            if node.usage.gpu_in_use(gpu.index) {
-                excluded.in_use += 1;
-                continue;
-            }
-            // A MIG-enabled GPU runs no CUDA work as a whole device; granting it
-            // whole would need MIG disabled first, which placement does not order.
-            if mig_active(gpu, node.usage) {
-                excluded.mig_enabled += 1;
-                continue;
-            }
+        if state.in_use {
+            excluded.in_use += 1;
+            continue;
         }
-        if !has_rdma_nic(inventory, position, &ask.filter, &mut excluded) {
+        // A MIG-enabled GPU runs no CUDA work as a whole device; granting it whole
+        // would need MIG disabled first, which placement does not order.
+        if state.mig_active {
+            excluded.mig_enabled += 1;
+            continue;
+        }
+        if !has_rdma_nic(inventory, state.position, &ask.filter, &mut excluded) {
             continue;
         }
         usable.push(Usable {
-            position,
-            numa: gpu.numa_node,
-            throttling: node.mode == Mode::Now && is_throttling(gpu),
-            nic_cost: if ask.filter.rdma { rdma_cost(inventory, position) } else { 0 },
+            position: state.position,
+            numa: state.numa,
+            throttling: state.throttling,
+            nic_cost: if ask.filter.rdma { rdma_cost(inventory, state.position) } else { 0 },
         });
     }
     usable.truncate(MAX_SEARCHED_GPUS);
@@ -113,11 +125,15 @@ struct Search<'s> {
     ask: &'s WholeAsk<'s>,
     usable: &'s [Usable],
     k: usize,
-    /// Pair levels and costs, `n * n`, filled only when `k >= 2`.
+    /// Pair levels, `n * n`, filled only when links are needed.
     levels: Vec<ConnectionLevel>,
-    costs: Vec<u32>,
     /// For each usable GPU, the others it is connected to as asked (itself excluded).
     adjacent: Vec<u64>,
+    /// For each usable GPU, the previous one (lower index) it is interchangeable
+    /// with: same NUMA node, throttling, NIC cost and links to every other GPU. A
+    /// set with a GPU but not its earlier twin scores the same as the set with the
+    /// twin instead, which sorts first, so the search skips it.
+    twin_before: Vec<Option<usize>>,
     /// Free GPUs per NUMA node of the whole node, for the "stranded" criterion.
     free_per_numa: Vec<(Option<u32>, u32)>,
 }
@@ -128,19 +144,22 @@ impl<'s> Search<'s> {
     fn new(node: &'s NodeCtx<'s>, ask: &'s WholeAsk<'s>, usable: &'s [Usable], links: bool) -> Self {
         let n = usable.len();
         let k = ask.count as usize;
-        let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let all = mask_of(n);
         let mut search = Search {
             node,
             ask,
             usable,
             k,
             levels: Vec::new(),
-            costs: Vec::new(),
             adjacent: (0..n).map(|i| all & !(1u64 << i)).collect(),
+            twin_before: vec![None; n],
             free_per_numa: Vec::new(),
         };
         if links {
             search.fill_links();
+        }
+        if binomial(n as u64, k as u64) > n as u64 || k == 1 {
+            search.find_twins(links);
         }
         search.free_per_numa = free_gpus_per_numa(node);
         search
@@ -150,7 +169,6 @@ impl<'s> Search<'s> {
         let inventory = self.node.inventory;
         let n = self.usable.len();
         self.levels = vec![ConnectionLevel::Same; n * n];
-        self.costs = vec![0; n * n];
         for i in 0..n {
             for j in i + 1..n {
                 let (a, b) = (self.usable[i], self.usable[j]);
@@ -161,9 +179,10 @@ impl<'s> Search<'s> {
                     Interconnect::Numa => a.numa.is_some() && a.numa == b.numa,
                     Interconnect::PcieSwitch => {
                         let pcie = match level {
-                            ConnectionLevel::NvLink(_) => inventory
-                                .pci
-                                .pcie_level(inventory.gpus[a.position].pci_bus_id, inventory.gpus[b.position].pci_bus_id),
+                            ConnectionLevel::NvLink(_) => inventory.pci.pcie_level(
+                                inventory.gpus[a.position].pci_bus_id,
+                                inventory.gpus[b.position].pci_bus_id,
+                            ),
                             other => Some(other),
                         };
                         matches!(pcie, Some(ConnectionLevel::Pix | ConnectionLevel::Pxb))
@@ -173,11 +192,25 @@ impl<'s> Search<'s> {
                     self.adjacent[i] &= !(1u64 << j);
                     self.adjacent[j] &= !(1u64 << i);
                 }
-                for (x, y) in [(i, j), (j, i)] {
-                    self.levels[x * n + y] = level;
-                    self.costs[x * n + y] = pair_cost(level);
-                }
+                self.levels[i * n + j] = level;
+                self.levels[j * n + i] = level;
             }
+        }
+    }
+
+    fn find_twins(&mut self, links: bool) {
+        let n = self.usable.len();
+        for j in 1..n {
+            self.twin_before[j] = (0..j).rev().find(|i| {
+                let (a, b) = (self.usable[*i], self.usable[j]);
+                let others = !((1u64 << i) | (1u64 << j));
+                a.numa == b.numa
+                    && a.throttling == b.throttling
+                    && a.nic_cost == b.nic_cost
+                    && (!links
+                        || (self.adjacent[*i] & others == self.adjacent[j] & others
+                            && (0..n).all(|m| m == *i || m == j || self.levels[i * n + m] == self.levels[j * n + m])))
+            });
         }
     }
 
@@ -186,7 +219,8 @@ impl<'s> Search<'s> {
         let mut consider = |set: &[usize]| {
             let score = self.score(set);
             // Sets arrive in increasing index order (exhaustive) or by seed index
-            // (greedy), so keeping the first of equals breaks ties by GPU index.
+            // (greedy); comparing the sets themselves on equal scores breaks ties
+            // by GPU index.
             let better = match &best {
                 None => true,
                 Some((best_score, best_set)) => (score, set) < (*best_score, best_set.as_slice()),
@@ -197,16 +231,22 @@ impl<'s> Search<'s> {
         };
         let n = self.usable.len();
         if binomial(n as u64, self.k as u64) <= exhaustive_limit {
-            let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
             let mut chosen = Vec::with_capacity(self.k);
-            self.exhaustive(0, all, &mut chosen, &mut consider);
+            self.exhaustive(0, mask_of(n), 0, &mut chosen, &mut consider);
         } else {
             self.greedy(&mut consider);
         }
         best
     }
 
-    fn exhaustive(&self, start: usize, allowed: u64, chosen: &mut Vec<usize>, visit: &mut impl FnMut(&[usize])) {
+    fn exhaustive(
+        &self,
+        start: usize,
+        allowed: u64,
+        chosen_mask: u64,
+        chosen: &mut Vec<usize>,
+        visit: &mut impl FnMut(&[usize]),
+    ) {
         if chosen.len() == self.k {
             visit(chosen);
             return;
@@ -217,11 +257,11 @@ impl<'s> Search<'s> {
             if n - i < need {
                 break;
             }
-            if allowed & (1u64 << i) == 0 {
+            if allowed & (1u64 << i) == 0 || self.twin_before[i].is_some_and(|twin| chosen_mask & (1u64 << twin) == 0) {
                 continue;
             }
             chosen.push(i);
-            self.exhaustive(i + 1, allowed & self.adjacent[i], chosen, visit);
+            self.exhaustive(i + 1, allowed & self.adjacent[i], chosen_mask | (1u64 << i), chosen, visit);
             chosen.pop();
         }
     }
@@ -231,13 +271,13 @@ impl<'s> Search<'s> {
     fn greedy(&self, visit: &mut impl FnMut(&[usize])) {
         let n = self.usable.len();
         let mut set = Vec::with_capacity(self.k);
-        for seed in 0..n {
+        for seed in (0..n).filter(|seed| self.twin_before[*seed].is_none()) {
             set.clear();
             set.push(seed);
             let mut allowed = self.adjacent[seed];
             while set.len() < self.k {
                 let next = (0..n).filter(|candidate| allowed & (1u64 << candidate) != 0).min_by_key(|candidate| {
-                    let links: u32 = set.iter().map(|member| self.costs[candidate * n + member]).sum();
+                    let links: u32 = set.iter().map(|member| pair_cost(self.levels[candidate * n + member])).sum();
                     (links, self.usable[*candidate].throttling, *candidate)
                 });
                 let Some(next) = next else { break };
@@ -256,28 +296,30 @@ impl<'s> Search<'s> {
         let n = self.usable.len();
         let mut worst_link = ConnectionLevel::Same;
         let mut link_cost = 0u32;
-        for (position, a) in set.iter().enumerate() {
-            for b in &set[position + 1..] {
-                let level = self.levels[a * n + b];
-                if level.rank() > worst_link.rank() {
-                    worst_link = level;
+        if !self.levels.is_empty() {
+            for (position, a) in set.iter().enumerate() {
+                for b in &set[position + 1..] {
+                    let level = self.levels[a * n + b];
+                    if level.rank() > worst_link.rank() {
+                        worst_link = level;
+                    }
+                    link_cost = link_cost.saturating_add(pair_cost(level));
                 }
-                link_cost = link_cost.saturating_add(self.costs[a * n + b]);
             }
         }
         let numa_of = |i: &usize| self.usable[*i].numa;
-        let distinct_numa = |position: usize| !set[..position].iter().any(|earlier| numa_of(earlier) == numa_of(&set[position]));
         let mut numa_nodes = 0;
         let mut stranded = 0;
-        for position in 0..set.len() {
-            if distinct_numa(position) {
-                numa_nodes += 1;
-                let numa = numa_of(&set[position]);
-                let chosen_here = set.iter().filter(|i| numa_of(i) == numa).count() as u32;
-                let free_here =
-                    self.free_per_numa.iter().find(|(free_numa, _)| *free_numa == numa).map_or(0, |(_, free)| *free);
-                stranded += free_here.saturating_sub(chosen_here);
+        for (position, member) in set.iter().enumerate() {
+            let numa = numa_of(member);
+            if set[..position].iter().any(|earlier| numa_of(earlier) == numa) {
+                continue;
             }
+            numa_nodes += 1;
+            let chosen_here = set.iter().filter(|i| numa_of(i) == numa).count() as u32;
+            let free_here =
+                self.free_per_numa.iter().find(|(free_numa, _)| *free_numa == numa).map_or(0, |(_, free)| *free);
+            stranded += free_here.saturating_sub(chosen_here);
         }
         WholeScore {
             worst_link,
@@ -294,12 +336,15 @@ impl<'s> Search<'s> {
     /// The most usable GPUs that are all connected as asked (a maximum clique of the
     /// connection graph), for the refusal message.
     fn largest_connected(&self) -> u32 {
-        let n = self.usable.len();
-        let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
         let mut best = 0;
-        largest_clique(&self.adjacent, 0, all, 0, &mut best);
+        largest_clique(&self.adjacent, 0, mask_of(self.usable.len()), 0, &mut best);
         best
     }
+}
+
+/// The bit set of the first `n` (at most 64) indices.
+fn mask_of(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
 /// Bron–Kerbosch with pivoting over bit sets; `best` grows to the size of the
@@ -326,18 +371,13 @@ fn largest_clique(adjacent: &[u64], size: u32, mut candidates: u64, mut excluded
     }
 }
 
-/// Healthy, unused GPUs per NUMA node of the whole node.
+/// GPUs per NUMA node of the whole node that could be granted whole.
 fn free_gpus_per_numa(node: &NodeCtx<'_>) -> Vec<(Option<u32>, u32)> {
     let mut free: Vec<(Option<u32>, u32)> = Vec::new();
-    for gpu in &node.inventory.gpus {
-        let is_free = node.mode == Mode::Ever
-            || (!crate::gpus::is_unhealthy(gpu) && !node.usage.gpu_in_use(gpu.index) && !mig_active(gpu, node.usage));
-        if !is_free {
-            continue;
-        }
-        match free.iter_mut().find(|(numa, _)| *numa == gpu.numa_node) {
+    for gpu in node.gpus().iter().filter(|gpu| gpu.free() && !gpu.mig_active) {
+        match free.iter_mut().find(|(numa, _)| *numa == gpu.numa) {
             Some((_, count)) => *count += 1,
-            None => free.push((gpu.numa_node, 1)),
+            None => free.push((gpu.numa, 1)),
         }
     }
     free
@@ -383,6 +423,82 @@ mod tests {
         let mut best = 0;
         largest_clique(&adjacent, 0, (1u64 << n) - 1, 0, &mut best);
         assert_eq!(best, expected, "{edges:?}");
+    }
+
+    /// Skipping sets with a GPU but not its earlier twin never changes the best set:
+    /// every fixture, every mask of used GPUs, every interconnect, 1 to 5 GPUs, with
+    /// and without a throttling GPU and RDMA.
+    #[test]
+    fn symmetry_breaking_finds_the_same_best_set() {
+        use allot_api::allocation::{Binding, GpuGrant};
+        use allot_api::topology::{NodeInventory, ThrottleReason};
+
+        use crate::usage::NodeUsage;
+
+        let fixtures = [
+            include_str!("../tests/data/dgx-h100.json"),
+            include_str!("../tests/data/pcie-l40s.json"),
+            include_str!("../tests/data/dgx-a100-mig.json"),
+        ];
+        let mut checked = 0;
+        for json in fixtures {
+            let mut inventory: NodeInventory = serde_json::from_str(json).expect("fixture");
+            for throttle in [false, true] {
+                if throttle && let Some(telemetry) = inventory.gpus[1].telemetry.as_mut() {
+                    telemetry.throttle_reasons = vec![ThrottleReason::HwSlowdown];
+                }
+                for used in 0u32..(1 << inventory.gpus.len()) {
+                    let gpus = (0..inventory.gpus.len() as u32)
+                        .filter(|gpu| used & (1 << gpu) != 0)
+                        .map(|index| GpuGrant {
+                            index,
+                            uuid: None,
+                            pci_bus_id: String::new(),
+                            mig: None,
+                            share: None,
+                            nic: None,
+                        })
+                        .collect();
+                    let binding = Binding {
+                        node: "n".parse().expect("name"),
+                        gpus,
+                        cpus: vec![],
+                        cores: (0..20).collect(),
+                        memory: allot_api::units::MiB(0),
+                        numa_nodes: vec![],
+                    };
+                    let usage = NodeUsage::from_bindings([&binding]);
+                    let node = NodeCtx::new(&inventory, &usage, Mode::Now);
+                    for interconnect in
+                        [Interconnect::Any, Interconnect::Nvlink, Interconnect::PcieSwitch, Interconnect::Numa]
+                    {
+                        for (count, rdma) in [(1, false), (2, false), (2, true), (3, false), (4, false), (5, false)] {
+                            let ask = WholeAsk {
+                                count,
+                                interconnect,
+                                filter: GpuFilter { models: &[], min_memory: None, rdma },
+                                cpus: 24,
+                            };
+                            let (usable, _) = usable_gpus(&node, &ask);
+                            if usable.len() < count as usize {
+                                continue;
+                            }
+                            let search = Search::new(&node, &ask, &usable, count >= 2);
+                            let mut plain = Search::new(&node, &ask, &usable, count >= 2);
+                            plain.twin_before = vec![None; usable.len()];
+                            assert_eq!(
+                                search.run(u64::MAX),
+                                plain.run(u64::MAX),
+                                "{interconnect} x{count} used {used:b}"
+                            );
+                            assert_eq!(search.run(0), plain.run(0), "greedy {interconnect} x{count} used {used:b}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 
     #[test]

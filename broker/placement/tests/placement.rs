@@ -55,7 +55,10 @@ fn cores_spill_to_the_nearest_numa_node_only_when_local_ones_run_out() {
     assert_eq!(summary(&result), "dgx-a: gpus 0,1,2,3 cores 50-65 numa 0,1");
     let chosen = result.expect("placed").explanation.chosen.expect("why");
     assert!(
-        chosen.contains("cores: 6 on NUMA 0 (cores 50-65, local to the GPUs); spilled 10 to NUMA 1 (distance 21) because the local NUMA nodes had only 6 free cores"),
+        chosen.contains(
+            "cores: 50-65 (6 on NUMA 0, local to the GPUs); spilled 10 to NUMA 1 (distance 21) because the GPUs' \
+             NUMA nodes had only 6 free cores"
+        ),
         "{chosen}"
     );
 }
@@ -127,7 +130,11 @@ fn mig_instances_go_to_free_slots_that_keep_large_profiles_placeable() {
     // A 7g needs a whole GPU: GPU 5 is MIG-enabled and empty.
     check(&a100_owned(), "mig 7g.80gb", "a100: gpus 5 mig 7g.80gb@0 no cores numa 7");
     // With GPU 5 taken too, the 7g goes to a MIG-disabled GPU, which must be re-carved.
-    check(&a100_owned().take("a100", "mig=5:7g.80gb@0"), "mig 7g.80gb", "a100: gpus 6 mig 7g.80gb@0 recarve no cores numa 5");
+    check(
+        &a100_owned().take("a100", "mig=5:7g.80gb@0"),
+        "mig 7g.80gb",
+        "a100: gpus 6 mig 7g.80gb@0 recarve no cores numa 5",
+    );
 }
 
 #[test]
@@ -143,6 +150,15 @@ fn unowned_mig_instances_are_free_and_reused_when_they_match() {
     let crowded = orphans.take("a100", "mig=2:4g.40gb@0 mig=5:7g.80gb@0 gpu=6 gpu=7");
     let result = crowded.place("mig 4g.40gb");
     assert_eq!(summary(&result), "a100: gpus 0 mig 4g.40gb@0 recarve no cores numa 3");
+}
+
+#[test]
+fn packing_mig_into_a_partitioned_gpu_beats_reusing_an_orphan_on_an_empty_one() {
+    // Node a: GPU 5 owns a 3g at 0, so a 3g at 4 fills it and blocks no 7g or 4g.
+    // Node b owns nothing: reusing its orphan 3g@4 on GPU 2 would leave that GPU
+    // unable to take a 7g once the daemon removes the other orphans.
+    let cluster = a100_owned().take("a100", "mig=5:3g.40gb@0").node("b", "dgx-a100-mig");
+    check(&cluster, "mig 3g.40gb", "a100: gpus 5 mig 3g.40gb@4 no cores numa 7");
 }
 
 #[test]
@@ -352,7 +368,8 @@ fn requests_are_described_in_words() {
     let request = request("whole 4 ic=nvlink cpus=16 mem=64g model=H100 rdma min-mem=60g");
     assert!(matches!(request.gpus, GpuDemand::Whole { count: 4, .. }));
     assert_eq!(request.interconnect, Interconnect::Nvlink);
-    let result = Cluster::new().node("dgx", "dgx-h100").place("whole 4 ic=nvlink cpus=16 mem=64g model=H100 rdma min-mem=60g");
+    let result =
+        Cluster::new().node("dgx", "dgx-h100").place("whole 4 ic=nvlink cpus=16 mem=64g model=H100 rdma min-mem=60g");
     assert_eq!(
         result.expect("placed").explanation.request,
         "4 NVLink-connected GPUs of model H100, 16 cores, 64.0 GiB memory, RDMA, GPUs of at least 60.0 GiB"
@@ -376,7 +393,7 @@ fn explanations_say_why_this_node_and_why_not_the_others() {
         request: 4 NVLink-connected GPUs, 16 cores, 128.0 GiB memory
         placed on dgx-b: GPUs 4, 5, 6, 7 (worst link NV18, 0 throttling, 0 free GPUs left, 1 NUMA node)
         why: beats dgx-a: snugger fit: leaves 0 free GPUs vs 4
-        cores: 16 on NUMA 1 (cores 56-71, local to the GPUs)
+        cores: 56-71 (16 on NUMA 1, local to the GPUs)
         memory: 128.0 GiB of 1.8 TiB free
         nodes:
           dgx-b  chosen     worst link NV18, 0 throttling, 0 free GPUs left, 1 NUMA node
@@ -390,4 +407,30 @@ fn explanations_say_why_this_node_and_why_not_the_others() {
     let refusal = cluster.take("dgx-a", "gpu=7").place("whole 8 ic=nvlink").expect_err("refused");
     expect!["E-NO-CAPACITY: 8 NVLink-connected GPUs, 0 cores, 0 MiB memory: 4 of 5 nodes could take it when idle (dgx-a, dgx-b, dgx-c, ...) but none can now (1 lost, 3 too few free GPUs); it fits once capacity is released, or when a lost node returns"]
     .assert_eq(&refusal.to_string());
+}
+
+#[test]
+fn explanations_of_big_clusters_summarise_the_refused_nodes() {
+    let mut cluster = Cluster::new();
+    for index in 0..30 {
+        cluster = cluster.node(&format!("n{index:02}"), "pcie-l40s");
+        if index % 3 == 0 {
+            cluster = cluster.status(&format!("n{index:02}"), NodeStatus::Lost);
+        }
+    }
+    let text = cluster.place("whole 4 ic=nvlink").expect_err("refused").explanation.to_string();
+    expect![[r#"
+        request: 4 NVLink-connected GPUs, 0 cores, 0 MiB memory
+        not placed
+        nodes:
+          10 refused: lost, for example:
+            n00  lost: the node stopped heartbeating
+            n03  lost: the node stopped heartbeating
+            n06  lost: the node stopped heartbeating
+          20 refused: no connected set, for example:
+            n01  no 4 NVLink-connected GPUs: of 4 usable, at most 1 are
+            n02  no 4 NVLink-connected GPUs: of 4 usable, at most 1 are
+            n04  no 4 NVLink-connected GPUs: of 4 usable, at most 1 are
+    "#]]
+    .assert_eq(&text);
 }

@@ -11,8 +11,8 @@ use allot_api::allocation::{Binding, GpuDemand, Interconnect, MilliGpu, Validate
 use allot_api::topology::{ConnectionLevel, GpuHealth, MigMode, NodeInventory};
 use allot_api::units::MiB;
 use allot_placement::synthetic::{PcieServer, pcie_gpu_server};
-use allot_placement::{NodeStatus, NodeUsage, NodeView, PlacementOptions, place_with};
-use common::{Cluster, fixture};
+use allot_placement::{NodeUsage, NodeView, PlacementOptions, place_with};
+use common::Cluster;
 use proptest::prelude::*;
 
 const PROFILES: [&str; 8] = ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "3g.41gb"];
@@ -55,7 +55,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn request(gpus: &Gpus, cpus: u32, memory_gib: u64, interconnect: Interconnect, rdma: bool) -> Option<ValidatedRequest> {
+fn request(
+    gpus: &Gpus,
+    cpus: u32,
+    memory_gib: u64,
+    interconnect: Interconnect,
+    rdma: bool,
+) -> Option<ValidatedRequest> {
     let (demand, interconnect) = match gpus {
         Gpus::None => (GpuDemand::None, Interconnect::Any),
         Gpus::Whole(count) => (GpuDemand::Whole { count: *count, models: vec![] }, interconnect),
@@ -139,7 +145,10 @@ fn check_new_binding(
                     orphan && overlaps && !exact
                 });
                 if blocking.count() > 0 {
-                    return Err(format!("no re-carve, but unowned instances are in the way: {mig:?} on GPU {}", gpu.index));
+                    return Err(format!(
+                        "no re-carve, but unowned instances are in the way: {mig:?} on GPU {}",
+                        gpu.index
+                    ));
                 }
             }
         }
@@ -200,7 +209,9 @@ fn check_node(inventory: &NodeInventory, bindings: &[&Binding]) -> Result<(), St
             }
         }
     }
-    if cores.len() > inventory.cpu.cores.len() || cores.iter().any(|c| !inventory.cpu.cores.iter().any(|k| k.index == *c)) {
+    if cores.len() > inventory.cpu.cores.len()
+        || cores.iter().any(|c| !inventory.cpu.cores.iter().any(|k| k.index == *c))
+    {
         return Err("cores granted that the node does not have".into());
     }
     let total_memory: u64 = inventory.cpu.numa_nodes.iter().map(|numa| numa.memory_mib.0).sum();
@@ -271,7 +282,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&result, &place_with(&request, &nodes, &options), "the same input decides the same");
                 match result {
                     Ok(decision) => {
-                        let at = cluster.nodes.iter().position(|node| node.name == decision.binding.node).expect("node");
+                        let at =
+                            cluster.nodes.iter().position(|node| node.name == decision.binding.node).expect("node");
                         check_new_binding(&request, &decision.binding, &cluster.nodes[at].inventory, &usages[at])
                             .map_err(TestCaseError::fail)?;
                         live.push(decision.binding.clone());
@@ -320,6 +332,4 @@ fn a_long_mig_sequence_fills_the_a100_without_overlap() {
         })
         .collect();
     run(&ops).expect("no double grants");
-    let _ = fixture("dgx-a100-mig");
-    let _ = NodeStatus::Ready;
 }

@@ -60,9 +60,9 @@ async fn cas_loop(store: Arc<dyn Store>, key: String, until: Instant) -> Result<
     let mut last = Revision::ZERO;
     let mut done = 0;
     while Instant::now() < until {
-        let txn = Txn::new().when([Compare::mod_revision(key.as_str(), allot_store::CompareOp::Equal, last)]).then([
-            Op::put(key.as_str(), done.to_string()),
-        ]);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), allot_store::CompareOp::Equal, last)])
+            .then([Op::put(key.as_str(), done.to_string())]);
         let result = store.txn(txn).await?;
         if !result.succeeded {
             return Err(StoreError::InvalidTxn { reason: format!("{key} changed under its only writer") });

@@ -29,7 +29,7 @@ pub use error::StoreError;
 pub use etcd::{EtcdConfig, EtcdStore, RetryPolicy};
 pub use store::Store;
 pub use types::{
-    Compare, CompareOp, CompareTarget, EventKind, KeyValue, Lease, LeaseId, MAX_TXN_OPS, Op, OpResult, RangeResult,
-    Revision, Txn, TxnResult, WatchEvent,
+    Compare, CompareOp, CompareTarget, EventKind, KeyValue, Lease, LeaseId, MAX_TXN_BYTES, MAX_TXN_OPS, Op, OpResult,
+    RangeResult, Revision, Txn, TxnResult, WatchEvent,
 };
 pub use watch::WatchStream;

@@ -10,6 +10,11 @@ use crate::error::StoreError;
 /// store enforces the same limit, so code that works on one works on the other.
 pub const MAX_TXN_OPS: usize = 128;
 
+/// The most bytes of keys and values one transaction may carry: 1 MiB, below
+/// etcd's default request limit (`--max-request-bytes`, 1.5 MiB) with room for
+/// its framing. The embedded store enforces the same limit.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+
 /// A store revision: a counter that every committed change increments.
 ///
 /// All keys changed by one transaction share its revision. Revision 0 never
@@ -255,7 +260,29 @@ impl Txn {
         for (branch, ops) in [("success", &self.success), ("failure", &self.failure)] {
             validate_branch(branch, ops)?;
         }
+        let bytes = self.bytes();
+        if bytes > MAX_TXN_BYTES {
+            return invalid(format!(
+                "{bytes} bytes of keys and values, more than the {MAX_TXN_BYTES} a transaction may carry"
+            ));
+        }
         Ok(())
+    }
+
+    /// The bytes of keys and values the transaction carries.
+    fn bytes(&self) -> usize {
+        let compares = self.compares.iter().map(|compare| {
+            compare.key.len()
+                + match &compare.target {
+                    CompareTarget::ModRevision(..) => 0,
+                    CompareTarget::ValueEquals(value) => value.len(),
+                }
+        });
+        let ops = self.success.iter().chain(&self.failure).map(|op| match op {
+            Op::Get { key } | Op::Delete { key } | Op::DeletePrefix { prefix: key } => key.len(),
+            Op::Put { key, value, .. } => key.len() + value.len(),
+        });
+        compares.chain(ops).sum()
     }
 }
 
@@ -400,6 +427,8 @@ mod tests {
         check_invalid(Txn::new().then([Op::get("")]), "empty key");
         check_invalid(Txn::new().when([Compare::absent("")]), "empty key");
         check_invalid(Txn::new().then((0..=MAX_TXN_OPS).map(|i| Op::put(format!("k{i}"), ""))), "more than");
+        check_invalid(Txn::new().then([Op::put("k", vec![0; MAX_TXN_BYTES])]), "bytes of keys and values");
+        assert!(Txn::new().then([Op::put("k", vec![0; MAX_TXN_BYTES - 1])]).validate().is_ok());
         // The same key in both branches, deletes of one key twice and gets beside puts are fine.
         let fine = Txn::new()
             .then([Op::put("a", "1"), Op::get("a"), Op::delete("b"), Op::delete("b")])

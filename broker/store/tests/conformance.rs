@@ -81,6 +81,7 @@ conformance!(
     keep_alive_keeps_keys_past_the_ttl,
     concurrent_cas_increments_lose_no_update,
     ten_thousand_keys_range_at_one_revision,
+    large_values_range_and_replay,
 );
 
 // ---- helpers ----
@@ -495,6 +496,30 @@ async fn ten_thousand_keys_range_at_one_revision(store: Arc<dyn Store>) {
 
     let everything = range(store, "/big/").await;
     assert_eq!(everything.kvs.len(), KEYS + 100);
+}
+
+async fn large_values_range_and_replay(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    // 40 values of 200 KiB: 8 MiB, twice gRPC's default message limit, in one range page.
+    const VALUE: usize = 200 << 10;
+    let start = revision(store).await;
+    for chunk in 0..8 {
+        let ops = (0..5).map(|i| Op::put(format!("/large/{:02}", chunk * 5 + i), vec![b'v'; VALUE]));
+        store.txn(Txn::new().then(ops)).await.expect("a 1 MB transaction");
+    }
+    let snapshot = range(store, "/large/").await;
+    assert_eq!(snapshot.kvs.len(), 40);
+    assert!(snapshot.kvs.iter().all(|kv| kv.value.len() == VALUE));
+
+    // Replaying all of it at once delivers one large batch of events.
+    let mut watch = store.watch("/large/", start.next()).await.expect("watch");
+    for i in 0..40 {
+        let event = next_event(&mut watch).await;
+        assert_eq!((event.kv.key.as_str(), event.kv.value.len()), (format!("/large/{i:02}").as_str(), VALUE));
+    }
+
+    let too_large = store.txn(Txn::new().then([Op::put("/large/huge", vec![0; allot_store::MAX_TXN_BYTES])])).await;
+    assert!(matches!(too_large, Err(StoreError::InvalidTxn { .. })), "both backends refuse what etcd would");
 }
 
 // ---- embedded store only ----

@@ -54,10 +54,16 @@ pub enum AllocCommand {
     /// Place and persist an allocation.
     Create(CreateArgs),
     List(ListArgs),
-    Get { id: String },
+    Get {
+        id: String,
+    },
     /// Why the allocation is where it is, and why other nodes were not chosen.
-    Explain { id: String },
-    Release { id: String },
+    Explain {
+        id: String,
+    },
+    Release {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

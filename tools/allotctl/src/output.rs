@@ -20,8 +20,9 @@ fn pretty(value: &Value) -> String {
 /// Lays out rows in aligned columns; the first row is the header.
 fn table(rows: Vec<Vec<String>>) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|column| rows.iter().map(|row| row.get(column).map_or(0, String::len)).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| rows.iter().map(|row| row.get(column).map_or(0, String::len)).max().unwrap_or(0))
+        .collect();
     rows.iter()
         .map(|row| {
             row.iter()
@@ -230,7 +231,9 @@ pub fn created(reply: proto::CreateAllocationResponse, format: Format) -> Result
                 .transpose()
                 .map_err(|error| CtlError::Protocol(error.to_string()))?;
             Ok(match format {
-                Format::Json => pretty(&json!({ "dry_run": true, "binding": binding, "explanation": reply.explanation })),
+                Format::Json => {
+                    pretty(&json!({ "dry_run": true, "binding": binding, "explanation": reply.explanation }))
+                }
                 Format::Table => format!("dry run: nothing was allocated\n{}", reply.explanation),
             })
         }

@@ -123,8 +123,14 @@ impl Cluster {
     /// `mig=2:4g.40gb@0`, `share=0:600/20g`, `cores=0-7`, `mem=10g`.
     pub fn take(mut self, name: &str, spec: &str) -> Self {
         let node = self.find(name);
-        let mut binding =
-            Binding { node: node.name.clone(), gpus: vec![], cpus: vec![], cores: vec![], memory: MiB(0), numa_nodes: vec![] };
+        let mut binding = Binding {
+            node: node.name.clone(),
+            gpus: vec![],
+            cpus: vec![],
+            cores: vec![],
+            memory: MiB(0),
+            numa_nodes: vec![],
+        };
         for word in spec.split_whitespace() {
             let (key, value) = word.split_once('=').expect("key=value");
             let grant = |index: u32| GpuGrant {
@@ -160,7 +166,10 @@ impl Cluster {
                     let (gpu, rest) = value.split_once(':').expect("GPU:MILLI/MEM");
                     let (compute, mem) = rest.split_once('/').expect("MILLI/MEM");
                     binding.gpus.push(GpuGrant {
-                        share: Some(ShareGrant { compute: MilliGpu(compute.parse().expect("milli")), memory: memory(mem) }),
+                        share: Some(ShareGrant {
+                            compute: MilliGpu(compute.parse().expect("milli")),
+                            memory: memory(mem),
+                        }),
                         ..grant(gpu.parse().expect("GPU index"))
                     });
                 }

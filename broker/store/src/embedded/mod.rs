@@ -115,10 +115,8 @@ impl EmbeddedStore {
     /// called inside a tokio runtime (it starts the lease expiry task).
     pub async fn open_with(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_owned();
-        let opened = {
-            let dir = dir.clone();
-            blocking(&dir.clone(), move || tables::open_database(&dir)).await??
-        };
+        let opening = dir.clone();
+        let opened = blocking(&dir, move || tables::open_database(&opening)).await??;
         if opened.expired_leases > 0 {
             tracing::info!(
                 dir = %dir.display(),

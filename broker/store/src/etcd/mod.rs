@@ -22,7 +22,7 @@ use crate::types::{KeyValue, Lease, LeaseId, RangeResult, Revision, Txn, TxnResu
 use crate::watch::WatchStream;
 
 pub use retry::RetryPolicy;
-use retry::{Call, is_compacted, is_lease_not_found};
+use retry::{Call, is_compacted, is_lease_not_found, is_too_large};
 
 /// Where etcd is and how patiently to talk to it.
 #[derive(Debug, Clone)]
@@ -99,22 +99,30 @@ impl EtcdStore {
         self.config.endpoints.join(",")
     }
 
-    /// One range at one revision, page by page.
+    /// One range at one revision, page by page. A page too large for one gRPC
+    /// message is asked for again with half as many keys.
     async fn range_at_one_revision(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let (start, end) = range_bounds(prefix);
-        let page_size = i64::try_from(self.config.range_page_size.max(1)).unwrap_or(i64::MAX);
+        let mut page_size = i64::try_from(self.config.range_page_size.max(1)).unwrap_or(i64::MAX);
         let mut kvs = Vec::new();
         let mut revision = 0;
         let mut from = start;
         loop {
             let options = GetOptions::new().with_range(end.clone()).with_limit(page_size).with_revision(revision);
             let key = from.clone();
-            let response = self
-                .call(Call::idempotent("range"), |mut client| {
+            let page = self
+                .call(Call::idempotent("range"), |client| {
                     let (key, options) = (key.clone(), options.clone());
-                    async move { client.get(key, Some(options)).await }
+                    async move { kv_client(&client).get(key, Some(options)).await }
                 })
-                .await?;
+                .await;
+            let response = match page {
+                Err(error) if is_too_large(&error) && page_size > 1 => {
+                    page_size /= 2;
+                    continue;
+                }
+                page => page?,
+            };
             if revision == 0 {
                 revision = self.header_revision("range", response.header())?;
             }
@@ -131,6 +139,15 @@ impl EtcdStore {
         }
         Ok(RangeResult { kvs, revision: self.revision("range", revision)? })
     }
+}
+
+/// The largest response accepted from etcd (tonic's default is 4 MiB; a page
+/// of large values, or a transaction's gets, may exceed it).
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// A KV client that accepts responses up to [`MAX_RESPONSE_BYTES`].
+fn kv_client(client: &etcd_client::Client) -> etcd_client::KvClient {
+    client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 /// The first lease a transaction puts a key with.
@@ -152,9 +169,9 @@ fn range_bounds(prefix: &str) -> (Vec<u8>, Vec<u8>) {
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let response = self
-            .call(Call::idempotent("get"), |mut client| {
+            .call(Call::idempotent("get"), |client| {
                 let key = key.to_owned();
-                async move { client.get(key, None).await }
+                async move { kv_client(&client).get(key, None).await }
             })
             .await?;
         response.kvs().first().map(|kv| self.key_value("get", kv)).transpose()
@@ -177,9 +194,9 @@ impl Store for EtcdStore {
         txn.validate()?;
         let request = convert::txn_request(&txn);
         let response = self
-            .call(Call::write("txn"), |mut client| {
+            .call(Call::write("txn"), |client| {
                 let request = request.clone();
-                async move { client.txn(request).await }
+                async move { kv_client(&client).txn(request).await }
             })
             .await
             .map_err(|error| match (error, first_lease(&txn)) {

@@ -214,3 +214,16 @@ pub(super) fn is_compacted(error: &StoreError) -> bool {
         _ => false,
     }
 }
+
+/// tonic's "decoded message length too large": a response over the client's limit.
+pub(super) fn is_too_large(error: &StoreError) -> bool {
+    match error {
+        StoreError::Etcd { source, .. } => match source.as_ref() {
+            etcd_client::Error::GRpcStatus(status) => {
+                status.code() == Code::OutOfRange && status.message().contains("message length too large")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}

@@ -14,8 +14,8 @@ use crate::error::StoreError;
 use crate::types::{EventKind, Revision, WatchEvent};
 use crate::watch::WatchStream;
 
-use super::retry::Call;
-use super::{EtcdStore, range_bounds};
+use super::retry::{Call, Failure, classify};
+use super::{EtcdStore, MAX_RESPONSE_BYTES, range_bounds};
 
 /// Creates the watch (so that a watch "from now" covers every change after
 /// this returns) and starts the task that feeds the stream.
@@ -42,10 +42,12 @@ impl Watcher {
         let options = WatchOptions::new().with_range(end).with_start_revision(start);
         let (stream, created) = self
             .store
-            .call(Call::idempotent("watch"), |mut client| {
+            .call(Call::idempotent("watch"), |client| {
                 let (key, options) = (key.clone(), options.clone());
                 async move {
-                    let mut stream = client.watch(key, Some(options)).await?;
+                    // One revision's events come in one response, however many.
+                    let mut watch_client = client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+                    let mut stream = watch_client.watch(key, Some(options)).await?;
                     match stream.message().await? {
                         Some(response) if response.created() => Ok((stream, response)),
                         Some(_) => Err(etcd_client::Error::WatchError("a watch answered before it was created".into())),
@@ -77,6 +79,12 @@ impl Watcher {
         loop {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
+                Err(error) if classify(&error) == Failure::Permanent => {
+                    // Re-creating the watch would fail the same way, forever.
+                    let error = self.store.error(Call::idempotent("watch"), Failure::Permanent, error);
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
                 Ok(None) | Err(_) => {
                     tracing::debug!(prefix = %self.prefix, next = %self.next, "etcd watch stream broke; re-creating it");
                     match self.establish().await {
