@@ -156,7 +156,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     for kv in store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs {
         let record: NodeRecord = decode(&kv.key, &kv.value)?;
         // A node gets one timeout after a broker start to show it is alive.
-        let entry = NodeEntry { record, status: NodeStatus::Ready, last_heartbeat_ms: now, usage: Default::default() };
+        let entry = NodeEntry::new(record, NodeStatus::Ready, now);
         state.nodes.insert(entry.record.name.clone(), entry);
     }
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
@@ -274,9 +274,9 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             }
             let was_lost = state.nodes.get(&name).is_some_and(|entry| entry.status == NodeStatus::Lost);
             let usage = state.nodes.get(&name).map(|entry| entry.usage.clone()).unwrap_or_default();
-            state
-                .nodes
-                .insert(name.clone(), NodeEntry { record, status: NodeStatus::Ready, last_heartbeat_ms: now, usage });
+            let mut entry = NodeEntry::new(record, NodeStatus::Ready, now);
+            entry.usage = usage;
+            state.nodes.insert(name.clone(), entry);
             let mut changed = Vec::new();
             if was_lost {
                 changed = set_lost_allocations(state, &name, false, now, writes);
@@ -358,14 +358,10 @@ fn place(state: &mut ClusterState, request: ValidatedRequest, now: u64) -> Resul
     if !state.teams.contains(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
     }
-    let decision = {
-        let views = state.node_views();
-        allot_placement::place(&request, &views)
-    };
-    let decision = decision.map_err(refusal_error)?;
+    let decision = decide(state, &request)?;
     let id = AllocationId::from_u64(state.next_id);
     state.next_id += 1;
-    let explanation = decision.explanation.to_string();
+    let explanation = decision.explanation;
     let allocation = Allocation {
         id,
         request,
@@ -380,13 +376,13 @@ fn place(state: &mut ClusterState, request: ValidatedRequest, now: u64) -> Resul
 }
 
 /// A placement refusal for the caller: the one-line reason first, then each node's verdict.
-fn refusal_error(refusal: allot_placement::Refusal) -> BrokerError {
+fn refusal_error(refusal: allot_placement::Refusal, note: &str) -> BrokerError {
     match refusal.reason {
         RefusalReason::Impossible { detail } => {
-            BrokerError::Impossible { reason: format!("{detail}\n{}", refusal.explanation) }
+            BrokerError::Impossible { reason: format!("{detail}\n{}{note}", refusal.explanation) }
         }
         RefusalReason::NoCapacityNow { detail } => {
-            BrokerError::NoCapacity { reason: format!("{detail}\n{}", refusal.explanation) }
+            BrokerError::NoCapacity { reason: format!("{detail}\n{}{note}", refusal.explanation) }
         }
     }
 }
@@ -400,10 +396,32 @@ pub fn dry_run(
     if !state.teams.contains(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
     }
-    let views = state.node_views();
+    let decision = decide(&state, request)?;
+    Ok((decision.binding, decision.explanation))
+}
+
+/// A placement decision with its explanation in words.
+struct Decided {
+    binding: allot_api::allocation::Binding,
+    explanation: String,
+}
+
+/// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`)
+/// and says in the explanation which identical idle nodes it did not list.
+fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
+    let (views, twins) = state.distinct_node_views();
+    let note = || -> String {
+        if twins.is_empty() {
+            return String::new();
+        }
+        let listed: Vec<String> = twins.iter().map(|(name, count)| format!("{count} like {name}")).collect();
+        format!("\nidle nodes identical to a listed one, not listed: {}", listed.join(", "))
+    };
     match allot_placement::place(request, &views) {
-        Ok(decision) => Ok((decision.binding, decision.explanation.to_string())),
-        Err(refusal) => Err(refusal_error(refusal)),
+        Ok(decision) => {
+            Ok(Decided { binding: decision.binding, explanation: format!("{}{}", decision.explanation, note()) })
+        }
+        Err(refusal) => Err(refusal_error(refusal, &note())),
     }
 }
 
@@ -570,7 +588,77 @@ fn fail(pending: Vec<Pending>, error: &BrokerError) {
 
 #[cfg(test)]
 mod tests {
+    use allot_api::allocation::{Interconnect, MilliGpu};
+    use allot_api::units::MiB;
+
     use super::*;
+
+    fn fixture(name: &str) -> NodeInventory {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("placement/tests/data/{name}.json"));
+        let text = std::fs::read_to_string(&path).expect("fixture inventory");
+        let mut value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        value.as_object_mut().expect("object").remove("links");
+        serde_json::from_value(value).expect("inventory")
+    }
+
+    fn request(gpus: GpuDemand, cpus: u32, interconnect: Interconnect) -> ValidatedRequest {
+        ValidatedRequest::new("t".parse().expect("team"), gpus, cpus, MiB(0), interconnect, false, None, None)
+            .expect("valid request")
+    }
+
+    /// Placing over distinct nodes decides exactly what placing over all nodes does.
+    #[test]
+    fn leaving_out_idle_twins_changes_no_decision() {
+        let mut state = ClusterState::default();
+        for (index, fixture_name) in
+            ["dgx-h100", "dgx-h100", "dgx-a100-mig", "dgx-h100", "pcie-l40s", "dgx-h100", "pcie-l40s"]
+                .iter()
+                .enumerate()
+        {
+            let mut inventory = fixture(fixture_name);
+            // Twins differ in what placement ignores: names and UUIDs.
+            inventory.hostname = format!("n{index}");
+            for gpu in &mut inventory.gpus {
+                gpu.uuid = Some(format!("GPU-{index}-{}", gpu.index));
+            }
+            let name: NodeName = format!("n{index}").parse().expect("name");
+            let record = NodeRecord { name: name.clone(), inventory, epoch: 1, registered_at_ms: 0 };
+            state.nodes.insert(name, NodeEntry::new(record, NodeStatus::Ready, 0));
+        }
+        let (views, twins) = state.distinct_node_views();
+        assert_eq!(views.len(), 3, "one of each shape while all are idle");
+        assert_eq!(twins.values().sum::<usize>(), 4);
+
+        let sequence = [
+            request(GpuDemand::Whole { count: 1, models: vec![] }, 2, Interconnect::Any),
+            request(GpuDemand::Whole { count: 4, models: vec![] }, 8, Interconnect::Nvlink),
+            request(GpuDemand::Mig { profile: "3g.40gb".into() }, 1, Interconnect::Any),
+            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
+            request(GpuDemand::Share { compute: MilliGpu(300), memory: MiB(8000) }, 1, Interconnect::Any),
+            request(GpuDemand::Whole { count: 2, models: vec!["L40S".into()] }, 4, Interconnect::PcieSwitch),
+            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
+            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
+            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
+            request(GpuDemand::Whole { count: 9, models: vec![] }, 0, Interconnect::Nvlink),
+            request(GpuDemand::None, 4, Interconnect::Any),
+        ];
+        for (step, request) in sequence.iter().enumerate() {
+            let all = allot_placement::place(request, &state.node_views());
+            let distinct = allot_placement::place(request, &state.distinct_node_views().0);
+            match (&all, &distinct) {
+                (Ok(all), Ok(distinct)) => {
+                    assert_eq!(all.binding, distinct.binding, "step {step}: {request:?}");
+                    let binding = all.binding.clone();
+                    let node = binding.node.clone();
+                    state.nodes.get_mut(&node).expect("node").usage.add(&binding);
+                }
+                (Err(all), Err(distinct)) => {
+                    assert_eq!(all.is_impossible(), distinct.is_impossible(), "step {step}: {request:?}");
+                }
+                _ => panic!("step {step}: {request:?}: all nodes gave {all:?}, distinct nodes gave {distinct:?}"),
+            }
+        }
+    }
 
     #[test]
     fn batches_split_by_operation_count_and_by_size() {

@@ -73,7 +73,10 @@ impl proto::node_service_server::NodeService for Services {
                 }));
             }
             entry.last_heartbeat_ms = now_ms();
-            apply_telemetry(&mut entry.record.inventory, request.gpus);
+            if !request.gpus.is_empty() {
+                apply_telemetry(&mut entry.record.inventory, request.gpus);
+                entry.shape = crate::state::placement_shape(&entry.record.inventory);
+            }
             entry.status == NodeStatus::Lost
         };
         if returned {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName, TeamName};
 use allot_api::topology::NodeInventory;
+
 use allot_placement::{NodeStatus, NodeUsage, NodeView};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,62 @@ pub struct NodeEntry {
     pub last_heartbeat_ms: u64,
     /// Capacity held by allocations on this node, derived from them.
     pub usage: NodeUsage,
+    /// Everything about the hardware that placement looks at (see [`placement_shape`]).
+    pub shape: u64,
+}
+
+impl NodeEntry {
+    pub fn new(record: NodeRecord, status: NodeStatus, last_heartbeat_ms: u64) -> Self {
+        let shape = placement_shape(&record.inventory);
+        NodeEntry { record, status, last_heartbeat_ms, usage: NodeUsage::default(), shape }
+    }
+}
+
+/// A fingerprint of what placement looks at in an inventory: the hardware, its
+/// topology, health, whether a GPU throttles, and MIG state; not names, UUIDs,
+/// serials or exact temperatures. Two idle nodes with the same shape get the same
+/// score for any request, so placement need only see the first of them by name
+/// (the one it would pick anyway, since ties go to the smaller name).
+pub fn placement_shape(inventory: &NodeInventory) -> u64 {
+    use std::hash::Hasher;
+    let mut shape = inventory.clone();
+    shape.hostname.clear();
+    shape.warnings.clear();
+    shape.nvml = allot_api::topology::NvmlStatus::Absent { reason: String::new() };
+    for gpu in &mut shape.gpus {
+        gpu.uuid = None;
+        // Placement asks only whether a GPU throttles.
+        let throttling = gpu.telemetry.as_ref().is_some_and(|telemetry| telemetry.is_throttling());
+        gpu.telemetry = throttling.then(|| allot_api::topology::GpuTelemetry {
+            throttle_reasons: vec![allot_api::topology::ThrottleReason::SwThermalSlowdown],
+            ..Default::default()
+        });
+        if let Some(mig) = &mut gpu.mig {
+            for instance in &mut mig.instances {
+                instance.uuid = None;
+            }
+        }
+    }
+    /// Feeds serialised bytes straight into the hasher, without building a string.
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // DefaultHasher::new() has fixed keys: the same shape hashes the same in every run.
+    let mut writer = HashWriter(std::collections::hash_map::DefaultHasher::new());
+    if serde_json::to_writer(&mut writer, &shape).is_err() {
+        // Unreachable for plain data; hashing the name keeps the node out of any group.
+        let mut by_name = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&inventory.hostname, &mut by_name);
+        return by_name.finish();
+    }
+    writer.0.finish()
 }
 
 /// Everything the broker knows.
@@ -109,6 +166,35 @@ impl ClusterState {
                 usage: &entry.usage,
             })
             .collect()
+    }
+
+    /// The nodes placement must look at: every node in use or not ready, and of
+    /// the idle ready nodes only the first by name of each shape. Placement's
+    /// decision is the same as over all nodes (an idle twin scores the same as its
+    /// representative and loses the tie on name), at a fraction of the cost on a
+    /// cluster of identical machines. Also returns how many twins were left out,
+    /// by representative.
+    pub fn distinct_node_views(&self) -> (Vec<NodeView<'_>>, BTreeMap<&NodeName, usize>) {
+        let mut seen: BTreeMap<u64, &NodeName> = BTreeMap::new();
+        let mut twins: BTreeMap<&NodeName, usize> = BTreeMap::new();
+        let mut views = Vec::new();
+        for (name, entry) in &self.nodes {
+            let idle = entry.status == NodeStatus::Ready && entry.usage.is_empty();
+            if idle {
+                if let Some(representative) = seen.get(&entry.shape) {
+                    *twins.entry(*representative).or_default() += 1;
+                    continue;
+                }
+                seen.insert(entry.shape, name);
+            }
+            views.push(NodeView {
+                name,
+                inventory: &entry.record.inventory,
+                status: entry.status,
+                usage: &entry.usage,
+            });
+        }
+        (views, twins)
     }
 
     /// Allocations on a node that hold capacity, as the node should see them.

@@ -76,7 +76,7 @@ async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize) 
 /// `count` one-GPU allocations from `CLIENTS` concurrent clients, each released
 /// right after it was granted (jobs come and go); allocations/s and their latency.
 /// Every cycle writes twice (the grant and the release), both persisted.
-async fn churn(address: &str, count: usize) -> (f64, Vec<Duration>) {
+async fn churn(address: &str, count: usize, release: bool) -> (f64, Vec<Duration>) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("uri")
         .connect()
@@ -104,7 +104,9 @@ async fn churn(address: &str, count: usize) -> (f64, Vec<Duration>) {
                     .into_inner();
                 latencies.push(begun.elapsed());
                 let id = reply.allocation.expect("allocation").id;
-                client.release(proto::AllocationRef { id }).await.expect("release");
+                if release {
+                    client.release(proto::AllocationRef { id }).await.expect("release");
+                }
             }
             latencies
         }));
@@ -227,25 +229,25 @@ fn main() {
         println!("| measure | result |");
         println!("|---|---|");
         println!("| sequential single-key etcd transactions (baseline) | {baseline:.0}/s |");
-        for (name, nodes) in [("small", SMALL_CLUSTER), ("large", LARGE_CLUSTER)] {
+        let runs = [
+            ("churn-small", SMALL_CLUSTER, true, 6400),
+            ("churn-large", LARGE_CLUSTER, true, 6400),
+            ("grants-large", LARGE_CLUSTER, false, 3200),
+        ];
+        for (name, nodes, release, count) in runs {
             let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), &format!("bench-{name}"), "1h");
             register_nodes(&broker.grpc, &inventory, nodes).await;
-            let (throughput, mut latencies) = churn(&broker.grpc, 6400).await;
+            let (throughput, mut latencies) = churn(&broker.grpc, count, release).await;
             let p50 = percentile(&mut latencies, 0.5);
             let p99 = percentile(&mut latencies, 0.99);
+            let pattern = if release { "each released right after its grant" } else { "grants only, the cluster filling up" };
             println!(
-                "| allocations through gRPC, {CLIENTS} clients, each released after its grant, etcd store, {nodes} DGX H100 nodes | {throughput:.0}/s ({:.1}x the baseline; p50 {:.1} ms, p99 {:.1} ms) |",
+                "| allocations through gRPC, {CLIENTS} clients, {pattern}, etcd store, {nodes} DGX H100 nodes | {throughput:.0}/s ({:.1}x the baseline; p50 {:.1} ms, p99 {:.1} ms; {}) |",
                 throughput / baseline,
                 p50.as_secs_f64() * 1e3,
-                p99.as_secs_f64() * 1e3
+                p99.as_secs_f64() * 1e3,
+                reqwest_metrics(&broker.http).await,
             );
-            let metrics = reqwest_metrics(&broker.http).await;
-            println!("| writer batches in that run | {metrics} |");
-            if std::env::var_os("ALLOT_BENCH_DEBUG").is_some() {
-                for line in broker.process.log_text().lines().filter(|line| line.contains(" batch ") && line.contains("commands\u{1b}[0m\u{1b}[2m=\u{1b}[0m1")).skip(300).take(6) {
-                    eprintln!("{line}");
-                }
-            }
             drop(broker);
             // A fresh etcd prefix per run: the next broker must not see these nodes.
             assert!(store.txn(Txn::new().then([Op::delete_prefix(allot_store::layout::ROOT)])).await.expect("clear").succeeded);
