@@ -148,13 +148,40 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
         .map_err(|error| BrokerError::Internal(format!("record {key} in the store is unreadable: {error}")))
 }
 
+/// Decodes many records on every core: at start a broker may read 100,000
+/// allocations and thousands of node inventories. Keeps the store's order.
+fn decode_all<T: serde::de::DeserializeOwned + Send>(kvs: &[allot_store::KeyValue]) -> Result<Vec<T>, BrokerError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    if kvs.len() < 1024 || threads == 1 {
+        return kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect();
+    }
+    let chunk = kvs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = kvs
+            .chunks(chunk)
+            .map(|part| {
+                scope
+                    .spawn(move || part.iter().map(|kv| decode::<T>(&kv.key, &kv.value)).collect::<Result<Vec<T>, _>>())
+            })
+            .collect();
+        let mut all = Vec::with_capacity(kvs.len());
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => all.extend(part?),
+                Err(_) => return Err(BrokerError::Internal("a decoding thread panicked".into())),
+            }
+        }
+        Ok(all)
+    })
+}
+
 /// Reads everything the broker persists.
 pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
     let mut state = ClusterState::default();
     let now = now_ms();
-    for kv in store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs {
-        let record: NodeRecord = decode(&kv.key, &kv.value)?;
+    let nodes = store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs;
+    for record in decode_all::<NodeRecord>(&nodes)? {
         // A node gets one timeout after a broker start to show it is alive.
         let entry = NodeEntry::new(record, NodeStatus::Ready, now);
         state.nodes.insert(entry.record.name.clone(), entry);
@@ -163,8 +190,8 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         let record: TeamRecord = decode(&kv.key, &kv.value)?;
         state.teams.insert(record.name);
     }
-    for kv in store.range(layout::prefix_allocations()).await.map_err(unavailable)?.kvs {
-        let allocation: Allocation = decode(&kv.key, &kv.value)?;
+    let allocations = store.range(layout::prefix_allocations()).await.map_err(unavailable)?.kvs;
+    for allocation in decode_all::<Allocation>(&allocations)? {
         state.allocations.insert(allocation.id, allocation);
     }
     let counter = store.get(&layout::counter("allocation")).await.map_err(unavailable)?;
@@ -264,7 +291,8 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
         }
         Command::RegisterNode { name, inventory, reply } => {
             let epoch = state.nodes.get(&name).map_or(1, |entry| entry.record.epoch + 1);
-            let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now };
+            let shape = Some(crate::state::placement_shape(&inventory));
+            let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now, shape };
             match encode(&record) {
                 Ok(bytes) => writes.push(Op::put(layout::node(name.as_str()), bytes)),
                 Err(error) => {
@@ -622,7 +650,7 @@ mod tests {
                 gpu.uuid = Some(format!("GPU-{index}-{}", gpu.index));
             }
             let name: NodeName = format!("n{index}").parse().expect("name");
-            let record = NodeRecord { name: name.clone(), inventory, epoch: 1, registered_at_ms: 0 };
+            let record = NodeRecord { name: name.clone(), inventory, epoch: 1, registered_at_ms: 0, shape: None };
             state.nodes.insert(name, NodeEntry::new(record, NodeStatus::Ready, 0));
         }
         let (views, twins) = state.distinct_node_views();

@@ -19,6 +19,10 @@ pub struct NodeRecord {
     /// Incremented on every registration of this name.
     pub epoch: u64,
     pub registered_at_ms: u64,
+    /// [`placement_shape`] of `inventory`, kept so that a broker start need not
+    /// recompute it for every node.
+    #[serde(default)]
+    pub shape: Option<u64>,
 }
 
 /// A team, as persisted (quotas arrive with the policy work).
@@ -42,7 +46,7 @@ pub struct NodeEntry {
 
 impl NodeEntry {
     pub fn new(record: NodeRecord, status: NodeStatus, last_heartbeat_ms: u64) -> Self {
-        let shape = placement_shape(&record.inventory);
+        let shape = record.shape.unwrap_or_else(|| placement_shape(&record.inventory));
         NodeEntry { record, status, last_heartbeat_ms, usage: NodeUsage::default(), shape }
     }
 }

@@ -92,6 +92,11 @@ fn dgx_h100_has_8_nvlinked_gpus_4_per_numa_node_each_beside_a_nic() {
         assert!(row.iter().any(|level| level == "PIX" || level == "PXB"), "GPU{gpu} has no NIC at PIX/PXB: {row:?}");
     }
     assert_eq!(inventory["nvml"]["state"], "present");
+    // Link speeds come from the fixture's sysfs excerpt (hwloc does not record them).
+    let nics = inventory["nics"].as_array().expect("nics");
+    let compute = nics.iter().find(|nic| nic["rdma_device"] == "mlx5_0").expect("mlx5_0");
+    assert_eq!(compute["link_speed_mbps"], 400_000, "{compute}");
+    assert_eq!(compute["kind"], "infiniband");
 }
 
 #[test]

@@ -156,11 +156,13 @@ async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize) {
             assert!(store.txn(Txn::new().then(ops)).await.expect("seed txn").succeeded);
         }
     };
+    // What a registration stores: the shape is computed once, as the broker does.
+    let shape = allot_broker::state::placement_shape(inventory);
     for index in 0..nodes {
         let mut node = inventory.clone();
         node.hostname = format!("dgx-{index:05}");
         let record = serde_json::json!({
-            "name": node.hostname, "inventory": node, "epoch": 1, "registered_at_ms": 0
+            "name": node.hostname, "inventory": node, "epoch": 1, "registered_at_ms": 0, "shape": shape
         });
         ops.push(Op::put(layout::node(&node.hostname), serde_json::to_vec(&record).expect("json")));
         // A registration is ~40 KiB; a transaction carries at most 1 MiB.
