@@ -31,6 +31,10 @@ pub const MAX_BATCH: usize = 512;
 /// the leadership fence and the id counter.
 const OPS_PER_TXN: usize = 120;
 
+/// The largest record the broker writes; larger requests or inventories are
+/// refused on their own, before they can fail anyone else's batch.
+const MAX_RECORD_BYTES: usize = 256 * 1024;
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
@@ -58,6 +62,7 @@ pub enum Command {
     /// Heartbeats stopped: the node and its allocations are lost.
     NodeLost {
         name: NodeName,
+        last_heartbeat_ms: u64,
     },
     /// A lost node heartbeats again: its allocations hold again.
     NodeReturned {
@@ -204,6 +209,19 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.next_id = state.next_id.max(last.as_u64() + 1);
     }
     state.recompute_all_usage();
+    // A node whose allocations were lost when the broker stopped is still lost
+    // until it heartbeats: then they are bound again and it is told.
+    let lost_nodes: Vec<NodeName> = state
+        .nodes
+        .keys()
+        .filter(|name| state.live_on(name).iter().any(|allocation| allocation.state == AllocationState::Lost))
+        .cloned()
+        .collect();
+    for name in lost_nodes {
+        if let Some(entry) = state.nodes.get_mut(&name) {
+            entry.status = NodeStatus::Lost;
+        }
+    }
     Ok(state)
 }
 
@@ -224,12 +242,23 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
         Command::CreateAllocation { request, reply } => match place(state, *request, now) {
             Ok((allocation, explanation)) => {
                 match encode(&allocation) {
+                    Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
+                        let _ = reply.send(Err(BrokerError::InvalidArgument {
+                            field: "spec".into(),
+                            problem: format!(
+                                "the allocation would take {} KiB to store; make the request smaller",
+                                bytes.len() / 1024
+                            ),
+                        }));
+                        return None;
+                    }
                     Ok(bytes) => writes.push(Op::put(layout::allocation(allocation.id.to_string()), bytes)),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                         return None;
                     }
                 }
+                state.unpersisted.insert(allocation.id);
                 if let Some(binding) = &allocation.binding
                     && let Some(entry) = state.nodes.get_mut(&binding.node)
                 {
@@ -290,10 +319,21 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             Some(Pending::Team(reply))
         }
         Command::RegisterNode { name, inventory, reply } => {
+            if let Err(problem) = bindings_still_fit(state, &name, &inventory) {
+                let _ = reply.send(Err(BrokerError::FailedPrecondition(problem)));
+                return None;
+            }
             let epoch = state.nodes.get(&name).map_or(1, |entry| entry.record.epoch + 1);
             let shape = Some(crate::state::placement_shape(&inventory));
             let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now, shape };
             match encode(&record) {
+                Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
+                    let _ = reply.send(Err(BrokerError::InvalidArgument {
+                        field: "inventory".into(),
+                        problem: format!("{} KiB is more than a node inventory may take", bytes.len() / 1024),
+                    }));
+                    return None;
+                }
                 Ok(bytes) => writes.push(Op::put(layout::node(name.as_str()), bytes)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
@@ -312,9 +352,10 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             state.recompute_usage(&name);
             Some(Pending::Registered(reply, epoch, changed))
         }
-        Command::NodeLost { name } => {
+        Command::NodeLost { name, last_heartbeat_ms } => {
             let entry = state.nodes.get_mut(&name)?;
-            if entry.status == NodeStatus::Lost {
+            // A heartbeat that arrived after the detector looked keeps the node.
+            if entry.status == NodeStatus::Lost || entry.last_heartbeat_ms != last_heartbeat_ms {
                 return None;
             }
             entry.status = NodeStatus::Lost;
@@ -348,6 +389,31 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             Some(Pending::Changed(vec![changed]))
         }
     }
+}
+
+/// A node may re-register with changed hardware only if every live allocation
+/// on it still names the same GPUs (by index and PCI bus id, and UUID when both
+/// sides know it): usage is kept by index, and NVML indices shift when a GPU
+/// falls off the bus.
+fn bindings_still_fit(state: &ClusterState, node: &NodeName, inventory: &NodeInventory) -> Result<(), String> {
+    for allocation in state.live_on(node) {
+        let Some(binding) = &allocation.binding else { continue };
+        for grant in &binding.gpus {
+            let found = inventory.gpus.iter().find(|gpu| gpu.index == grant.index);
+            let matches = found.is_some_and(|gpu| {
+                gpu.pci_bus_id.to_string() == grant.pci_bus_id
+                    && (grant.uuid.is_none() || gpu.uuid.is_none() || gpu.uuid == grant.uuid)
+            });
+            if !matches {
+                return Err(format!(
+                    "E-HARDWARE-CHANGED: node {node} registers without GPU {} at {} that allocation {} holds; \
+                     release it (allotctl alloc release {}) or restore the GPU, then restart allot-node",
+                    grant.index, grant.pci_bus_id, allocation.id, allocation.id
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Marks a node's live allocations lost (or bound again when it returns).
@@ -460,24 +526,39 @@ pub fn wants_gpus(request: &ValidatedRequest) -> bool {
 
 /// The writer task: batches commands, persists each batch, then answers.
 async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, mut receiver: mpsc::Receiver<Command>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut queued: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
+    let mut received = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if queued.is_empty() {
+            if receiver.recv_many(&mut received, MAX_BATCH).await == 0 {
+                return;
+            }
+            queued.extend(received.drain(..));
+        }
         let mut writes = Vec::new();
         let mut pending = Vec::new();
         let batch_started = std::time::Instant::now();
-        let next_id_before;
         {
             let mut state = core.state();
-            next_id_before = state.next_id;
-            for command in batch.drain(..) {
+            let next_id_before = state.next_id;
+            // Take commands while the batch still fits one transaction, so that a
+            // batch is stored all or nothing. (A single command that changes more,
+            // like a node with hundreds of allocations going lost, is split; it has
+            // no caller waiting, and a failure reloads the state.)
+            while let Some(command) = queued.pop_front() {
                 if let Some(done) = apply(&mut state, command, &mut writes) {
                     pending.push(done);
+                }
+                let bytes: usize = writes.iter().map(op_bytes).sum();
+                if writes.len() >= OPS_PER_TXN / 2 || bytes >= BYTES_PER_TXN / 2 {
+                    break;
                 }
             }
             if state.next_id != next_id_before {
                 writes.push(Op::put(layout::counter("allocation"), state.next_id.to_string().into_bytes()));
             }
         }
+        let writes = last_write_per_key(writes);
         if writes.is_empty() {
             finish(&core, pending);
             continue;
@@ -497,20 +578,72 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                 tracing::error!(%error, "could not persist a batch; reloading state from the store");
                 let lost_leadership = matches!(error, BrokerError::NotLeader);
                 fail(pending, &error);
-                match load(store.as_ref()).await {
-                    Ok(reloaded) => *core.state() = reloaded,
-                    Err(reload_error) => {
-                        tracing::error!(%reload_error, "reload failed; state may be stale until restart")
-                    }
-                }
                 if lost_leadership {
                     // Another broker leads now: stop taking commands (fail-stop).
                     tracing::error!("lost leadership: this broker stops writing");
                     receiver.close();
+                    while let Some(command) = queued.pop_front() {
+                        refuse(command, BrokerError::NotLeader);
+                    }
                     core.fenced.notify_one();
+                    return;
+                }
+                // Memory holds changes the store refused: nothing else is applied
+                // until the state is the store's again.
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match load(store.as_ref()).await {
+                        Ok(reloaded) => {
+                            *core.state() = reloaded;
+                            break;
+                        }
+                        Err(reload_error) => {
+                            tracing::error!(%reload_error, retry_in_ms = delay.as_millis() as u64, "reload failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+/// Keeps only the last write of each key (a batch may release an allocation
+/// and mark it lost, say): a transaction may not name a key twice.
+fn last_write_per_key(writes: Vec<Op>) -> Vec<Op> {
+    let key = |op: &Op| match op {
+        Op::Put { key, .. } | Op::Get { key } | Op::Delete { key } => key.clone(),
+        Op::DeletePrefix { prefix } => prefix.clone(),
+    };
+    let mut last = std::collections::HashMap::new();
+    for (position, op) in writes.iter().enumerate() {
+        last.insert(key(op), position);
+    }
+    writes
+        .into_iter()
+        .enumerate()
+        .filter(|(position, op)| last.get(&key(op)) == Some(position))
+        .map(|(_, op)| op)
+        .collect()
+}
+
+/// Answers a command that will not be applied.
+fn refuse(command: Command, error: BrokerError) {
+    match command {
+        Command::CreateAllocation { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::Release { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::CreateTeam { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::RegisterNode { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::NodeLost { .. } | Command::NodeReturned { .. } | Command::Applied { .. } => {}
     }
 }
 
@@ -562,6 +695,14 @@ async fn persist(store: &dyn Store, leadership: &Leadership, writes: Vec<Op>) ->
 }
 
 fn finish(core: &Core, pending: Vec<Pending>) {
+    {
+        let mut state = core.state();
+        for done in &pending {
+            if let Pending::Allocation(_, allocation, _) = done {
+                state.unpersisted.remove(&allocation.id);
+            }
+        }
+    }
     for done in pending {
         match done {
             Pending::Allocation(reply, allocation, explanation) => {
@@ -686,6 +827,24 @@ mod tests {
                 _ => panic!("step {step}: {request:?}: all nodes gave {all:?}, distinct nodes gave {distinct:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_batch_writes_each_key_once_with_its_last_value() {
+        let writes = vec![
+            Op::put("a", b"1".to_vec()),
+            Op::put("b", b"1".to_vec()),
+            Op::put("a", b"2".to_vec()),
+            Op::put("c", b"1".to_vec()),
+        ];
+        let kept: Vec<(String, Vec<u8>)> = last_write_per_key(writes)
+            .into_iter()
+            .map(|op| match op {
+                Op::Put { key, value, .. } => (key, value),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(kept, [("b".into(), b"1".to_vec()), ("a".into(), b"2".to_vec()), ("c".into(), b"1".to_vec())]);
     }
 
     #[test]

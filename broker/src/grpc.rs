@@ -47,7 +47,7 @@ impl proto::node_service_server::NodeService for Services {
         tracing::info!(node = %name, epoch, "node registered");
         Ok(Response::new(proto::RegisterNodeResponse {
             registration_epoch: epoch,
-            heartbeat_interval_ms: self.core.heartbeat_interval.as_millis() as u32,
+            heartbeat_interval_ms: self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32,
         }))
     }
 
@@ -57,7 +57,7 @@ impl proto::node_service_server::NodeService for Services {
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let request = request.into_inner();
         let name = node_name(&request.node_name)?;
-        let interval = self.core.heartbeat_interval.as_millis() as u32;
+        let interval = self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
         let returned = {
             let mut state = self.core.state();
             let Some(entry) = state.nodes.get_mut(&name) else {
@@ -99,7 +99,12 @@ impl proto::node_service_server::NodeService for Services {
             if !state.nodes.contains_key(&name) {
                 return Err(BrokerError::NotFound { what: format!("node {name}; register it first") }.into());
             }
-            state.live_on(&name)
+            // Allocations whose batch is not stored yet arrive as changes once it is.
+            state
+                .live_on(&name)
+                .into_iter()
+                .filter(|allocation| !state.unpersisted.contains(&allocation.id))
+                .collect::<Vec<_>>()
         };
         let stream = async_stream(move |sender| async move {
             for allocation in existing {
@@ -234,8 +239,11 @@ impl proto::allocation_service_server::AllocationService for Services {
     async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
         let id = allocation_id(&request.into_inner().id)?;
         let state = self.core.state();
-        let allocation =
-            state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
+        let allocation = state
+            .allocations
+            .get(&id)
+            .filter(|_| !state.unpersisted.contains(&id))
+            .ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
         Ok(Response::new(allocation.into()))
     }
 
@@ -252,6 +260,7 @@ impl proto::allocation_service_server::AllocationService for Services {
         let allocations = state
             .allocations
             .values()
+            .filter(|allocation| !state.unpersisted.contains(&allocation.id))
             .filter(|allocation| {
                 request.include_finished
                     || !matches!(allocation.state, AllocationState::Released | AllocationState::Preempted)
@@ -300,14 +309,17 @@ impl proto::allocation_service_server::AllocationService for Services {
             return Err(invalid("device_uuid", "missing"));
         }
         let state = self.core.state();
-        let found = state.live_on(&node).into_iter().find(|allocation| {
-            allocation.binding.as_ref().is_some_and(|binding| {
-                binding.gpus.iter().any(|gpu| {
-                    gpu.uuid.as_deref() == Some(request.device_uuid.as_str())
-                        || mig_uuid(&state, &node, gpu).as_deref() == Some(request.device_uuid.as_str())
-                })
-            })
-        });
+        let found =
+            state.live_on(&node).into_iter().filter(|allocation| !state.unpersisted.contains(&allocation.id)).find(
+                |allocation| {
+                    allocation.binding.as_ref().is_some_and(|binding| {
+                        binding.gpus.iter().any(|gpu| {
+                            gpu.uuid.as_deref() == Some(request.device_uuid.as_str())
+                                || mig_uuid(&state, &node, gpu).as_deref() == Some(request.device_uuid.as_str())
+                        })
+                    })
+                },
+            );
         let allocation = found.ok_or_else(|| BrokerError::NotFound {
             what: format!("a live allocation holding device {} on node {node}", request.device_uuid),
         })?;
@@ -364,6 +376,7 @@ impl proto::admin_service_server::AdminService for Services {
                 let unhealthy =
                     inventory.gpus.iter().filter(|gpu| matches!(gpu.health, GpuHealth::Unhealthy { .. })).count();
                 let mut models: Vec<&str> = inventory.gpus.iter().map(|gpu| gpu.model.as_str()).collect();
+                models.sort_unstable();
                 models.dedup();
                 proto::NodeSummary {
                     name: name.to_string(),

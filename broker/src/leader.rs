@@ -30,24 +30,45 @@ pub async fn acquire(
     let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
     let key = layout::leader().to_owned();
     let value = identity.into_bytes();
-    let lease = store.grant_lease(LEASE_TTL).await.map_err(unavailable)?;
+    let mut lease = store.grant_lease(LEASE_TTL).await.map_err(unavailable)?;
     let mut announced = false;
+    let mut delay = Duration::from_millis(500);
     loop {
         let txn = Txn::new().when([Compare::absent(key.clone())]).then([Op::put_with_lease(
             key.clone(),
             value.clone(),
             lease.id,
         )]);
-        if store.txn(txn).await.map_err(unavailable)?.succeeded {
-            break;
+        // A standby outlives brief store trouble: it retries rather than exits.
+        let attempt = async {
+            if store.txn(txn).await?.succeeded {
+                return Ok(true);
+            }
+            store.keep_alive(lease.id).await?;
+            Ok::<bool, allot_store::StoreError>(false)
+        };
+        match attempt.await {
+            Ok(true) => break,
+            Ok(false) => {
+                delay = Duration::from_millis(500);
+                if !announced {
+                    let holder =
+                        store.get(&key).await.ok().flatten().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                    tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another broker leads; waiting");
+                    announced = true;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "standby: store trouble; retrying");
+                delay = (delay * 2).min(Duration::from_secs(5));
+                // The lease may have run out meanwhile: take a new one.
+                if let Ok(fresh) = store.grant_lease(LEASE_TTL).await {
+                    let _ = store.revoke_lease(lease.id).await;
+                    lease = fresh;
+                }
+            }
         }
-        if !announced {
-            let holder = store.get(&key).await.ok().flatten().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-            tracing::info!(leader = holder.as_deref().unwrap_or("?"), "standby: another broker leads; waiting");
-            announced = true;
-        }
-        store.keep_alive(lease.id).await.map_err(unavailable)?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(delay).await;
     }
     tracing::info!("this broker leads");
     let keeper = Arc::clone(&store);

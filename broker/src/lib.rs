@@ -102,7 +102,10 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
 
     if let Some(path) = &config.ready_file {
         let ready = serde_json::json!({ "grpc": grpc_address.to_string(), "http": http_address.to_string() });
-        std::fs::write(path, ready.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+        // Written whole, then renamed: a reader never sees half of it.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, ready.to_string()).with_context(|| format!("cannot write {}", partial.display()))?;
+        std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     tracing::info!(grpc = %grpc_address, http = %http_address, "serving");
 
@@ -134,11 +137,11 @@ async fn detect_lost_nodes(core: Arc<Core>) {
                 .filter(|(_, entry)| {
                     entry.status == NodeStatus::Ready && now.saturating_sub(entry.last_heartbeat_ms) > timeout
                 })
-                .map(|(name, _)| name.clone())
+                .map(|(name, entry)| (name.clone(), entry.last_heartbeat_ms))
                 .collect()
         };
-        for name in lost {
-            core.tell(Command::NodeLost { name }).await;
+        for (name, last_heartbeat_ms) in lost {
+            core.tell(Command::NodeLost { name, last_heartbeat_ms }).await;
         }
     }
 }

@@ -108,6 +108,9 @@ pub struct ClusterState {
     pub next_id: u64,
     /// The node's last word on each allocation (not persisted).
     pub node_reports: BTreeMap<AllocationId, String>,
+    /// Allocations created in memory whose batch is not stored yet: readers do not
+    /// see them, and nodes hear of them only once they are stored.
+    pub unpersisted: BTreeSet<AllocationId>,
     /// Allocations holding capacity, by node: keeps per-node work proportional to
     /// the node's own allocations, not to the history of the cluster.
     live_by_node: BTreeMap<NodeName, BTreeSet<AllocationId>>,

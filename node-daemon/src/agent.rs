@@ -110,8 +110,13 @@ async fn session(
     };
     tracing::info!(node = %plan.hostname, epoch, interval_ms = interval.as_millis() as u64, "registered");
 
-    let watcher = tokio::spawn(follow_assignments(channel, plan.hostname.clone()));
-    let result = heartbeat_loop(plan, &mut client, epoch, &mut interval).await;
+    let mut watcher = tokio::spawn(follow_assignments(channel, plan.hostname.clone()));
+    // If the assignment stream ends (the broker restarted, or this node fell behind),
+    // start over: register again and follow from a fresh snapshot.
+    let result = tokio::select! {
+        result = heartbeat_loop(plan, &mut client, epoch, &mut interval) => result,
+        _ = &mut watcher => Err(SessionEnd::Retry("the assignment stream ended".to_owned())),
+    };
     watcher.abort();
     result
 }

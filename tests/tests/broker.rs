@@ -187,9 +187,17 @@ fn scenario(store: StoreKind, dir: &Path) {
     let broker = start_broker_on(&store, dir, "broker-restarted", "2s", &address);
     let after: Value = allotctl_json(&broker, &["alloc", "list", "--all"]);
     assert_eq!(before, after, "allocations changed across a restart");
-    // The nodes find the new broker and register again.
-    wait_until("nodes re-register with the restarted broker", Duration::from_secs(30), || {
-        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
+    // The nodes find the new broker: their heartbeats arrive there.
+    let restarted_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    wait_until("every node heartbeats to the restarted broker", Duration::from_secs(30), || {
+        let nodes = allotctl_json(&broker, &["nodes", "list"]);
+        nodes.as_array().is_some_and(|nodes| {
+            nodes.len() == 3
+                && nodes.iter().all(|node| {
+                    node["status"] == "ready" && node["last_heartbeat_ms"].as_u64().unwrap_or(0) > restarted_at + 1
+                })
+        })
     });
     // Still nothing more to give: the restart did not forget what was granted.
     let output = allotctl(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "H100"]);
@@ -246,7 +254,7 @@ fn a_second_broker_on_the_same_etcd_waits_until_it_leads() {
     // The first's lease runs out (10 s), then the second takes over with the same state.
     wait_until("the second broker leads", Duration::from_secs(30), || ready.exists());
     let text = std::fs::read_to_string(&ready).expect("ready file");
-    let addresses: Value = serde_json::from_str(&text).expect("JSON");
+    let addresses: Value = serde_json::from_str(&text).expect("the ready file is written whole");
     let grpc = addresses["grpc"].as_str().expect("grpc").to_owned();
     let output = std::process::Command::new(allot_tests::binary("allotctl"))
         .args(["--broker", &grpc, "team", "list", "-o", "json"])

@@ -286,8 +286,14 @@ impl ValidatedRequest {
                 if models.iter().any(|model| model.trim().is_empty()) {
                     return error("gpu_model", "an empty model name matches nothing".into());
                 }
+                if models.len() > 16 || models.iter().any(|model| model.len() > 128) {
+                    return error("gpu_model", "at most 16 models of at most 128 bytes each".into());
+                }
             }
             GpuDemand::Mig { profile } => {
+                if profile.len() > 32 {
+                    return error("mig", "a MIG profile name is at most 32 bytes, like 3g.40gb".into());
+                }
                 let valid = profile.split_once('.').is_some_and(|(compute, memory)| {
                     compute.strip_suffix('g').is_some_and(|n| n.parse::<u32>().is_ok())
                         && memory.trim_end_matches("+me").strip_suffix("gb").is_some_and(|n| n.parse::<u32>().is_ok())

@@ -15,8 +15,16 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(allotctl::run(cli)) {
         Ok(text) => {
+            use std::io::Write;
             if !text.is_empty() {
-                println!("{text}");
+                let mut stdout = std::io::stdout().lock();
+                // A reader that went away (`| head`) is not an error.
+                if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+                    if error.kind() != std::io::ErrorKind::BrokenPipe {
+                        eprintln!("allotctl: error: cannot write the answer: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
             ExitCode::SUCCESS
         }
