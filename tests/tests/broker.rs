@@ -262,3 +262,60 @@ fn a_second_broker_on_the_same_etcd_waits_until_it_leads() {
         .expect("allotctl");
     assert!(String::from_utf8_lossy(&output.stdout).contains("\"ml\""), "{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// A node that was lost when the broker stopped is still lost after the restart,
+/// and its allocations hold again once it comes back.
+#[test]
+fn a_lost_node_stays_lost_across_a_broker_restart_until_it_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = StoreKind::Embedded(dir.path().join("state"));
+    let broker = start_broker(&store, dir.path(), "broker", "1s");
+    let mut node = start_node(&broker, "dgx-h100", "node-a", dir.path());
+    wait_until("node-a is ready", Duration::from_secs(30), || {
+        node_statuses(&broker).iter().any(|(name, status)| name == "node-a" && status == "ready")
+    });
+    allotctl_json(&broker, &["team", "create", "ml"]);
+    let allocation = create(&broker, &["--gpus", "2"]);
+    node.kill();
+    wait_until("node-a is lost", Duration::from_secs(10), || {
+        node_statuses(&broker).iter().any(|(name, status)| name == "node-a" && status == "lost")
+    });
+    let address = broker.grpc.clone();
+    drop(broker);
+    let broker = start_broker_on(&store, dir.path(), "broker-restarted", "1s", &address);
+    assert!(
+        node_statuses(&broker).iter().any(|(name, status)| name == "node-a" && status == "lost"),
+        "node-a should still be lost: {:?}",
+        node_statuses(&broker)
+    );
+    let id = allocation["id"].as_str().expect("id");
+    assert_eq!(allotctl_json(&broker, &["alloc", "get", id])["state"], "lost");
+    let _node = start_node(&broker, "dgx-h100", "node-a", dir.path());
+    wait_until("the allocation is bound again", Duration::from_secs(30), || {
+        allotctl_json(&broker, &["alloc", "get", id])["state"] == "bound"
+    });
+}
+
+/// A node may not come back with different GPUs under a live allocation.
+#[test]
+fn a_node_cannot_re_register_without_the_gpus_its_allocations_hold() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = StoreKind::Embedded(dir.path().join("state"));
+    let broker = start_broker(&store, dir.path(), "broker", "30s");
+    let mut node = start_node(&broker, "dgx-h100", "node-a", dir.path());
+    wait_until("node-a is ready", Duration::from_secs(30), || {
+        node_statuses(&broker).iter().any(|(name, status)| name == "node-a" && status == "ready")
+    });
+    allotctl_json(&broker, &["team", "create", "ml"]);
+    create(&broker, &["--gpus", "1"]);
+    node.kill();
+    // The same name, now on other hardware (an L40S box): refused, and the
+    // allocation keeps its GPU.
+    let mut imposter = start_node(&broker, "pcie-l40s", "node-a", dir.path());
+    wait_until("the registration is refused", Duration::from_secs(30), || {
+        imposter.log_text().contains("E-HARDWARE-CHANGED")
+    });
+    imposter.kill();
+    let nodes = allotctl_json(&broker, &["nodes", "list"]);
+    assert!(nodes.to_string().contains("H100"), "the registration must not have changed: {nodes}");
+}
