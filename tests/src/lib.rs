@@ -97,27 +97,20 @@ pub fn start_broker(store: &StoreKind, dir: &Path, name: &str, node_timeout: &st
     start_broker_on(store, dir, name, node_timeout, "127.0.0.1:0")
 }
 
-/// Starts a broker on a given gRPC address (to restart one where nodes look for it).
-pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str, listen: &str) -> Broker {
+/// Spawns `allot-broker serve` with a ready file; returns the process and the file.
+fn spawn_broker(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str, listen: &str) -> (Process, PathBuf) {
     let ready = dir.join(format!("{name}.ready"));
     let _ = std::fs::remove_file(&ready);
     let mut command = Command::new(binary("allot-broker"));
-    command.args([
-        "serve",
-        "--store",
-        &store.flag(),
-        "--listen",
-        listen,
-        "--http",
-        "127.0.0.1:0",
-        "--node-timeout",
-        node_timeout,
-        "--heartbeat-interval",
-        "200ms",
-        "--ready-file",
-    ]);
+    command.args(["serve", "--store", &store.flag(), "--listen", listen, "--http", "127.0.0.1:0"]);
+    command.args(["--node-timeout", node_timeout, "--heartbeat-interval", "200ms", "--ready-file"]);
     command.arg(&ready);
-    let mut process = Process::spawn(name, &mut command, dir);
+    (Process::spawn(name, &mut command, dir), ready)
+}
+
+/// Starts a broker on a given gRPC address (to restart one where nodes look for it).
+pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str, listen: &str) -> Broker {
+    let (mut process, ready) = spawn_broker(store, dir, name, node_timeout, listen);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready)
@@ -134,27 +127,10 @@ pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: 
     }
 }
 
-/// Waits for a broker that should NOT become ready for `wait`.
+/// Starts a broker that is expected to wait (a standby); returns it and its
+/// ready file, which appears once it leads.
 pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Process, PathBuf) {
-    let ready = dir.join(format!("{name}.ready"));
-    let _ = std::fs::remove_file(&ready);
-    let mut command = Command::new(binary("allot-broker"));
-    command.args([
-        "serve",
-        "--store",
-        &store.flag(),
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--node-timeout",
-        "3s",
-        "--heartbeat-interval",
-        "200ms",
-        "--ready-file",
-    ]);
-    command.arg(&ready);
-    (Process::spawn(name, &mut command, dir), ready)
+    spawn_broker(store, dir, name, "3s", "127.0.0.1:0")
 }
 
 /// Starts a node daemon for a fixture under a name.
