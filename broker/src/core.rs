@@ -296,6 +296,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
                 }
             }
             state.put_allocation(released.clone());
+            state.node_reports.remove(&id);
             if let Some(binding) = &released.binding {
                 let node = binding.node.clone();
                 state.recompute_usage(&node);
@@ -565,6 +566,12 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
         }
         core.metrics.batch(pending.len(), writes.len());
         let applied = batch_started.elapsed();
+        // The last write, to find out afterwards whether a failed-looking batch
+        // was stored after all (a connection that broke after etcd committed).
+        let probe = writes.iter().rev().find_map(|op| match op {
+            Op::Put { key, value, .. } => Some((key.clone(), value.clone())),
+            _ => None,
+        });
         let result = persist(store.as_ref(), &leadership, writes).await;
         tracing::debug!(
             commands = pending.len(),
@@ -577,8 +584,8 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             Err(error) => {
                 tracing::error!(%error, "could not persist a batch; reloading state from the store");
                 let lost_leadership = matches!(error, BrokerError::NotLeader);
-                fail(pending, &error);
                 if lost_leadership {
+                    fail(pending, &error);
                     // Another broker leads now: stop taking commands (fail-stop).
                     tracing::error!("lost leadership: this broker stops writing");
                     receiver.close();
@@ -588,7 +595,7 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                     core.fenced.notify_one();
                     return;
                 }
-                // Memory holds changes the store refused: nothing else is applied
+                // Memory may hold changes the store refused: nothing else is applied
                 // until the state is the store's again.
                 let mut delay = Duration::from_millis(100);
                 loop {
@@ -603,6 +610,18 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                             delay = (delay * 2).min(Duration::from_secs(5));
                         }
                     }
+                }
+                // The batch is one transaction: if its last write is in the store,
+                // all of it is, and its callers get their answers after all.
+                let stored = match &probe {
+                    Some((key, value)) => store.get(key).await.ok().flatten().is_some_and(|kv| &kv.value == value),
+                    None => false,
+                };
+                if stored {
+                    tracing::warn!("the batch was stored after all; answering its callers");
+                    finish(&core, pending);
+                } else {
+                    fail(pending, &error);
                 }
             }
         }

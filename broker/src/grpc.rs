@@ -122,7 +122,12 @@ impl proto::node_service_server::NodeService for Services {
                 return;
             }
             loop {
-                match changes.recv().await {
+                // Stop as soon as the node hangs up, not at the next change.
+                let received = tokio::select! {
+                    received = changes.recv() => received,
+                    _ = sender.closed() => return,
+                };
+                match received {
                     Ok(allocation) => {
                         if allocation.binding.as_ref().is_none_or(|binding| binding.node != name) {
                             continue;

@@ -82,12 +82,24 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     }
     tokio::spawn(detect_lost_nodes(Arc::clone(&core)));
 
-    let grpc_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("cannot listen on {} (--http)", config.http))?;
+    // Listening starts once this broker leads (a standby refuses connections);
+    // if it cannot listen, it gives the lead back at once for another broker.
+    let listeners = async {
+        let grpc = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+        let http = tokio::net::TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("cannot listen on {} (--http)", config.http))?;
+        anyhow::Ok((grpc, http))
+    };
+    let (grpc_listener, http_listener) = match listeners.await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            leader::resign(store.as_ref(), &leadership).await;
+            return Err(error);
+        }
+    };
     let grpc_address = grpc_listener.local_addr()?;
     let http_address = http_listener.local_addr()?;
 

@@ -19,11 +19,11 @@ fn main() -> ExitCode {
             if !text.is_empty() {
                 let mut stdout = std::io::stdout().lock();
                 // A reader that went away (`| head`) is not an error.
-                if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-                    if error.kind() != std::io::ErrorKind::BrokenPipe {
-                        eprintln!("allotctl: error: cannot write the answer: {error}");
-                        return ExitCode::FAILURE;
-                    }
+                if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush())
+                    && error.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    eprintln!("allotctl: error: cannot write the answer: {error}");
+                    return ExitCode::FAILURE;
                 }
             }
             ExitCode::SUCCESS
