@@ -1,0 +1,459 @@
+//! The quota tree: organisations, teams and projects, each with a weight and,
+//! per resource class, a guaranteed amount, a limit and a lending limit.
+//!
+//! A tree is built only through [`QuotaTree::new`], which refuses contradictions
+//! (children guaranteed more than their parent, a limit below the guarantee, a
+//! cycle, an unknown parent or resource class) and names the exact place of each.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use allot_api::allocation::TeamName;
+use serde::{Deserialize, Serialize};
+
+use crate::resources::{KNOWN_GPU_FAMILIES, ResourceClass, Resources, format_amount};
+
+/// Weights are whole numbers from 1 to this.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// How deep the tree may go (org, team, project, and a little room).
+pub const MAX_DEPTH: usize = 6;
+
+/// One node's quota. Absent limits are unlimited; absent guarantees are zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub weight: u32,
+    #[serde(default)]
+    pub guaranteed: Resources,
+    /// Classes absent here are unlimited.
+    #[serde(default)]
+    pub limit: Resources,
+    /// At most this much of the node's unused guarantee is lent to others; classes
+    /// absent here lend all of it.
+    #[serde(default)]
+    pub lending_limit: Resources,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            weight: 1,
+            guaranteed: Resources::default(),
+            limit: Resources::default(),
+            lending_limit: Resources::default(),
+        }
+    }
+}
+
+impl Quota {
+    pub fn limit_of(&self, class: &ResourceClass) -> Option<u64> {
+        self.limit.0.get(class).copied()
+    }
+
+    pub fn lending_limit_of(&self, class: &ResourceClass) -> Option<u64> {
+        self.lending_limit.0.get(class).copied()
+    }
+}
+
+/// One node of the tree as declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamSpec {
+    pub name: TeamName,
+    pub parent: Option<TeamName>,
+    pub quota: Quota,
+}
+
+/// A contradiction in a tree, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {problem}")]
+pub struct QuotaError {
+    /// Like `team "vision"`.
+    pub place: String,
+    pub problem: String,
+}
+
+/// A checked quota tree, plus the relative value of GPU families.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuotaTree {
+    teams: BTreeMap<TeamName, TeamSpec>,
+    children: BTreeMap<TeamName, Vec<TeamName>>,
+    /// Relative value of a GPU of each family (`h100 = 8, t4 = 1`); absent is 1.
+    gpu_values: BTreeMap<String, u32>,
+}
+
+fn place(name: &TeamName) -> String {
+    format!("team \"{name}\"")
+}
+
+impl QuotaTree {
+    /// Checks every rule and returns the tree, or every problem found (sorted by place).
+    ///
+    /// `families` are the GPU families the cluster has now; a quota may also name
+    /// any family in [`KNOWN_GPU_FAMILIES`].
+    pub fn new(
+        specs: Vec<TeamSpec>,
+        gpu_values: BTreeMap<String, u32>,
+        families: &BTreeSet<String>,
+    ) -> Result<QuotaTree, Vec<QuotaError>> {
+        let mut errors = Vec::new();
+        let mut teams = BTreeMap::new();
+        for spec in specs {
+            if teams.contains_key(&spec.name) {
+                errors.push(QuotaError { place: place(&spec.name), problem: "declared twice".into() });
+                continue;
+            }
+            teams.insert(spec.name.clone(), spec);
+        }
+        let known_family = |family: &str| KNOWN_GPU_FAMILIES.contains(&family) || families.contains(family);
+        for (family, value) in &gpu_values {
+            if !known_family(family) {
+                errors.push(QuotaError {
+                    place: format!("gpu_values.{family}"),
+                    problem: format!("unknown GPU family; known: {}", KNOWN_GPU_FAMILIES.join(", ")),
+                });
+            }
+            if *value == 0 || *value > MAX_WEIGHT {
+                errors.push(QuotaError {
+                    place: format!("gpu_values.{family}"),
+                    problem: format!("value {value} must be from 1 to {MAX_WEIGHT}"),
+                });
+            }
+        }
+        for spec in teams.values() {
+            let here = place(&spec.name);
+            let quota = &spec.quota;
+            if quota.weight == 0 || quota.weight > MAX_WEIGHT {
+                errors.push(QuotaError {
+                    place: here.clone(),
+                    problem: format!("weight {} must be from 1 to {MAX_WEIGHT}", quota.weight),
+                });
+            }
+            for (what, amounts) in
+                [("guaranteed", &quota.guaranteed), ("limit", &quota.limit), ("lending_limit", &quota.lending_limit)]
+            {
+                for class in amounts.0.keys() {
+                    if let ResourceClass::GpuFamily(family) = class
+                        && !known_family(family)
+                    {
+                        errors.push(QuotaError {
+                            place: here.clone(),
+                            problem: format!(
+                                "{what} names unknown GPU family {class}; known: {} (and any family a node has)",
+                                KNOWN_GPU_FAMILIES.join(", ")
+                            ),
+                        });
+                    }
+                }
+            }
+            for (class, guaranteed) in &quota.guaranteed.0 {
+                if let Some(limit) = quota.limit_of(class)
+                    && limit < *guaranteed
+                {
+                    errors.push(QuotaError {
+                        place: here.clone(),
+                        problem: format!(
+                            "limit {class} = {} is below its guaranteed {}; raise the limit or lower the guarantee",
+                            format_amount(class, limit),
+                            format_amount(class, *guaranteed)
+                        ),
+                    });
+                }
+            }
+            if let Some(parent) = &spec.parent {
+                if parent == &spec.name {
+                    errors.push(QuotaError { place: here.clone(), problem: "is its own parent".into() });
+                } else if !teams.contains_key(parent) {
+                    errors.push(QuotaError {
+                        place: here.clone(),
+                        problem: format!("parent \"{parent}\" is not declared; declare it or drop `parent`"),
+                    });
+                }
+            }
+        }
+        // Cycles and depth: walk up from every team. A cycle is reported once, at
+        // its smallest member.
+        for name in teams.keys() {
+            let mut chain = vec![name.clone()];
+            let mut current = name.clone();
+            let mut cyclic = false;
+            while let Some(parent) = teams.get(&current).and_then(|spec| spec.parent.clone()) {
+                if !teams.contains_key(&parent) || parent == current {
+                    break;
+                }
+                if &parent == name {
+                    cyclic = true;
+                    if chain.iter().all(|member| member >= name) {
+                        let shown: Vec<&str> = chain.iter().chain([name]).map(TeamName::as_str).collect();
+                        errors.push(QuotaError {
+                            place: place(name),
+                            problem: format!("parents form a cycle: {}", shown.join(" -> ")),
+                        });
+                    }
+                    break;
+                }
+                if chain.contains(&parent) {
+                    cyclic = true;
+                    break;
+                }
+                chain.push(parent.clone());
+                current = parent;
+            }
+            if !cyclic && chain.len() > MAX_DEPTH {
+                errors.push(QuotaError {
+                    place: place(name),
+                    problem: format!("is {} levels deep; at most {MAX_DEPTH} are allowed", chain.len()),
+                });
+            }
+        }
+        let mut children: BTreeMap<TeamName, Vec<TeamName>> = BTreeMap::new();
+        for spec in teams.values() {
+            if let Some(parent) = &spec.parent
+                && teams.contains_key(parent)
+                && parent != &spec.name
+            {
+                children.entry(parent.clone()).or_default().push(spec.name.clone());
+            }
+        }
+        // Children against their parent: each one, then their sum.
+        for (parent_name, kids) in &children {
+            let Some(parent) = teams.get(parent_name) else { continue };
+            let mut sums: BTreeMap<ResourceClass, Vec<(TeamName, u64)>> = BTreeMap::new();
+            for kid in kids {
+                let Some(child) = teams.get(kid) else { continue };
+                for (class, guaranteed) in &child.quota.guaranteed.0 {
+                    sums.entry(class.clone()).or_default().push((kid.clone(), *guaranteed));
+                    let parent_guaranteed = parent.quota.guaranteed.get(class);
+                    if *guaranteed > parent_guaranteed {
+                        errors.push(QuotaError {
+                            place: place(kid),
+                            problem: format!(
+                                "guaranteed {class} = {} exceeds parent \"{parent_name}\" guaranteed {}",
+                                format_amount(class, *guaranteed),
+                                format_amount(class, parent_guaranteed)
+                            ),
+                        });
+                    }
+                }
+                for (class, limit) in &child.quota.limit.0 {
+                    if let Some(parent_limit) = parent.quota.limit_of(class)
+                        && *limit > parent_limit
+                    {
+                        errors.push(QuotaError {
+                            place: place(kid),
+                            problem: format!(
+                                "limit {class} = {} exceeds parent \"{parent_name}\" limit {}",
+                                format_amount(class, *limit),
+                                format_amount(class, parent_limit)
+                            ),
+                        });
+                    }
+                }
+            }
+            for (class, parts) in sums {
+                let total: u64 = parts.iter().map(|(_, amount)| amount).sum();
+                let parent_guaranteed = parent.quota.guaranteed.get(&class);
+                let single_too_big = parts.iter().any(|(_, amount)| *amount > parent_guaranteed);
+                if total > parent_guaranteed && !single_too_big {
+                    let listed: Vec<String> =
+                        parts.iter().map(|(kid, amount)| format!("{kid} {}", format_amount(&class, *amount))).collect();
+                    errors.push(QuotaError {
+                        place: place(parent_name),
+                        problem: format!(
+                            "children are guaranteed {class} = {} in total ({}), more than its guaranteed {}",
+                            format_amount(&class, total),
+                            listed.join(", "),
+                            format_amount(&class, parent_guaranteed)
+                        ),
+                    });
+                }
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| (&a.place, &a.problem).cmp(&(&b.place, &b.problem)));
+            errors.dedup();
+            return Err(errors);
+        }
+        Ok(QuotaTree { teams, children, gpu_values })
+    }
+
+    pub fn get(&self, name: &TeamName) -> Option<&TeamSpec> {
+        self.teams.get(name)
+    }
+
+    pub fn contains(&self, name: &TeamName) -> bool {
+        self.teams.contains_key(name)
+    }
+
+    pub fn teams(&self) -> impl Iterator<Item = &TeamSpec> {
+        self.teams.values()
+    }
+
+    pub fn specs(&self) -> Vec<TeamSpec> {
+        self.teams.values().cloned().collect()
+    }
+
+    pub fn gpu_values(&self) -> &BTreeMap<String, u32> {
+        &self.gpu_values
+    }
+
+    /// The value of one GPU of this family relative to others (1 when not stated).
+    pub fn gpu_value(&self, family: &str) -> u32 {
+        self.gpu_values.get(family).copied().unwrap_or(1)
+    }
+
+    pub fn children(&self, name: &TeamName) -> &[TeamName] {
+        self.children.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether allocations may name this team: only nodes without children hold
+    /// allocations (a team with projects allocates through its projects).
+    pub fn is_leaf(&self, name: &TeamName) -> bool {
+        self.teams.contains_key(name) && self.children(name).is_empty()
+    }
+
+    /// The team and its ancestors, nearest first.
+    pub fn path(&self, name: &TeamName) -> Vec<&TeamSpec> {
+        let mut path = Vec::new();
+        let mut current = self.teams.get(name);
+        while let Some(spec) = current {
+            path.push(spec);
+            if path.len() > MAX_DEPTH {
+                break;
+            }
+            current = spec.parent.as_ref().and_then(|parent| self.teams.get(parent));
+        }
+        path
+    }
+
+    /// Leaves under a team (itself when it is one).
+    pub fn leaves_under(&self, name: &TeamName) -> Vec<TeamName> {
+        let mut leaves = Vec::new();
+        let mut stack = vec![name.clone()];
+        while let Some(current) = stack.pop() {
+            let kids = self.children(&current);
+            if kids.is_empty() {
+                leaves.push(current);
+            } else {
+                stack.extend(kids.iter().cloned());
+            }
+        }
+        leaves.sort();
+        leaves
+    }
+
+    /// A copy with one team added or changed, checked again.
+    pub fn with(&self, spec: TeamSpec, families: &BTreeSet<String>) -> Result<QuotaTree, Vec<QuotaError>> {
+        let mut specs: BTreeMap<TeamName, TeamSpec> = self.teams.clone();
+        specs.insert(spec.name.clone(), spec);
+        QuotaTree::new(specs.into_values().collect(), self.gpu_values.clone(), families)
+    }
+
+    /// A copy without one team, checked again (its children must go first).
+    pub fn without(&self, name: &TeamName) -> Result<QuotaTree, Vec<QuotaError>> {
+        if !self.children(name).is_empty() {
+            return Err(vec![QuotaError {
+                place: place(name),
+                problem: format!(
+                    "has children ({}); delete or move them first",
+                    self.children(name).iter().map(|kid| kid.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }]);
+        }
+        let specs = self.teams.values().filter(|spec| &spec.name != name).cloned().collect();
+        QuotaTree::new(specs, self.gpu_values.clone(), &BTreeSet::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn team(name: &str, parent: Option<&str>, guaranteed: &[(&str, u64)], limit: &[(&str, u64)]) -> TeamSpec {
+        let amounts = |pairs: &[(&str, u64)]| {
+            Resources(pairs.iter().map(|(class, amount)| (class.parse().expect("class"), *amount)).collect())
+        };
+        TeamSpec {
+            name: name.parse().expect("name"),
+            parent: parent.map(|p| p.parse().expect("parent")),
+            quota: Quota { weight: 1, guaranteed: amounts(guaranteed), limit: amounts(limit), ..Quota::default() },
+        }
+    }
+
+    fn problems(specs: Vec<TeamSpec>) -> Vec<String> {
+        match QuotaTree::new(specs, BTreeMap::new(), &BTreeSet::new()) {
+            Ok(_) => vec![],
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_sound_tree_is_accepted_with_its_shape() {
+        let tree = QuotaTree::new(
+            vec![
+                team("research", None, &[("gpu/h100", 8000)], &[("gpu/h100", 16000)]),
+                team("vision", Some("research"), &[("gpu/h100", 4000)], &[("gpu/h100", 16000)]),
+                team("nlp", Some("research"), &[("gpu/h100", 4000)], &[]),
+            ],
+            BTreeMap::new(),
+            &BTreeSet::new(),
+        )
+        .expect("valid");
+        let research: TeamName = "research".parse().expect("name");
+        let vision: TeamName = "vision".parse().expect("name");
+        assert!(!tree.is_leaf(&research));
+        assert!(tree.is_leaf(&vision));
+        assert_eq!(
+            tree.path(&vision).iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(),
+            ["vision", "research"]
+        );
+        assert_eq!(tree.leaves_under(&research).len(), 2);
+    }
+
+    #[test]
+    fn contradictions_are_named_where_they_are() {
+        let cases: Vec<(Vec<TeamSpec>, &str)> = vec![
+            (
+                vec![
+                    team("research", None, &[("gpu/h100", 8000)], &[]),
+                    team("vision", Some("research"), &[("gpu/h100", 12000)], &[]),
+                ],
+                "team \"vision\": guaranteed gpu/h100 = 12 exceeds parent \"research\" guaranteed 8",
+            ),
+            (
+                vec![
+                    team("research", None, &[("gpu/any", 8000)], &[]),
+                    team("vision", Some("research"), &[("gpu/any", 5000)], &[]),
+                    team("nlp", Some("research"), &[("gpu/any", 5000)], &[]),
+                ],
+                "team \"research\": children are guaranteed gpu/any = 10 in total (nlp 5, vision 5), more than its guaranteed 8",
+            ),
+            (
+                vec![team("vision", None, &[("gpu/any", 8000)], &[("gpu/any", 4000)])],
+                "team \"vision\": limit gpu/any = 4 is below its guaranteed 8",
+            ),
+            (vec![team("a", Some("b"), &[], &[]), team("b", Some("a"), &[], &[])], "parents form a cycle: a -> b -> a"),
+            (vec![team("a", Some("ghost"), &[], &[])], "team \"a\": parent \"ghost\" is not declared"),
+            (vec![team("a", None, &[("gpu/b300x", 1000)], &[])], "unknown GPU family gpu/b300x"),
+            (
+                vec![team("p", None, &[], &[("cpu", 1000)]), team("c", Some("p"), &[], &[("cpu", 2000)])],
+                "team \"c\": limit cpu = 2 exceeds parent \"p\" limit 1",
+            ),
+        ];
+        for (specs, expected) in cases {
+            let found = problems(specs);
+            assert!(found.iter().any(|problem| problem.contains(expected)), "wanted {expected:?} in {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_team_with_children_cannot_be_deleted_first() {
+        let tree = QuotaTree::new(
+            vec![team("org", None, &[], &[]), team("a", Some("org"), &[], &[])],
+            BTreeMap::new(),
+            &BTreeSet::new(),
+        )
+        .expect("valid");
+        let errors = tree.without(&"org".parse().expect("name")).expect_err("has a child");
+        assert!(errors[0].problem.contains("children (a)"), "{errors:?}");
+        assert!(tree.without(&"a".parse().expect("name")).is_ok());
+    }
+}
