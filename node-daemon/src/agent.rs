@@ -1,13 +1,19 @@
 //! `allot-node run`: registers this node with the broker, heartbeats with
-//! telemetry, re-registers after a broker restart, and follows its assignments.
+//! telemetry and health, re-registers after a broker restart, and enforces its
+//! assignments (cgroups, MIG instances), reconciling at every (re)connection and
+//! periodically.
 //!
 //! The node holds no authority of its own: it reports what it sees and acts only
-//! on allocations the broker has persisted. Enforcement (cgroups, MIG instances,
-//! shares) arrives later; until then the node acknowledges each assignment and
-//! says that it did not enforce it.
+//! on allocations the broker has persisted. GPU events (Xid, ECC) are followed on
+//! a blocking thread; a health change sends a heartbeat at once.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use allot_api::allocation::{Allocation, AllocationId, AllocationState};
 use allot_api::proto;
 use allot_api::proto::node_service_client::NodeServiceClient;
 use allot_api::topology::NodeInventory;
@@ -15,6 +21,11 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::DiscoveryPlan;
+use crate::discovery::nvml::control::{GpuEvent, NvmlControl, watch_events};
+use crate::enforce::cgroup::{self, DriverChoice};
+use crate::enforce::health::HealthTracker;
+use crate::enforce::mig::MigDriver;
+use crate::enforce::{Enforcer, Report};
 
 /// How the agent behaves; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -24,6 +35,21 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// The longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// `None`: acknowledge assignments without enforcing them.
+    pub enforce: Option<EnforceConfig>,
+    /// A GPU is healthy again this long after its last critical event.
+    pub xid_quiet_period: Duration,
+}
+
+/// Where and how allocations are enforced.
+#[derive(Debug, Clone)]
+pub struct EnforceConfig {
+    pub state_dir: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+    pub cgroup_driver: DriverChoice,
+    pub cgroup_parent: String,
+    pub pids_max: u64,
+    pub reconcile_interval: Duration,
 }
 
 /// Why the agent stopped.
@@ -35,6 +61,8 @@ pub enum AgentError {
     Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("the broker refused this node: {0}")]
     Refused(String),
+    #[error("cannot enforce on this node: {0}; fix it, or run with --no-enforce")]
+    Enforce(String),
 }
 
 fn endpoint(address: &str) -> Result<Endpoint, AgentError> {
@@ -42,6 +70,70 @@ fn endpoint(address: &str) -> Result<Endpoint, AgentError> {
     Endpoint::from_shared(uri)
         .map(|endpoint| endpoint.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(10)))
         .map_err(|error| AgentError::BadAddress { address: address.to_owned(), problem: error.to_string() })
+}
+
+/// GPU health from events, shared by the event thread and the heartbeat.
+#[derive(Debug)]
+struct Health {
+    tracker: Mutex<HealthTracker>,
+    /// Wakes the heartbeat early when a GPU's health changed.
+    changed: tokio::sync::Notify,
+    started: Instant,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Overlays event-based health on freshly discovered GPUs; the uncorrectable
+    /// ECC count is an event source too (growth marks the GPU).
+    fn overlay(&self, inventory: &mut NodeInventory) {
+        let now = self.now_ms();
+        let Ok(mut tracker) = self.tracker.lock() else { return };
+        for gpu in &mut inventory.gpus {
+            if let Some(count) = gpu.telemetry.as_ref().and_then(|telemetry| telemetry.ecc_uncorrected_volatile) {
+                tracker.ecc_count(gpu.index, count, now);
+            }
+            gpu.health = tracker.health(gpu.index, now);
+        }
+    }
+
+    fn event(&self, event: &GpuEvent) {
+        let now = self.now_ms();
+        let changed = match self.tracker.lock() {
+            Ok(mut tracker) => match event {
+                GpuEvent::Xid { gpu, xid } => {
+                    tracing::warn!(gpu, xid, "GPU Xid event");
+                    tracker.xid(*gpu, *xid, now)
+                }
+                GpuEvent::EccDoubleBit { gpu } => {
+                    tracing::warn!(gpu, "uncorrectable ECC error");
+                    tracker.ecc_uncorrectable(*gpu, now)
+                }
+                GpuEvent::EccSingleBit { gpu } => {
+                    tracing::info!(gpu, "corrected ECC error");
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+}
+
+type SharedEnforcer = Arc<Mutex<Enforcer>>;
+
+fn build_enforcer(plan: &DiscoveryPlan, config: &EnforceConfig) -> Result<Enforcer, AgentError> {
+    let cgroups = cgroup::driver(config.cgroup_driver, config.cgroup_root.as_deref(), &config.cgroup_parent)
+        .map_err(|error| AgentError::Enforce(error.to_string()))?;
+    let mig = NvmlControl::open(&plan.gpus)
+        .map_err(AgentError::Enforce)?
+        .map(|control| Box::new(control) as Box<dyn MigDriver>);
+    Enforcer::new(&plan.hostname, cgroups, mig, &config.state_dir, config.pids_max)
+        .map_err(|error| AgentError::Enforce(error.to_string()))
 }
 
 /// Runs until the process is stopped. Connection problems are retried with
@@ -52,18 +144,52 @@ pub async fn run(plan: DiscoveryPlan, config: AgentConfig) -> Result<(), AgentEr
     // at once rather than retry forever.
     let inventory = discover(&plan).await?;
     tracing::info!(node = %plan.hostname, gpus = inventory.gpus.len(), "mapped this node");
+    let enforcer = match &config.enforce {
+        Some(enforce) => {
+            let enforcer = build_enforcer(&plan, enforce)?;
+            tracing::info!(
+                node = %plan.hostname,
+                cgroup = %enforcer.cgroup_driver().version(),
+                state_dir = %enforce.state_dir.display(),
+                "enforcing allocations"
+            );
+            Some(Arc::new(Mutex::new(enforcer)))
+        }
+        None => None,
+    };
+    let health = Arc::new(Health {
+        tracker: Mutex::new(HealthTracker::new(config.xid_quiet_period)),
+        changed: tokio::sync::Notify::new(),
+        started: Instant::now(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let health = Arc::clone(&health);
+        let source = plan.gpus.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("gpu-events".into())
+            .spawn(move || {
+                if let Err(reason) = watch_events(&source, stop, |event| health.event(&event)) {
+                    tracing::warn!(%reason, "GPU events are not watched");
+                }
+            })
+            .map_err(|error| AgentError::Enforce(format!("cannot start the GPU event thread: {error}")))?;
+    }
     let mut backoff = Duration::from_millis(200);
-    loop {
-        match session(&plan, &config, &endpoint, inventory.clone()).await {
+    let result = loop {
+        match session(&plan, &config, &endpoint, inventory.clone(), &health, enforcer.as_ref()).await {
             Ok(()) => backoff = Duration::from_millis(200),
-            Err(SessionEnd::Fatal(error)) => return Err(error),
+            Err(SessionEnd::Fatal(error)) => break Err(error),
             Err(SessionEnd::Retry(reason)) => {
                 tracing::warn!(node = %plan.hostname, %reason, retry_in_ms = backoff.as_millis() as u64, "broker unreachable");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.max_backoff);
             }
         }
-    }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    result
 }
 
 async fn discover(plan: &DiscoveryPlan) -> Result<NodeInventory, crate::discovery::DiscoveryError> {
@@ -85,10 +211,13 @@ async fn session(
     plan: &DiscoveryPlan,
     config: &AgentConfig,
     endpoint: &Endpoint,
-    inventory: NodeInventory,
+    mut inventory: NodeInventory,
+    health: &Arc<Health>,
+    enforcer: Option<&SharedEnforcer>,
 ) -> Result<(), SessionEnd> {
     let channel = endpoint.connect().await.map_err(|error| SessionEnd::Retry(error.to_string()))?;
     let mut client = NodeServiceClient::new(channel.clone());
+    health.overlay(&mut inventory);
     let registration = client
         .register(proto::RegisterNodeRequest {
             node_name: plan.hostname.clone(),
@@ -110,11 +239,13 @@ async fn session(
     };
     tracing::info!(node = %plan.hostname, epoch, interval_ms = interval.as_millis() as u64, "registered");
 
-    let mut watcher = tokio::spawn(follow_assignments(channel, plan.hostname.clone()));
+    let reconcile_interval = config.enforce.as_ref().map_or(Duration::from_secs(30), |e| e.reconcile_interval);
+    let mut watcher =
+        tokio::spawn(follow_assignments(channel, plan.hostname.clone(), enforcer.cloned(), reconcile_interval));
     // If the assignment stream ends (the broker restarted, or this node fell behind),
     // start over: register again and follow from a fresh snapshot.
     let result = tokio::select! {
-        result = heartbeat_loop(plan, &mut client, epoch, &mut interval) => result,
+        result = heartbeat_loop(plan, &mut client, epoch, &mut interval, health) => result,
         _ = &mut watcher => Err(SessionEnd::Retry("the assignment stream ended".to_owned())),
     };
     watcher.abort();
@@ -126,23 +257,31 @@ async fn heartbeat_loop(
     client: &mut NodeServiceClient<Channel>,
     epoch: u64,
     interval: &mut Duration,
+    health: &Arc<Health>,
 ) -> Result<(), SessionEnd> {
     loop {
-        tokio::time::sleep(*interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(*interval) => {}
+            // A GPU's health changed: tell the broker now, not at the next beat.
+            _ = health.changed.notified() => tracing::info!(node = %plan.hostname, "GPU health changed; heartbeat now"),
+        }
         let gpus = match discover(plan).await {
-            Ok(inventory) => inventory
-                .gpus
-                .iter()
-                .map(|gpu| {
-                    let wire: proto::Gpu = gpu.into();
-                    proto::GpuStatus {
-                        pci_bus_id: wire.pci_bus_id,
-                        telemetry: wire.telemetry,
-                        health: wire.health,
-                        mig: wire.mig,
-                    }
-                })
-                .collect(),
+            Ok(mut inventory) => {
+                health.overlay(&mut inventory);
+                inventory
+                    .gpus
+                    .iter()
+                    .map(|gpu| {
+                        let wire: proto::Gpu = gpu.into();
+                        proto::GpuStatus {
+                            pci_bus_id: wire.pci_bus_id,
+                            telemetry: wire.telemetry,
+                            health: wire.health,
+                            mig: wire.mig,
+                        }
+                    })
+                    .collect()
+            }
             Err(error) => {
                 // Still alive, just blind for a moment: heartbeat without telemetry.
                 tracing::warn!(%error, "telemetry unavailable for this heartbeat");
@@ -164,8 +303,53 @@ async fn heartbeat_loop(
     }
 }
 
-/// Follows this node's assignments and acknowledges each generation.
-async fn follow_assignments(channel: Channel, node: String) {
+async fn report(client: &mut NodeServiceClient<Channel>, node: &str, report: Report) {
+    if report.applied {
+        tracing::info!(allocation = %report.allocation, message = %report.message, "applied");
+    } else {
+        tracing::warn!(allocation = %report.allocation, message = %report.message, "not applied");
+    }
+    let request = proto::ReportAppliedRequest {
+        node_name: node.to_owned(),
+        allocation_id: report.allocation.to_string(),
+        generation: report.generation,
+        applied: report.applied,
+        message: report.message,
+    };
+    if let Err(status) = client.report_applied(request).await {
+        tracing::warn!(%status, allocation = %report.allocation, "cannot report");
+    }
+}
+
+/// Runs enforcement work off the async threads (cgroup and NVML calls block).
+async fn blocking<T: Send + 'static>(
+    enforcer: &SharedEnforcer,
+    work: impl FnOnce(&mut Enforcer) -> T + Send + 'static,
+) -> Option<T> {
+    let enforcer = Arc::clone(enforcer);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut guard = enforcer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        work(&mut guard)
+    })
+    .await;
+    match outcome {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(%error, "enforcement task failed");
+            None
+        }
+    }
+}
+
+/// Follows this node's assignments and enforces them: the first snapshot is
+/// reconciled as a whole, each change applied or released, and every
+/// `reconcile_interval` the whole desired set is reconciled again.
+async fn follow_assignments(
+    channel: Channel,
+    node: String,
+    enforcer: Option<SharedEnforcer>,
+    reconcile_interval: Duration,
+) {
     let mut client = NodeServiceClient::new(channel);
     let stream = client.watch_assignments(proto::WatchAssignmentsRequest { node_name: node.clone() }).await;
     let mut stream = match stream {
@@ -175,29 +359,98 @@ async fn follow_assignments(channel: Channel, node: String) {
             return;
         }
     };
-    while let Some(event) = stream.next().await {
+    let mut snapshot: BTreeMap<AllocationId, Allocation> = BTreeMap::new();
+    let mut desired: BTreeMap<AllocationId, Allocation> = BTreeMap::new();
+    let mut synced = false;
+    let mut ticker = tokio::time::interval(reconcile_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = ticker.tick(), if synced && enforcer.is_some() => {
+                if let Some(enforcer) = &enforcer {
+                    let wanted = desired.clone();
+                    let reports = blocking(enforcer, move |enforcer| enforcer.reconcile(&wanted, false)).await;
+                    for item in reports.unwrap_or_default() {
+                        report(&mut client, &node, item).await;
+                    }
+                }
+                continue;
+            }
+        };
         let event = match event {
-            Ok(event) => event,
-            Err(status) => {
+            Some(Ok(event)) => event,
+            Some(Err(status)) => {
                 tracing::warn!(%status, "assignment stream ended");
                 return;
             }
+            None => return,
         };
         if event.kind == proto::assignment_event::Kind::Synced as i32 {
-            tracing::info!(node = %node, "assignments in sync");
+            tracing::info!(node = %node, allocations = snapshot.len(), "assignments in sync");
+            desired = std::mem::take(&mut snapshot);
+            synced = true;
+            if let Some(enforcer) = &enforcer {
+                let wanted = desired.clone();
+                let reports = blocking(enforcer, move |enforcer| enforcer.reconcile(&wanted, true)).await;
+                for item in reports.unwrap_or_default() {
+                    report(&mut client, &node, item).await;
+                }
+            }
             continue;
         }
-        let Some(allocation) = event.allocation else { continue };
-        tracing::info!(node = %node, allocation = %allocation.id, state = allocation.state, generation = allocation.generation, "assignment");
-        let report = proto::ReportAppliedRequest {
-            node_name: node.clone(),
-            allocation_id: allocation.id.clone(),
-            generation: allocation.generation,
-            applied: false,
-            message: "received; this allot-node does not enforce allocations yet".to_owned(),
+        let Some(wire) = event.allocation else { continue };
+        let id = wire.id.clone();
+        let allocation = match Allocation::try_from(wire) {
+            Ok(allocation) => allocation,
+            Err(error) => {
+                tracing::warn!(allocation = %id, %error, "unusable assignment");
+                continue;
+            }
         };
-        if let Err(status) = client.report_applied(report).await {
-            tracing::warn!(%status, allocation = %allocation.id, "cannot report");
+        tracing::info!(node = %node, allocation = %allocation.id, state = allocation.state.as_str(), generation = allocation.generation, "assignment");
+        if !synced {
+            if allocation.state.holds_capacity() {
+                snapshot.insert(allocation.id, allocation);
+            }
+            continue;
+        }
+        let Some(enforcer) = &enforcer else {
+            let message = "received; enforcement is off on this node (--no-enforce)".to_owned();
+            let item = Report { allocation: allocation.id, generation: allocation.generation, applied: false, message };
+            report(&mut client, &node, item).await;
+            continue;
+        };
+        if allocation.state.holds_capacity() {
+            desired.insert(allocation.id, allocation.clone());
+            let bound = allocation.state == AllocationState::Bound;
+            let outcome = blocking(enforcer, move |enforcer| {
+                if enforcer.is_enforced(&allocation) && !bound {
+                    // Nothing new (the broker recorded our report): stay quiet.
+                    return None;
+                }
+                let generation = allocation.generation;
+                Some(match enforcer.apply(&allocation) {
+                    Ok(message) => Report { allocation: allocation.id, generation, applied: true, message },
+                    Err(error) => {
+                        Report { allocation: allocation.id, generation, applied: false, message: error.to_string() }
+                    }
+                })
+            })
+            .await;
+            if let Some(Some(item)) = outcome {
+                report(&mut client, &node, item).await;
+            }
+        } else {
+            desired.remove(&allocation.id);
+            let id = allocation.id;
+            let outcome = blocking(enforcer, move |enforcer| enforcer.release(id)).await;
+            match outcome {
+                Some(Ok(message)) => tracing::info!(allocation = %id, %message, "released"),
+                Some(Err(error)) => tracing::warn!(allocation = %id, %error, "release incomplete; reconcile will retry"),
+                None => {}
+            }
         }
     }
 }

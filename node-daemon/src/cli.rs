@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use allot_api::topology::NodeInventory;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::discovery::host_cpus::HostCpus;
 use crate::discovery::hwloc::Hwloc;
 use crate::discovery::nvml::NvmlSource;
 use crate::discovery::sysfs::Sysfs;
@@ -28,8 +29,61 @@ pub struct Cli {
 pub enum Command {
     /// Show what this machine (or a fixture, or an hwloc export) is made of.
     Inventory(InventoryArgs),
-    /// Register with the broker, heartbeat, and follow this node's assignments.
+    /// Register with the broker, heartbeat, and enforce this node's assignments.
     Run(RunArgs),
+    /// Run a command inside an allocation's cgroup with its devices' environment.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupDriverArg {
+    Auto,
+    V1,
+    V2,
+}
+
+/// Where and how allocations are enforced.
+#[derive(Debug, Clone, Args)]
+pub struct EnforceArgs {
+    /// Where the node records what it enforced (cgroups, MIG instances per allocation).
+    #[arg(long, default_value = "/var/lib/allot-node", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The cgroup mount: the directory holding the v1 controller mounts, or the v2
+    /// unified mount (default: found in /proc/self/mountinfo).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+    /// cgroup interface (default: decided from the mount).
+    #[arg(long, value_enum, default_value_t = CgroupDriverArg::Auto)]
+    pub cgroup_driver: CgroupDriverArg,
+    /// Allocation cgroups go in <root>/<parent>/<allocation-id> (v1: below each controller).
+    #[arg(long, default_value = "allot", value_name = "PATH")]
+    pub cgroup_parent: String,
+    /// Most processes an allocation's cgroup may hold.
+    #[arg(long, default_value_t = 4096)]
+    pub pids_max: u64,
+    /// Seconds between reconcile passes (one also runs at every (re)connection).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub reconcile_interval: f64,
+    /// Seconds without a new critical Xid or uncorrectable ECC error after which
+    /// an unhealthy GPU is healthy again.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub xid_quiet_period: f64,
+    /// Follow assignments without enforcing them (acknowledge only), for broker-only tests.
+    #[arg(long)]
+    pub no_enforce: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// The node's state directory (as given to `allot-node run`).
+    #[arg(long, default_value = "/var/lib/allot-node", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The allocation to run in.
+    #[arg(long, value_name = "ID")]
+    pub allocation: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -42,6 +96,8 @@ pub struct RunArgs {
     /// Seconds between heartbeats until the broker says otherwise.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub heartbeat_interval: f64,
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +126,11 @@ pub struct HardwareArgs {
     /// The node's name (default: this machine's hostname, or the fixture's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// With --fixture or --hwloc-xml: keep the file's PCIe tree and GPUs but use
+    /// this machine's real CPUs and NUMA nodes (GPUs fold onto its NUMA nodes), so
+    /// cpusets of the broker's chosen cores can really be applied here.
+    #[arg(long)]
+    pub host_cpus: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,6 +152,8 @@ pub struct DiscoveryPlan {
     /// its machine description from here). The binary sets it while it is still
     /// single-threaded.
     pub environment: Vec<(&'static str, PathBuf)>,
+    /// Use this machine's CPU side under the file's devices (`--host-cpus`).
+    pub host_cpus: bool,
 }
 
 /// This machine's hostname, from the kernel.
@@ -120,6 +183,7 @@ impl HardwareArgs {
                 gpus: NvmlSource::library(library),
                 details,
                 environment: vec![(FAKE_NVML_MACHINE_VAR, fixture.nvml_machine.clone())],
+                host_cpus: self.host_cpus,
             });
         }
         let (topology, default_gpus, default_details) = match &self.hwloc_xml {
@@ -139,12 +203,17 @@ impl HardwareArgs {
             gpus,
             details: self.sysfs_root.as_ref().map(Sysfs::at).unwrap_or(default_details),
             environment: vec![],
+            host_cpus: self.host_cpus && self.hwloc_xml.is_some(),
         })
     }
 }
 
 impl DiscoveryPlan {
     pub fn discover(&self) -> Result<NodeInventory, DiscoveryError> {
+        if self.host_cpus {
+            let topology = HostCpus { host: Hwloc::Live, devices: self.topology.clone() };
+            return discovery::discover(&self.hostname, &topology, &self.gpus, &self.details);
+        }
         discovery::discover(&self.hostname, &self.topology, &self.gpus, &self.details)
     }
 }

@@ -1,8 +1,10 @@
-//! allot-node: maps the GPU server it runs on (hwloc, NVML, sysfs) and, later,
-//! enforces the broker's decisions on it.
+//! allot-node: maps the GPU server it runs on (hwloc, NVML, sysfs) and enforces
+//! the broker's decisions on it (cgroups, MIG instances, device environment).
 
 pub mod agent;
 pub mod cli;
 pub mod discovery;
+pub mod enforce;
+pub mod exec;
 pub mod fixtures;
 pub mod render;

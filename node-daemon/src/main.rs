@@ -5,13 +5,19 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use allot_node::agent::{self, AgentConfig};
-use allot_node::cli::{Cli, Command, DiscoveryPlan, HardwareArgs};
+use allot_node::agent::{self, AgentConfig, EnforceConfig};
+use allot_node::cli::{CgroupDriverArg, Cli, Command, DiscoveryPlan, HardwareArgs};
+use allot_node::enforce::cgroup::DriverChoice;
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Exec(args) => {
+            // Returns only when the command could not be started.
+            let error = allot_node::exec::exec(&args.state_dir, &args.allocation, &args.command);
+            fail(&error)
+        }
         Command::Inventory(args) => {
             let plan = match prepare(&args.hardware) {
                 Ok(plan) => plan,
@@ -38,10 +44,33 @@ fn main() -> ExitCode {
                 )
                 .with_writer(std::io::stderr)
                 .init();
+            let enforce = &args.enforce;
+            for (flag, value) in [
+                ("--reconcile-interval", enforce.reconcile_interval),
+                ("--xid-quiet-period", enforce.xid_quiet_period),
+            ] {
+                if !(value > 0.0 && value.is_finite()) {
+                    eprintln!("allot-node: error: {flag} must be a positive number of seconds");
+                    return ExitCode::FAILURE;
+                }
+            }
             let config = AgentConfig {
                 broker: args.broker,
                 heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
                 max_backoff: Duration::from_secs(5),
+                xid_quiet_period: Duration::from_secs_f64(enforce.xid_quiet_period),
+                enforce: (!enforce.no_enforce).then(|| EnforceConfig {
+                    state_dir: enforce.state_dir.clone(),
+                    cgroup_root: enforce.cgroup_root.clone(),
+                    cgroup_driver: match enforce.cgroup_driver {
+                        CgroupDriverArg::Auto => DriverChoice::Auto,
+                        CgroupDriverArg::V1 => DriverChoice::V1,
+                        CgroupDriverArg::V2 => DriverChoice::V2,
+                    },
+                    cgroup_parent: enforce.cgroup_parent.clone(),
+                    pids_max: enforce.pids_max,
+                    reconcile_interval: Duration::from_secs_f64(enforce.reconcile_interval),
+                }),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(runtime) => runtime,

@@ -6,6 +6,7 @@
 //! (sysfs: NIC link speed and drive capacity when hwloc lacks them). [`merge`]
 //! combines them into one [`NodeInventory`] and rejects contradictions.
 
+pub mod host_cpus;
 pub mod hwloc;
 mod merge;
 mod models;

@@ -1,7 +1,9 @@
 //! NVML through nvml-wrapper: what only the driver knows (UUIDs, memory, NVLink,
 //! MIG, temperature, power, throttling, ECC). The only module that calls NVML.
 
+pub mod control;
 mod raw;
+mod raw_mig;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

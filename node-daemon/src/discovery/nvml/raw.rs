@@ -32,7 +32,7 @@ impl std::fmt::Display for RawError {
     }
 }
 
-fn check(call: &'static str, code: nvmlReturn_t) -> Result<(), RawError> {
+pub(super) fn check(call: &'static str, code: nvmlReturn_t) -> Result<(), RawError> {
     if code == nvmlReturn_enum_NVML_SUCCESS {
         Ok(())
     } else {
@@ -41,7 +41,7 @@ fn check(call: &'static str, code: nvmlReturn_t) -> Result<(), RawError> {
     }
 }
 
-fn missing(call: &'static str) -> RawError {
+pub(super) fn missing(call: &'static str) -> RawError {
     RawError { call, code: None, problem: "the NVML library does not export this function".to_owned() }
 }
 
