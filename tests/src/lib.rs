@@ -146,6 +146,9 @@ pub fn start_node(broker: &Broker, fixture: &str, name: &str, dir: &Path) -> Pro
         name,
         "--heartbeat-interval",
         "0.2",
+        // Broker tests run fixture nodes whose CPUs this machine lacks; enforcement
+        // has its own tests (tests/enforcement.rs, start_enforcing_node).
+        "--no-enforce",
     ]);
     Process::spawn(name, &mut command, dir)
 }
@@ -195,4 +198,34 @@ pub fn node_statuses(broker: &Broker) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Starts a node daemon that enforces: `start_node`'s arguments plus `args`
+/// (like `--host-cpus`, `--state-dir`, `--cgroup-parent`) and `env` (like the fake
+/// NVML's `ALLOT_FAKE_NVML_STATE` and `ALLOT_FAKE_NVML_EVENTS`).
+pub fn start_enforcing_node(
+    broker: &Broker,
+    fixture: &str,
+    name: &str,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Process {
+    let mut command = Command::new(binary("allot-node"));
+    command.args(["run", "--broker", &broker.grpc, "--fixture", fixture, "--name", name, "--heartbeat-interval", "0.2"]);
+    command.args(args);
+    for (variable, value) in env {
+        command.env(variable, value);
+    }
+    Process::spawn(name, &mut command, dir)
+}
+
+/// Runs `allot-node` with arguments and environment; returns the raw output.
+pub fn allot_node(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(binary("allot-node"));
+    command.args(args);
+    for (variable, value) in env {
+        command.env(variable, value);
+    }
+    command.output().expect("allot-node runs")
 }
