@@ -35,9 +35,12 @@
 
 mod cores;
 mod explain;
+pub mod fragment;
 mod gpus;
+pub mod learn;
 mod mig;
 mod node;
+pub mod packing;
 mod place;
 mod refuse;
 mod score;
