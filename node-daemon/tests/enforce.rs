@@ -19,6 +19,7 @@ use allot_node::enforce::cgroup::V1Driver;
 use allot_node::enforce::mig::MigDriver;
 use allot_node::fixtures;
 
+#[allow(clippy::too_many_arguments)]
 fn allocation(id: u64, node: &str, gpu: u32, profile: &str, profile_id: u32, start: u32, size: u32, recarve: bool) -> Allocation {
     let request = ValidatedRequest::new(
         "ml".parse().expect("team"),
@@ -31,30 +32,33 @@ fn allocation(id: u64, node: &str, gpu: u32, profile: &str, profile_id: u32, sta
         None,
     )
     .expect("valid request");
-    Allocation {
-        id: AllocationId::from_u64(id),
-        request,
-        state: AllocationState::Bound,
-        binding: Some(Binding {
-            node: node.parse().expect("node"),
-            gpus: vec![GpuGrant {
-                index: gpu,
-                uuid: None,
-                pci_bus_id: String::new(),
-                mig: Some(MigGrant { profile: profile.to_owned(), profile_id, start, size, recarve }),
-                share: None,
-                nic: None,
-            }],
-            cpus: vec![0],
-            cores: vec![0],
-            memory: MiB(64),
-            numa_nodes: vec![0],
-        }),
-        explanation: String::new(),
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        generation: 1,
-    }
+    let binding = Binding {
+        node: node.parse().expect("node"),
+        gpus: vec![GpuGrant {
+            index: gpu,
+            uuid: None,
+            pci_bus_id: String::new(),
+            mig: Some(MigGrant { profile: profile.to_owned(), profile_id, start, size, recarve }),
+            share: None,
+            nic: None,
+        }],
+        cpus: vec![0],
+        cores: vec![0],
+        memory: MiB(64),
+        numa_nodes: vec![0],
+    };
+    // Through serde, so fields other work adds (with defaults) need no change here.
+    serde_json::from_value(serde_json::json!({
+        "id": AllocationId::from_u64(id),
+        "request": request,
+        "state": AllocationState::Bound,
+        "binding": binding,
+        "explanation": "",
+        "created_at_ms": 0,
+        "updated_at_ms": 0,
+        "generation": 1,
+    }))
+    .expect("allocation")
 }
 
 /// (profile id, start) of each GPU instance on a GPU.

@@ -82,8 +82,10 @@ impl World {
             &self.parent,
             "--reconcile-interval",
             "0.5",
+            // Long enough that the checks made while a GPU is unhealthy finish well
+            // within it; the test then waits (with a deadline) for it to clear.
             "--xid-quiet-period",
-            "3",
+            "8",
         ];
         let env = [("ALLOT_FAKE_NVML_STATE", self.nvml_state.as_path()), ("ALLOT_FAKE_NVML_EVENTS", self.events.as_path())];
         let process = start_enforcing_node(&self.broker, fixture, name, self.dir.path(), &args, &env);

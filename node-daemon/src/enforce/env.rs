@@ -81,24 +81,26 @@ mod tests {
             None,
         )
         .expect("valid");
-        Allocation {
-            id: AllocationId::from_u64(1),
-            request,
-            state: AllocationState::Bound,
-            binding: Some(Binding {
-                node: "n1".parse().expect("node"),
-                gpus,
-                cpus: vec![0],
-                cores: vec![0],
-                memory: MiB(0),
-                numa_nodes: vec![0],
-            }),
-            explanation: String::new(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            generation: 1,
-            quota: Default::default(),
-        }
+        let binding = Binding {
+            node: "n1".parse().expect("node"),
+            gpus,
+            cpus: vec![0],
+            cores: vec![0],
+            memory: MiB(0),
+            numa_nodes: vec![0],
+        };
+        // Through serde, so fields other work adds (with defaults) need no change here.
+        serde_json::from_value(serde_json::json!({
+            "id": AllocationId::from_u64(1),
+            "request": request,
+            "state": AllocationState::Bound,
+            "binding": binding,
+            "explanation": "",
+            "created_at_ms": 0,
+            "updated_at_ms": 0,
+            "generation": 1,
+        }))
+        .expect("allocation")
     }
 
     fn gpu(index: u32, uuid: Option<&str>) -> GpuGrant {
