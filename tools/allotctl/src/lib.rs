@@ -1,6 +1,7 @@
 //! allotctl: teams, nodes and allocations, for people (tables) and scripts (JSON).
 
 mod output;
+mod sim;
 
 use allot_api::allocation::{AllocationId, GpuDemand, Interconnect, MilliGpu, ValidatedRequest};
 use allot_api::proto;
@@ -36,6 +37,8 @@ pub enum Command {
     /// Ask for, inspect and give back GPUs.
     #[command(subcommand)]
     Alloc(AllocCommand),
+    /// Replay a task trace against a cluster with Allot's placement policies (no broker needed).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +229,9 @@ fn spec(args: &CreateArgs) -> Result<proto::AllocationSpec, CtlError> {
 
 /// Runs one command and returns what to print.
 pub async fn run(cli: Cli) -> Result<String, CtlError> {
+    if let Command::Sim(args) = &cli.command {
+        return sim::run(args, cli.output);
+    }
     // Validate what can be validated before connecting.
     let create_spec = match &cli.command {
         Command::Alloc(AllocCommand::Create(args)) => Some(spec(args)?),
@@ -234,6 +240,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
     let channel = connect(&cli.broker).await?;
     let format = cli.output;
     match cli.command {
+        Command::Sim(_) => Err(CtlError::Usage("sim runs without a broker".into())),
         Command::Team(command) => {
             let mut admin = AdminServiceClient::new(channel);
             match command {

@@ -9,6 +9,7 @@
 //! makes task lists of the same family with other mixes, seeded.
 
 pub mod batch;
+pub mod cli;
 pub mod generate;
 pub mod protocol;
 pub mod report;

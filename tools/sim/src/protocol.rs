@@ -43,10 +43,11 @@ impl RunConfig {
     }
 }
 
-/// The cluster at one arrived-workload mark.
+/// The cluster right after the task whose arrival first reached an
+/// arrived-workload mark (every percent, by default).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CurvePoint {
-    /// Arrived workload, % of GPU capacity.
+    /// Arrived workload, % of GPU capacity (at or just past the mark).
     pub arrived_pct: f64,
     /// GPU allocated, % of GPU capacity.
     pub allocated_pct: f64,
@@ -175,8 +176,11 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
         policy => Packer::new(policy, typical.clone()),
     };
     // The yardstick for the fragmentation curve: the published measure under the
-    // list's typical shapes, whatever the policy.
-    let mut yardstick = Packer::new(PackingPolicy::Fgd, typical);
+    // list's GPU task shapes, whatever the policy. CPU-only shapes are left out:
+    // the published measure counts all idle GPU as their fragment, which would
+    // only add a constant share of the idle GPU to the curve.
+    let gpu_shapes = ShapeMix::from_weights(typical.entries().iter().filter(|(shape, _)| shape.gpu_count > 0).copied());
+    let mut yardstick = Packer::new(PackingPolicy::Fgd, gpu_shapes);
     let mut state = ClusterState::new(cluster);
     let mut node_fragment: Vec<f64> = state.nodes.iter().map(|node| yardstick.fragmentation(node)).collect();
     let mut fragment_total: f64 = node_fragment.iter().sum();
@@ -272,7 +276,7 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
         }
         while arrived_pct >= next_mark {
             points.push(CurvePoint {
-                arrived_pct: next_mark,
+                arrived_pct,
                 allocated_pct: allocated_milli / capacity * 100.0,
                 fragment_gpus: fragment_total / 1000.0,
                 fragment_rate_pct: if idle_total > 0.0 { fragment_total / idle_total * 100.0 } else { 0.0 },

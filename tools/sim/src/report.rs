@@ -137,7 +137,7 @@ pub fn curves(results: &[RunResult], policies: &[PackingPolicy]) -> Vec<PolicyCu
                     let at: Vec<&CurvePoint> = runs.iter().map(|run| &run.points[mark]).collect();
                     let spread = |value: fn(&CurvePoint) -> f64| Spread::of(&at.iter().map(|p| value(p)).collect::<Vec<_>>());
                     Some(CurveSpread {
-                        arrived_pct: at.first()?.arrived_pct,
+                        arrived_pct: spread(|p| p.arrived_pct)?.median,
                         allocated_pct: spread(|p| p.allocated_pct)?,
                         fragment_gpus: spread(|p| p.fragment_gpus)?,
                         fragment_rate_pct: spread(|p| p.fragment_rate_pct)?,
