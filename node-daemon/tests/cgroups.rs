@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use allot_api::allocation::AllocationId;
-use allot_node::enforce::cgroup::{CgroupDriver, CgroupError, CgroupSpec, CONTROLLERS, V1Driver, V2Driver, detect_root};
+use allot_node::enforce::cgroup::{
+    CONTROLLERS, CgroupDriver, CgroupError, CgroupSpec, V1Driver, V2Driver, detect_root,
+};
 
 fn spec(id: u64, cpus: &str, memory_mib: Option<u64>) -> CgroupSpec {
     CgroupSpec {

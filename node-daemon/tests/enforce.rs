@@ -20,7 +20,16 @@ use allot_node::enforce::mig::MigDriver;
 use allot_node::fixtures;
 
 #[allow(clippy::too_many_arguments)]
-fn allocation(id: u64, node: &str, gpu: u32, profile: &str, profile_id: u32, start: u32, size: u32, recarve: bool) -> Allocation {
+fn allocation(
+    id: u64,
+    node: &str,
+    gpu: u32,
+    profile: &str,
+    profile_id: u32,
+    start: u32,
+    size: u32,
+    recarve: bool,
+) -> Allocation {
     let request = ValidatedRequest::new(
         "ml".parse().expect("team"),
         GpuDemand::Mig { profile: profile.to_owned() },
@@ -69,9 +78,9 @@ fn layout(driver: &dyn MigDriver, gpu: u32) -> Vec<(u32, u32)> {
 }
 
 fn cgroup_exists(parent: &str, id: u64) -> bool {
-    ["cpuset", "memory", "pids"]
-        .iter()
-        .any(|controller| Path::new("/sys/fs/cgroup").join(controller).join(parent).join(AllocationId::from_u64(id).to_string()).exists())
+    ["cpuset", "memory", "pids"].iter().any(|controller| {
+        Path::new("/sys/fs/cgroup").join(controller).join(parent).join(AllocationId::from_u64(id).to_string()).exists()
+    })
 }
 
 #[test]
@@ -131,7 +140,7 @@ fn mig_enforcement_on_the_fake_nvml_with_real_cgroups() {
 
     // An unowned instance of exactly the grant is adopted, and stays on release.
     enforcer.apply(&allocation(5, "a100", 2, "3g.40gb", 9, 4, 4, false)).expect("adopt");
-    assert_eq!(enforcer.state().allocations[&AllocationId::from_u64(5)].mig[0].created, false);
+    assert!(!enforcer.state().allocations[&AllocationId::from_u64(5)].mig[0].created, "adopted, not created");
 
     // A GPU with MIG disabled is switched on by a re-carve.
     enforcer.apply(&allocation(6, "a100", 6, "1g.10gb", 19, 3, 1, true)).expect("enable and create");

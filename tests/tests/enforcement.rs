@@ -87,7 +87,8 @@ impl World {
             "--xid-quiet-period",
             "8",
         ];
-        let env = [("ALLOT_FAKE_NVML_STATE", self.nvml_state.as_path()), ("ALLOT_FAKE_NVML_EVENTS", self.events.as_path())];
+        let env =
+            [("ALLOT_FAKE_NVML_STATE", self.nvml_state.as_path()), ("ALLOT_FAKE_NVML_EVENTS", self.events.as_path())];
         let process = start_enforcing_node(&self.broker, fixture, name, self.dir.path(), &args, &env);
         wait_until(&format!("{name} is ready"), LONG, || {
             node_statuses(&self.broker).iter().any(|(node, status)| node == name && status == "ready")
@@ -221,7 +222,10 @@ fn a_mig_allocation_gets_its_instance_and_cgroup_exec_runs_inside_and_release_re
     assert!(output.status.success(), "exec failed: {}", String::from_utf8_lossy(&output.stderr));
     let cgroup = format!("/{}/{id}", world.parent);
     for controller in ["cpuset", "memory", "pids"] {
-        assert!(stdout.lines().any(|line| line.ends_with(&format!(":{controller}:{cgroup}"))), "{controller}: {stdout}");
+        assert!(
+            stdout.lines().any(|line| line.ends_with(&format!(":{controller}:{cgroup}"))),
+            "{controller}: {stdout}"
+        );
     }
     assert!(stdout.contains(&format!("NVIDIA={mig_uuid}\n")), "{stdout}");
     assert!(stdout.contains(&format!("CUDA={mig_uuid}\n")), "{stdout}");
@@ -300,9 +304,8 @@ fn an_xid_takes_a_gpu_out_of_placement_until_the_quiet_period_passes() {
     // Application Xids (13) do not count; 79 (fallen off the bus) does.
     world.inject(r#"{"gpu": 1, "kind": "xid", "value": 13}"#);
     world.inject(r#"{"gpu": 2, "kind": "xid", "value": 79}"#);
-    let unhealthy = || {
-        allotctl_json(&world.broker, &["nodes", "list"])[0]["unhealthy_gpus"].as_u64().expect("unhealthy count")
-    };
+    let unhealthy =
+        || allotctl_json(&world.broker, &["nodes", "list"])[0]["unhealthy_gpus"].as_u64().expect("unhealthy count");
     wait_until("the broker sees GPU 2 unhealthy", LONG, || unhealthy() == 1);
     // No new allocation lands on it: eight GPUs cannot be had, seven avoid GPU 2.
     let refused = allotctl(&world.broker, &["alloc", "create", "--team", "ml", "--gpus", "8"]);

@@ -28,8 +28,7 @@ fn remap(nodes: &[u32], host_nodes: &[(u32, CpuSet)]) -> (Vec<u32>, CpuSet) {
     if host_nodes.is_empty() {
         return (Vec::new(), CpuSet::default());
     }
-    let mapped: BTreeSet<u32> =
-        nodes.iter().map(|node| host_nodes[*node as usize % host_nodes.len()].0).collect();
+    let mapped: BTreeSet<u32> = nodes.iter().map(|node| host_nodes[*node as usize % host_nodes.len()].0).collect();
     let cpus = host_nodes
         .iter()
         .filter(|(index, _)| mapped.contains(index))

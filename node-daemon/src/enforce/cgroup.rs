@@ -605,11 +605,7 @@ pub fn detect_root(mountinfo: &str) -> Option<(CgroupVersion, PathBuf)> {
 
 /// Builds the driver: an explicit version, or one decided from the root (a
 /// `cgroup.controllers` file means v2), or from this machine's mounts.
-pub fn driver(
-    choice: DriverChoice,
-    root: Option<&Path>,
-    parent: &str,
-) -> Result<Box<dyn CgroupDriver>, CgroupError> {
+pub fn driver(choice: DriverChoice, root: Option<&Path>, parent: &str) -> Result<Box<dyn CgroupDriver>, CgroupError> {
     let (version, root) = match root {
         Some(root) => {
             let version = match choice {
@@ -623,7 +619,9 @@ pub fn driver(
         None => {
             let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             let (detected, root) = detect_root(&mountinfo).ok_or_else(|| {
-                CgroupError::Root("no cgroup v2 at /sys/fs/cgroup and no cgroup v1 cpuset mount; pass --cgroup-root".into())
+                CgroupError::Root(
+                    "no cgroup v2 at /sys/fs/cgroup and no cgroup v1 cpuset mount; pass --cgroup-root".into(),
+                )
             })?;
             let version = match choice {
                 DriverChoice::Auto => detected,

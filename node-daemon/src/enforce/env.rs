@@ -150,10 +150,17 @@ mod tests {
         check(
             vec![grant.clone()],
             &[recorded(1, Some("MIG-x"))],
-            &[("NVIDIA_VISIBLE_DEVICES", "MIG-x"), ("CUDA_VISIBLE_DEVICES", "MIG-x"), ("ALLOT_ALLOCATION_ID", "a-0000000000000001")],
+            &[
+                ("NVIDIA_VISIBLE_DEVICES", "MIG-x"),
+                ("CUDA_VISIBLE_DEVICES", "MIG-x"),
+                ("ALLOT_ALLOCATION_ID", "a-0000000000000001"),
+            ],
         );
         assert_eq!(environment(&allocation(vec![grant.clone()]), &[]), Err(EnvError::MigMissing { gpu: 1 }));
-        assert_eq!(environment(&allocation(vec![grant]), &[recorded(1, None)]), Err(EnvError::MigWithoutUuid { gpu: 1 }));
+        assert_eq!(
+            environment(&allocation(vec![grant]), &[recorded(1, None)]),
+            Err(EnvError::MigWithoutUuid { gpu: 1 })
+        );
     }
 
     #[test]

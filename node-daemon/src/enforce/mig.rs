@@ -129,13 +129,18 @@ pub fn ensure(
         created,
     };
     if view.enabled
-        && let Some(existing) =
-            view.instances.iter().find(|instance| instance.profile_id == grant.profile_id && instance.start == grant.start)
+        && let Some(existing) = view
+            .instances
+            .iter()
+            .find(|instance| instance.profile_id == grant.profile_id && instance.start == grant.start)
     {
         if let Some(owner) = holder(existing) {
             return Err(error(
                 "adopt the instance",
-                format!("E-MIG-TAKEN: the {} instance at slot {} belongs to allocation {owner}", grant.profile, grant.start),
+                format!(
+                    "E-MIG-TAKEN: the {} instance at slot {} belongs to allocation {owner}",
+                    grant.profile, grant.start
+                ),
             ));
         }
         if existing.uuid.is_some() {
@@ -143,10 +148,10 @@ pub fn ensure(
         }
     }
     let mut undo = Vec::new();
-    let result = carve(driver, gpu.index, view, grant, &holder, &mut undo).and_then(|instance| {
+    let result = carve(driver, gpu.index, view, grant, &holder, &mut undo).map(|instance| {
         let recorded = record(&instance, true);
         on_created(&recorded);
-        Ok(recorded)
+        recorded
     });
     if let Err(failure) = result {
         let mut leftovers = Vec::new();
@@ -251,8 +256,13 @@ mod tests {
             if self.refuse_create && profile_id == 9 {
                 return Err(MigError { gpu, action: "create".into(), problem: "insufficient resources".into() });
             }
-            let instance =
-                ObservedInstance { gpu_instance_id: 100 + start, profile_id, start, size, uuid: Some(format!("MIG-{start}")) };
+            let instance = ObservedInstance {
+                gpu_instance_id: 100 + start,
+                profile_id,
+                start,
+                size,
+                uuid: Some(format!("MIG-{start}")),
+            };
             self.gpu.borrow_mut().instances.push(instance.clone());
             Ok(instance)
         }
@@ -288,9 +298,15 @@ mod tests {
         (gpu, mig)
     }
 
-    fn check(driver: &Layout, start: u32, recarve: bool, held: &[(u32, u32, AllocationId)]) -> (Result<bool, String>, Vec<String>) {
+    fn check(
+        driver: &Layout,
+        start: u32,
+        recarve: bool,
+        held: &[(u32, u32, AllocationId)],
+    ) -> (Result<bool, String>, Vec<String>) {
         let (gpu, mig) = grant(start, recarve);
-        let result = ensure(driver, &gpu, &mig, held, &mut |_| {}).map(|recorded| recorded.created).map_err(|e| e.to_string());
+        let result =
+            ensure(driver, &gpu, &mig, held, &mut |_| {}).map(|recorded| recorded.created).map_err(|e| e.to_string());
         (result, driver.calls.borrow().clone())
     }
 

@@ -342,9 +342,12 @@ impl Enforcer {
                     touched.insert(allocation);
                     reports.push(match self.apply(wanted) {
                         Ok(message) => Report { allocation, generation: wanted.generation, applied: true, message },
-                        Err(error) => {
-                            Report { allocation, generation: wanted.generation, applied: false, message: error.to_string() }
-                        }
+                        Err(error) => Report {
+                            allocation,
+                            generation: wanted.generation,
+                            applied: false,
+                            message: error.to_string(),
+                        },
                     });
                 }
                 Action::ReportVanished { allocation, mig } => {

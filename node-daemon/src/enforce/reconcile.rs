@@ -37,12 +37,25 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Destroy a MIG instance Allot created for an allocation that is over.
-    DestroyMig { allocation: AllocationId, gpu: u32, gpu_instance_id: u32 },
-    RemoveCgroup { allocation: AllocationId },
-    Forget { allocation: AllocationId },
-    Apply { allocation: AllocationId },
+    DestroyMig {
+        allocation: AllocationId,
+        gpu: u32,
+        gpu_instance_id: u32,
+    },
+    RemoveCgroup {
+        allocation: AllocationId,
+    },
+    Forget {
+        allocation: AllocationId,
+    },
+    Apply {
+        allocation: AllocationId,
+    },
     /// A live allocation's MIG instance is gone.
-    ReportVanished { allocation: AllocationId, mig: RecordedMig },
+    ReportVanished {
+        allocation: AllocationId,
+        mig: RecordedMig,
+    },
 }
 
 fn exists(observed: &Observed, mig: &RecordedMig) -> bool {
@@ -63,7 +76,11 @@ pub fn plan(desired: &BTreeMap<AllocationId, u64>, recorded: &NodeState, observe
         }
         for mig in enforced.mig.iter().filter(|mig| mig.created) {
             if !observed.mig_known || exists(observed, mig) {
-                actions.push(Action::DestroyMig { allocation: *id, gpu: mig.gpu_index, gpu_instance_id: mig.gpu_instance_id });
+                actions.push(Action::DestroyMig {
+                    allocation: *id,
+                    gpu: mig.gpu_index,
+                    gpu_instance_id: mig.gpu_instance_id,
+                });
             }
         }
         actions.push(Action::Forget { allocation: *id });
@@ -220,7 +237,9 @@ mod tests {
         };
         for action in &actions {
             match action {
-                Action::DestroyMig { allocation, .. } | Action::RemoveCgroup { allocation } | Action::Forget { allocation } => {
+                Action::DestroyMig { allocation, .. }
+                | Action::RemoveCgroup { allocation }
+                | Action::Forget { allocation } => {
                     assert_eq!(*allocation, id(3), "{actions:?}")
                 }
                 _ => {}

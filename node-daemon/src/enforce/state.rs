@@ -64,10 +64,17 @@ impl NodeState {
 
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = Self::path(dir);
-        let io = |action, problem: std::io::Error| StateError::Io { action, path: path.clone(), problem: problem.to_string() };
+        let io = |action, problem: std::io::Error| StateError::Io {
+            action,
+            path: path.clone(),
+            problem: problem.to_string(),
+        };
         std::fs::create_dir_all(dir).map_err(|error| io("create the directory of", error))?;
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|error| StateError::Io { action: "encode", path: path.clone(), problem: error.to_string() })?;
+        let text = serde_json::to_string_pretty(self).map_err(|error| StateError::Io {
+            action: "encode",
+            path: path.clone(),
+            problem: error.to_string(),
+        })?;
         let temp = dir.join(format!(".{STATE_FILE}.tmp"));
         std::fs::write(&temp, text).map_err(|error| io("write", error))?;
         std::fs::rename(&temp, &path).map_err(|error| io("replace", error))
@@ -93,7 +100,13 @@ mod tests {
         let mut state = NodeState { node: "n1".into(), ..NodeState::default() };
         state.allocations.insert(
             AllocationId::from_u64(3),
-            EnforcedAllocation { generation: 2, cgroup: None, mig: vec![], environment: BTreeMap::new(), complete: true },
+            EnforcedAllocation {
+                generation: 2,
+                cgroup: None,
+                mig: vec![],
+                environment: BTreeMap::new(),
+                complete: true,
+            },
         );
         state.save(dir.path()).expect("save");
         assert_eq!(NodeState::load(dir.path()).expect("load"), state);

@@ -69,7 +69,8 @@ impl MigDriver for NvmlControl {
                 Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => None,
                 Err(error) => return Err(mig_error(index, "read the MIG mode", error)),
             };
-            let mut view = GpuMig { index, uuid, capable: mode.is_some(), enabled: mode == Some(true), instances: vec![] };
+            let mut view =
+                GpuMig { index, uuid, capable: mode.is_some(), enabled: mode == Some(true), instances: vec![] };
             if view.enabled {
                 // SAFETY: the handle is used only in this iteration, while `self.nvml` lives.
                 let handle = unsafe { device.handle() };
