@@ -293,7 +293,7 @@ impl ShapeMix {
     pub fn from_weights(weights: impl IntoIterator<Item = (TaskShape, f64)>) -> ShapeMix {
         let mut entries: Vec<(TaskShape, f64)> = Vec::new();
         let mut all: Vec<(TaskShape, f64)> = weights.into_iter().filter(|(_, weight)| *weight > 0.0).collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|entry| entry.0);
         for (shape, weight) in all {
             match entries.last_mut() {
                 Some((last, total)) if *last == shape => *total += weight,

@@ -66,9 +66,8 @@ mod tests {
     #[test]
     fn learner_refreshes_at_growing_checkpoints_and_weights_by_frequency() {
         let mut learner = ShapeLearner::new();
-        let refreshes: Vec<u64> = (1..=3000u64)
-            .filter(|index| learner.observe(&share(if index % 4 == 0 { 500 } else { 250 })))
-            .collect();
+        let refreshes: Vec<u64> =
+            (1..=3000u64).filter(|index| learner.observe(&share(if index % 4 == 0 { 500 } else { 250 }))).collect();
         assert_eq!(refreshes, vec![1, 16, 32, 64, 128, 256, 512, 1024, 2048]);
         let mix = learner.mix();
         let weight = |milli: u16| mix.entries().iter().find(|(shape, _)| shape.gpu_milli == milli).map(|(_, w)| *w);

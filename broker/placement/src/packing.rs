@@ -257,7 +257,8 @@ impl Packer {
         if self.policy == PackingPolicy::Allot && !self.gpu_waste.is_empty() {
             // Allot adds the lookahead: what the node's GPUs are expected to
             // waste once the tasks that fit them have come.
-            value += node.gpus().iter().map(|free| self.gpu_waste[usize::from((*free).min(WHOLE_GPU_MILLI))]).sum::<f64>();
+            value +=
+                node.gpus().iter().map(|free| self.gpu_waste[usize::from((*free).min(WHOLE_GPU_MILLI))]).sum::<f64>();
         }
         if self.fragment_memo.len() >= MEMO_LIMIT {
             self.fragment_memo.clear();
@@ -296,11 +297,15 @@ impl Packer {
                 best
             }
             PackingPolicy::Random => Some((PackScore::single(0.0), random_fit_pick(node, task, rng)?)),
-            PackingPolicy::DotProduct => Some((PackScore::single(dot_product_score(node, task)), best_fit_pick(node, task)?)),
+            PackingPolicy::DotProduct => {
+                Some((PackScore::single(dot_product_score(node, task)), best_fit_pick(node, task)?))
+            }
             PackingPolicy::GpuClustering => {
                 Some((PackScore::single(gpu_clustering_score(node, classes, task)), best_fit_pick(node, task)?))
             }
-            PackingPolicy::GpuPacking => Some((PackScore::single(gpu_packing_score(node, task)), best_fit_pick(node, task)?)),
+            PackingPolicy::GpuPacking => {
+                Some((PackScore::single(gpu_packing_score(node, task)), best_fit_pick(node, task)?))
+            }
             PackingPolicy::BestFit => Some((PackScore::single(best_fit_score(node, task)), best_fit_pick(node, task)?)),
         }
     }
@@ -442,7 +447,8 @@ fn random_fit_pick(node: &NodeState, task: &TaskShape, rng: &mut SplitMix64) -> 
 
 fn dot_product_score(node: &NodeState, task: &TaskShape) -> f64 {
     let dot = (f64::from(node.cpu_free_milli) / MAX_SPEC_CPU_MILLI) * (f64::from(task.cpu_milli) / MAX_SPEC_CPU_MILLI)
-        + (f64::from(node.idle_milli()) / MAX_SPEC_GPU_MILLI) * (f64::from(task.gpu_total_milli()) / MAX_SPEC_GPU_MILLI);
+        + (f64::from(node.idle_milli()) / MAX_SPEC_GPU_MILLI)
+            * (f64::from(task.gpu_total_milli()) / MAX_SPEC_GPU_MILLI);
     (100.0 * (1.0 - dot / 2.0)).trunc()
 }
 
@@ -472,7 +478,8 @@ fn gpu_packing_score(node: &NodeState, task: &TaskShape) -> f64 {
         return (33 - fully_free).max(fully_free) as f64;
     }
     // The GPUs the task would use, least room first.
-    let mut order: Vec<(u16, usize)> = node.gpus().iter().enumerate().map(|(position, free)| (*free, position)).collect();
+    let mut order: Vec<(u16, usize)> =
+        node.gpus().iter().enumerate().map(|(position, free)| (*free, position)).collect();
     order.sort_by_key(|(free, _)| *free);
     let mut needed = task.gpu_count;
     let mut free_used = 0i64;
@@ -517,7 +524,12 @@ mod tests {
         TaskShape { cpu_milli: cpu, memory_mib: 0, gpu_count: count, gpu_milli: milli, models: ModelSet::ANY }
     }
 
-    fn choose(policy: PackingPolicy, mix: ShapeMix, nodes: &[NodeState], shape: &TaskShape) -> Option<(usize, GpuPick)> {
+    fn choose(
+        policy: PackingPolicy,
+        mix: ShapeMix,
+        nodes: &[NodeState],
+        shape: &TaskShape,
+    ) -> Option<(usize, GpuPick)> {
         Packer::new(policy, mix).choose(nodes, &[], shape, &mut SplitMix64::new(1))
     }
 
@@ -539,7 +551,10 @@ mod tests {
         let shape = task(64_000, 4, 1000);
         assert_eq!(dot_product_score(&nodes[0], &shape), 50.0);
         assert_eq!(dot_product_score(&nodes[1], &shape), 75.0);
-        assert_eq!(choose(PackingPolicy::DotProduct, ShapeMix::default(), &nodes, &shape), Some((1, GpuPick::Whole(0b1111))));
+        assert_eq!(
+            choose(PackingPolicy::DotProduct, ShapeMix::default(), &nodes, &shape),
+            Some((1, GpuPick::Whole(0b1111)))
+        );
     }
 
     #[test]
@@ -603,6 +618,18 @@ mod tests {
         first.sort_unstable();
         first.dedup();
         assert!(first.len() > 3, "twenty seeds pick more than three nodes: {first:?}");
+    }
+
+    #[test]
+    fn expected_gpu_waste_follows_the_recurrence_by_hand() {
+        // Only 400 milli shares: 1000 free takes two (200 left, wasted), 500 takes
+        // one (100 wasted), 300 takes none (all wasted), 800 takes two (0).
+        let waste = expected_gpu_waste(&ShapeMix::from_weights([(task(1000, 1, 400), 1.0)]));
+        assert_eq!((waste[1000], waste[500], waste[300], waste[800]), (200.0, 100.0, 300.0, 0.0));
+        // Half 400, half 1000: a free GPU goes whole half the time (0 wasted) or
+        // gets 400 shares (200 wasted): 100 on average.
+        let mix = ShapeMix::from_weights([(task(1000, 1, 400), 1.0), (task(1000, 1, 1000), 1.0)]);
+        assert_eq!(expected_gpu_waste(&mix)[1000], 100.0);
     }
 
     #[test]

@@ -54,12 +54,19 @@ fn sim_rejects_bad_input_with_file_and_line() {
     let nodes = dir.join("nodes.csv");
     std::fs::write(&nodes, "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\n").expect("write");
     let tasks = dir.join("tasks.csv");
-    std::fs::write(&tasks, "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1000,10,1,500\np1,1000,10,1,lots\n").expect("write");
+    std::fs::write(&tasks, "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1000,10,1,500\np1,1000,10,1,lots\n")
+        .expect("write");
     let output = allotctl().args(["sim", "--nodes"]).arg(&nodes).arg("--tasks").arg(&tasks).output().expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("tasks.csv:3: column gpu_milli: \"lots\""), "{stderr}");
-    let output = allotctl().args(["sim", "--seeds", "9..1", "--nodes"]).arg(&nodes).arg("--tasks").arg(&tasks).output().expect("runs");
+    let output = allotctl()
+        .args(["sim", "--seeds", "9..1", "--nodes"])
+        .arg(&nodes)
+        .arg("--tasks")
+        .arg(&tasks)
+        .output()
+        .expect("runs");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--seeds"));
 }

@@ -23,7 +23,8 @@ pub fn run_batch(
         .iter()
         .flat_map(|policy| seeds.iter().map(move |seed| RunConfig { inflation, ..RunConfig::new(*policy, *seed) }))
         .collect();
-    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    let threads =
+        if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<RunResult>>> = Mutex::new(vec![None; jobs.len()]);
     std::thread::scope(|scope| {

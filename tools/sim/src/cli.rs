@@ -33,9 +33,12 @@ pub struct SimOptions {
 /// Parses `42..51` (both ends included), `42`, or `42,45,47`.
 pub fn parse_seeds(text: &str) -> Result<Vec<u64>, SimError> {
     let usage = |why: &str| {
-        SimError::Usage(format!("--seeds {text:?}: {why}; write a range like 42..51 (both ends included), one seed, or a list like 42,43"))
+        SimError::Usage(format!(
+            "--seeds {text:?}: {why}; write a range like 42..51 (both ends included), one seed, or a list like 42,43"
+        ))
     };
-    let number = |word: &str| word.trim().parse::<u64>().map_err(|_| usage(&format!("{:?} is not a whole number", word.trim())));
+    let number =
+        |word: &str| word.trim().parse::<u64>().map_err(|_| usage(&format!("{:?} is not a whole number", word.trim())));
     let seeds: Vec<u64> = if let Some((first, last)) = text.split_once("..") {
         let (first, last) = (number(first)?, number(last.trim_start_matches('='))?);
         if last < first {
@@ -75,7 +78,10 @@ pub fn parse_policies(text: &str) -> Result<Vec<PackingPolicy>, SimError> {
 /// Runs the simulation; returns the summary and the table for people.
 pub fn run(options: &SimOptions) -> Result<(Summary, String), SimError> {
     if !(options.inflation.is_finite() && options.inflation > 0.0 && options.inflation <= 10.0) {
-        return Err(SimError::Usage(format!("--inflation {}: expected a factor above 0 and at most 10, like 1.3", options.inflation)));
+        return Err(SimError::Usage(format!(
+            "--inflation {}: expected a factor above 0 and at most 10, like 1.3",
+            options.inflation
+        )));
     }
     let start = Instant::now();
     let cluster = read_cluster(&options.nodes)?;
@@ -87,7 +93,8 @@ pub fn run(options: &SimOptions) -> Result<(Summary, String), SimError> {
         if let Some(out) = &options.out {
             std::fs::create_dir_all(out).map_err(|source| SimError::Write { path: out.clone(), source })?;
             let path = out.join("tasks.csv");
-            std::fs::write(&path, to_alibaba_csv(&tasks, &cluster)).map_err(|source| SimError::Write { path, source })?;
+            std::fs::write(&path, to_alibaba_csv(&tasks, &cluster))
+                .map_err(|source| SimError::Write { path, source })?;
         }
     }
     let results = run_batch(&cluster, &tasks, &options.policies, &options.seeds, options.inflation, options.threads);

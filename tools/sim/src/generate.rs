@@ -81,8 +81,10 @@ const CATEGORIES: [Category; 4] = [Category::Cpu, Category::Share, Category::Who
 /// A list like `base` with one ratio changed; the same base, target and seed give
 /// the same list.
 pub fn resample(base: &TaskList, cluster: &Cluster, target: MixTarget, seed: u64) -> Result<TaskList, SimError> {
-    let pools: Vec<Vec<&Task>> =
-        CATEGORIES.iter().map(|wanted| base.tasks.iter().filter(|task| category(&task.shape) == *wanted).collect()).collect();
+    let pools: Vec<Vec<&Task>> = CATEGORIES
+        .iter()
+        .map(|wanted| base.tasks.iter().filter(|task| category(&task.shape) == *wanted).collect())
+        .collect();
     let count = |index: usize| pools[index].len() as f64;
     let demand = |index: usize| pools[index].iter().map(|task| f64::from(task.shape.gpu_total_milli())).sum::<f64>();
     let mean = |index: usize| if count(index) > 0.0 { demand(index) / count(index) } else { 0.0 };
@@ -93,11 +95,11 @@ pub fn resample(base: &TaskList, cluster: &Cluster, target: MixTarget, seed: u64
     let mut cpu_fraction = count(0) / total.max(1.0);
     let mut rescale = |fixed: usize, percent: f64| {
         let rest: f64 = (0..3).filter(|index| *index != fixed).map(|index| demand_share[index]).sum();
-        for index in 0..3 {
-            demand_share[index] = if index == fixed {
+        for (index, share) in demand_share.iter_mut().enumerate() {
+            *share = if index == fixed {
                 percent / 100.0
             } else if rest > 0.0 {
-                demand_share[index] / rest * (1.0 - percent / 100.0)
+                *share / rest * (1.0 - percent / 100.0)
             } else {
                 0.0
             };
@@ -125,7 +127,9 @@ pub fn resample(base: &TaskList, cluster: &Cluster, target: MixTarget, seed: u64
     let mut rng = SplitMix64::new(seed);
     let mut draw = |n: usize| rng.below(n as u64) as usize;
     let model_weights: Vec<u64> = (0..cluster.models.len())
-        .map(|model| cluster.nodes.iter().filter(|node| usize::from(node.model) == model).map(|node| u64::from(node.gpus)).sum())
+        .map(|model| {
+            cluster.nodes.iter().filter(|node| usize::from(node.model) == model).map(|node| u64::from(node.gpus)).sum()
+        })
         .collect();
     let model_total: u64 = model_weights.iter().sum();
     let mut tasks = Vec::with_capacity(base.tasks.len());
@@ -201,8 +205,11 @@ mod tests {
     use crate::trace::{parse_cluster, parse_tasks};
 
     fn base() -> (Cluster, TaskList) {
-        let cluster = parse_cluster(Path::new("n.csv"), "sn,cpu_milli,memory_mib,gpu,model\na,64000,100000,8,V100\nb,64000,100000,2,T4\n")
-            .expect("nodes");
+        let cluster = parse_cluster(
+            Path::new("n.csv"),
+            "sn,cpu_milli,memory_mib,gpu,model\na,64000,100000,8,V100\nb,64000,100000,2,T4\n",
+        )
+        .expect("nodes");
         let mut text = String::from("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n");
         for index in 0..200 {
             let row = match index % 4 {
@@ -219,7 +226,11 @@ mod tests {
 
     fn share_of_demand(list: &TaskList, wanted: Category) -> f64 {
         let demand = |filter: &dyn Fn(&Task) -> bool| {
-            list.tasks.iter().filter(|task| filter(task)).map(|task| f64::from(task.shape.gpu_total_milli())).sum::<f64>()
+            list.tasks
+                .iter()
+                .filter(|task| filter(task))
+                .map(|task| f64::from(task.shape.gpu_total_milli()))
+                .sum::<f64>()
         };
         demand(&|task| category(&task.shape) == wanted) / demand(&|_| true)
     }
@@ -234,13 +245,17 @@ mod tests {
         assert_eq!(list, resample(&base, &cluster, MixTarget::GpuShare(40.0), 7).expect("again"));
         assert_ne!(list, resample(&base, &cluster, MixTarget::GpuShare(40.0), 8).expect("other seed"));
         let cpu = resample(&base, &cluster, MixTarget::Cpu(50.0), 7).expect("cpu");
-        let cpu_only = cpu.tasks.iter().filter(|task| task.shape.gpu_count == 0).count() as f64 / cpu.tasks.len() as f64;
+        let cpu_only =
+            cpu.tasks.iter().filter(|task| task.shape.gpu_count == 0).count() as f64 / cpu.tasks.len() as f64;
         assert!((cpu_only - 0.5).abs() < 0.1, "{cpu_only:.2} CPU-only");
         let spec = resample(&base, &cluster, MixTarget::GpuSpec(100.0), 7).expect("spec");
         assert!(spec.tasks.iter().filter(|task| task.shape.gpu_count > 0).all(|task| !task.shape.models.is_any()));
         let csv = to_alibaba_csv(&spec, &cluster);
         let again = parse_tasks(Path::new("g.csv"), &csv, &cluster).expect("the generated CSV reads back");
-        assert_eq!(again.tasks.iter().map(|task| task.shape).collect::<Vec<_>>(), spec.tasks.iter().map(|task| task.shape).collect::<Vec<_>>());
+        assert_eq!(
+            again.tasks.iter().map(|task| task.shape).collect::<Vec<_>>(),
+            spec.tasks.iter().map(|task| task.shape).collect::<Vec<_>>()
+        );
         assert!(MixTarget::parse("gpushare=101").is_err() && MixTarget::parse("colour=3").is_err());
     }
 }

@@ -240,7 +240,14 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
                 let before_idle = state.nodes[holding.node].idle_milli();
                 state.give_back(holding.node, &shape, holding.pick);
                 allocated_milli -= f64::from(shape.gpu_total_milli());
-                update_node(holding.node, &state, &mut node_fragment, &mut fragment_total, &mut idle_total, before_idle);
+                update_node(
+                    holding.node,
+                    &state,
+                    &mut node_fragment,
+                    &mut fragment_total,
+                    &mut idle_total,
+                    before_idle,
+                );
             }
             continue;
         }
@@ -270,7 +277,8 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
         if unallocated_at_100.is_none() && arrived_pct >= 100.0 {
             // Interpolate the allocation at exactly 100% arrived.
             let before_pct = arrived_before / capacity * 100.0;
-            let fraction = if arrived_pct > before_pct { (100.0 - before_pct) / (arrived_pct - before_pct) } else { 1.0 };
+            let fraction =
+                if arrived_pct > before_pct { (100.0 - before_pct) / (arrived_pct - before_pct) } else { 1.0 };
             let allocated = allocated_before + (allocated_milli - allocated_before) * fraction;
             unallocated_at_100 = Some(100.0 - allocated / capacity * 100.0);
         }

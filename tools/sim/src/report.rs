@@ -28,7 +28,7 @@ impl Spread {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
         let middle = sorted.len() / 2;
-        let median = if sorted.len() % 2 == 0 { (sorted[middle - 1] + sorted[middle]) / 2.0 } else { sorted[middle] };
+        let median = if sorted.len().is_multiple_of(2) { (sorted[middle - 1] + sorted[middle]) / 2.0 } else { sorted[middle] };
         Some(Spread { median, min: sorted[0], max: sorted[sorted.len() - 1] })
     }
 }
@@ -78,6 +78,8 @@ pub struct PolicyCurve {
 }
 
 /// Summarises results (as [`crate::batch::run_batch`] returns them).
+// The arguments are the summary's own header fields, passed through as they are.
+#[allow(clippy::too_many_arguments)]
 pub fn summarize(
     results: &[RunResult],
     policies: &[PackingPolicy],
@@ -107,7 +109,11 @@ pub fn summarize(
         })
         .collect();
     let median_of = |name: &str| {
-        summaries.iter().find(|summary| summary.policy == name).and_then(|summary| summary.unallocated).map(|s| s.median)
+        summaries
+            .iter()
+            .find(|summary| summary.policy == name)
+            .and_then(|summary| summary.unallocated)
+            .map(|s| s.median)
     };
     let allot_vs_fgd_reduction_pct = match (median_of("allot"), median_of("fgd")) {
         (Some(allot), Some(fgd)) if fgd > 0.0 => Some((fgd - allot) / fgd * 100.0),
@@ -135,7 +141,8 @@ pub fn curves(results: &[RunResult], policies: &[PackingPolicy]) -> Vec<PolicyCu
             let points = (0..marks)
                 .filter_map(|mark| {
                     let at: Vec<&CurvePoint> = runs.iter().map(|run| &run.points[mark]).collect();
-                    let spread = |value: fn(&CurvePoint) -> f64| Spread::of(&at.iter().map(|p| value(p)).collect::<Vec<_>>());
+                    let spread =
+                        |value: fn(&CurvePoint) -> f64| Spread::of(&at.iter().map(|p| value(p)).collect::<Vec<_>>());
                     Some(CurveSpread {
                         arrived_pct: spread(|p| p.arrived_pct)?.median,
                         allocated_pct: spread(|p| p.allocated_pct)?,
@@ -196,16 +203,34 @@ pub fn plot_svg(curves: &[PolicyCurve], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#, left + plot_width / 2.0, escape(title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
+        left + plot_width / 2.0,
+        escape(title)
+    );
     for tick in (0..=max_x as u32).step_by(10) {
         let position = x(f64::from(tick));
-        let _ = writeln!(svg, r##"<line x1="{position:.1}" y1="{top}" x2="{position:.1}" y2="{:.1}" stroke="#eee"/>"##, top + plot_height);
-        let _ = writeln!(svg, r#"<text x="{position:.1}" y="{:.1}" text-anchor="middle">{tick}</text>"#, top + plot_height + 16.0);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{position:.1}" y1="{top}" x2="{position:.1}" y2="{:.1}" stroke="#eee"/>"##,
+            top + plot_height
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{position:.1}" y="{:.1}" text-anchor="middle">{tick}</text>"#,
+            top + plot_height + 16.0
+        );
     }
     for tick in (0..=100u32).step_by(10) {
         let position = y(f64::from(tick));
-        let _ = writeln!(svg, r##"<line x1="{left}" y1="{position:.1}" x2="{:.1}" y2="{position:.1}" stroke="#eee"/>"##, left + plot_width);
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"#, left - 6.0, position + 4.0);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{position:.1}" x2="{:.1}" y2="{position:.1}" stroke="#eee"/>"##,
+            left + plot_width
+        );
+        let _ =
+            writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"#, left - 6.0, position + 4.0);
     }
     let _ = writeln!(
         svg,
@@ -235,9 +260,15 @@ pub fn plot_svg(curves: &[PolicyCurve], title: &str) -> String {
         let path: Vec<String> = curve
             .points
             .iter()
-            .map(|point| format!("{:.1},{:.1}", x(point.arrived_pct), y(point.allocated_pct.median.clamp(min_y, max_y))))
+            .map(|point| {
+                format!("{:.1},{:.1}", x(point.arrived_pct), y(point.allocated_pct.median.clamp(min_y, max_y)))
+            })
             .collect();
-        let _ = writeln!(svg, r#"<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{}"/>"#, path.join(" "));
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{}"/>"#,
+            path.join(" ")
+        );
         let legend_y = top + 14.0 + index as f64 * 20.0;
         let legend_x = left + plot_width + 14.0;
         let _ = writeln!(
@@ -245,7 +276,13 @@ pub fn plot_svg(curves: &[PolicyCurve], title: &str) -> String {
             r#"<line x1="{legend_x:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{colour}" stroke-width="3"/>"#,
             legend_x + 22.0
         );
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, legend_x + 28.0, legend_y + 4.0, escape(curve.policy));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            legend_x + 28.0,
+            legend_y + 4.0,
+            escape(curve.policy)
+        );
     }
     svg.push_str("</svg>\n");
     svg
@@ -260,7 +297,8 @@ pub fn table(summary: &Summary) -> String {
         seeds_words(&summary.seeds),
         summary.wall_seconds
     );
-    let _ = writeln!(text, "{:<14} {:>22} {:>16} {:>16}", "policy", "unallocated % at 100%", "min..max", "dropped tasks");
+    let _ =
+        writeln!(text, "{:<14} {:>22} {:>16} {:>16}", "policy", "unallocated % at 100%", "min..max", "dropped tasks");
     for policy in &summary.policies {
         let unallocated = policy.unallocated.map(|s| format!("{:.2}", s.median)).unwrap_or_else(|| "n/a".into());
         let range = policy.unallocated.map(|s| format!("{:.2}..{:.2}", s.min, s.max)).unwrap_or_else(|| "n/a".into());
@@ -288,13 +326,19 @@ fn write_file(path: &Path, contents: &str) -> Result<(), SimError> {
 
 /// Writes curve.json, curve.csv, summary.json and plot.svg into `dir` (created if
 /// missing).
-pub fn write_outputs(dir: &Path, results: &[RunResult], summary: &Summary, curves: &[PolicyCurve]) -> Result<(), SimError> {
+pub fn write_outputs(
+    dir: &Path,
+    results: &[RunResult],
+    summary: &Summary,
+    curves: &[PolicyCurve],
+) -> Result<(), SimError> {
     std::fs::create_dir_all(dir).map_err(|source| SimError::Write { path: dir.to_owned(), source })?;
     let json = |value: &dyn erased::Json| value.to_json();
     write_file(&dir.join("curve.json"), &json(&curves.to_vec()))?;
     write_file(&dir.join("curve.csv"), &curve_csv(results))?;
     write_file(&dir.join("summary.json"), &json(summary))?;
-    let title = format!("GPU allocated vs arrived, {} (median of {} seeds)", file_name(&summary.tasks), summary.seeds.len());
+    let title =
+        format!("GPU allocated vs arrived, {} (median of {} seeds)", file_name(&summary.tasks), summary.seeds.len());
     write_file(&dir.join("plot.svg"), &plot_svg(curves, &title))?;
     Ok(())
 }

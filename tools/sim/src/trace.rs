@@ -151,9 +151,17 @@ impl Table {
         self.columns.get(column).and_then(|position| row.get(*position)).map(String::as_str)
     }
 
-    fn number<T: std::str::FromStr>(&self, line: usize, row: &[String], column: &str, what: &str) -> Result<T, SimError> {
+    fn number<T: std::str::FromStr>(
+        &self,
+        line: usize,
+        row: &[String],
+        column: &str,
+        what: &str,
+    ) -> Result<T, SimError> {
         let value = self.field(row, column).unwrap_or_default();
-        value.parse::<T>().map_err(|_| SimError::at(&self.path, line, format!("column {column}: {value:?} is not {what}")))
+        value
+            .parse::<T>()
+            .map_err(|_| SimError::at(&self.path, line, format!("column {column}: {value:?} is not {what}")))
     }
 
     fn optional_seconds(&self, line: usize, row: &[String], column: &str) -> Result<Option<f64>, SimError> {
@@ -295,7 +303,8 @@ pub fn parse_tasks(path: &Path, text: &str, cluster: &Cluster) -> Result<TaskLis
         } else {
             ("default".to_owned(), None, None)
         };
-        let shape = TaskShape { cpu_milli, memory_mib, gpu_count: gpu_count as u8, gpu_milli: gpu_milli as u16, models };
+        let shape =
+            TaskShape { cpu_milli, memory_mib, gpu_count: gpu_count as u8, gpu_milli: gpu_milli as u16, models };
         tasks.push(Task { name, team, arrival_s, departure_s, shape });
     }
     if tasks.is_empty() {
@@ -308,7 +317,8 @@ pub fn parse_tasks(path: &Path, text: &str, cluster: &Cluster) -> Result<TaskLis
 mod tests {
     use super::*;
 
-    const NODES: &str = "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\nn1,96000,393216,8,G2\ncpu,32000,1000,0,\n";
+    const NODES: &str =
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\nn1,96000,393216,8,G2\ncpu,32000,1000,0,\n";
 
     fn cluster() -> Cluster {
         parse_cluster(Path::new("nodes.csv"), NODES).expect("valid nodes")
@@ -337,7 +347,10 @@ mod tests {
         assert_eq!(list.tasks.len(), 4);
         let picky = list.tasks[1].shape;
         assert!(picky.is_share() && picky.models.allows(1) && !picky.models.allows(0));
-        assert!(!list.tasks[3].shape.models.allows(0) && !list.tasks[3].shape.models.allows(1), "T4 is not in the cluster");
+        assert!(
+            !list.tasks[3].shape.models.allows(0) && !list.tasks[3].shape.models.allows(1),
+            "T4 is not in the cluster"
+        );
         assert!(list.tasks[0].departure_s.is_none(), "Alibaba times are not replayed");
     }
 
@@ -363,7 +376,10 @@ mod tests {
             (format!("{header}p0,1000,10,2,500\n"), "tasks.csv:2: columns num_gpu and gpu_milli"),
             (format!("{header}p0,1000,10,1,0\n"), "tasks.csv:2: column gpu_milli: 0"),
             (format!("{header}p0,1000,10,0,10\n"), "tasks.csv:2: column gpu_milli: 10 with num_gpu 0"),
-            ("name,cpu_milli,memory_mib,num_gpu,gpu_milli,colour\n".to_owned(), "tasks.csv:1: unknown column \"colour\""),
+            (
+                "name,cpu_milli,memory_mib,num_gpu,gpu_milli,colour\n".to_owned(),
+                "tasks.csv:1: unknown column \"colour\"",
+            ),
             ("name,cpu_milli,memory_mib,num_gpu\n".to_owned(), "tasks.csv:1: missing column \"gpu_milli\""),
             (header.to_owned(), "tasks.csv:2: no tasks"),
             (String::new(), "tasks.csv:1: the file is empty"),

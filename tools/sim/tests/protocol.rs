@@ -18,7 +18,8 @@ fn trace_dir() -> PathBuf {
 /// enough for a debug build.
 fn slice(nodes: usize, tasks: usize) -> (Cluster, TaskList, String, String) {
     let dir = trace_dir();
-    let node_text = std::fs::read_to_string(dir.join("openb_node_list_gpu_node.csv")).expect("the trace is in ../shared");
+    let node_text =
+        std::fs::read_to_string(dir.join("openb_node_list_gpu_node.csv")).expect("the trace is in ../shared");
     let node_text: String = node_text.lines().take(nodes + 1).map(|line| format!("{line}\n")).collect();
     let task_text = std::fs::read_to_string(dir.join("openb_pod_list_default.csv")).expect("the trace is in ../shared");
     let task_text: String = task_text.lines().take(tasks + 1).map(|line| format!("{line}\n")).collect();
@@ -68,7 +69,8 @@ fn every_policy_allocates_at_most_what_arrived_and_drops_what_does_not_fit() {
 
 #[test]
 fn departures_free_capacity_in_the_native_format() {
-    let cluster = parse_cluster(Path::new("n.csv"), "sn,cpu_milli,memory_mib,gpu,model\nn0,8000,8000,1,T4\n").expect("node");
+    let cluster =
+        parse_cluster(Path::new("n.csv"), "sn,cpu_milli,memory_mib,gpu,model\nn0,8000,8000,1,T4\n").expect("node");
     let text = "name,team,arrival_s,departure_s,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n\
         a,vision,0,10,1000,1000,1,1000,\n\
         b,vision,5,,1000,1000,1,1000,\n\
@@ -121,13 +123,15 @@ fn the_command_writes_all_four_files_and_a_summary_per_policy() {
 }
 
 fn arbitrary_node() -> impl Strategy<Value = NodeState> {
-    (1u8..=8, 0u32..64_000, 0u64..100_000, prop::collection::vec(0u16..=1000, 8)).prop_map(|(gpus, cpu, memory, free)| {
-        let mut node = NodeState::idle(gpus, 0, cpu, memory);
-        for (slot, value) in node.gpu_free.iter_mut().zip(free).take(usize::from(gpus)) {
-            *slot = value;
-        }
-        node
-    })
+    (1u8..=8, 0u32..64_000, 0u64..100_000, prop::collection::vec(0u16..=1000, 8)).prop_map(
+        |(gpus, cpu, memory, free)| {
+            let mut node = NodeState::idle(gpus, 0, cpu, memory);
+            for (slot, value) in node.gpu_free.iter_mut().zip(free).take(usize::from(gpus)) {
+                *slot = value;
+            }
+            node
+        },
+    )
 }
 
 fn arbitrary_task() -> impl Strategy<Value = TaskShape> {
