@@ -39,6 +39,21 @@ pub struct ServeArgs {
     /// Once serving, write the bound addresses here as JSON (`{"grpc": ..., "http": ...}`).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// How long a borrowed allocation that is reclaimed for a team below its
+    /// guarantee keeps running before it is preempted.
+    #[arg(long, default_value = "30s")]
+    pub reclaim_grace: String,
+    /// Half-life of past usage in fair share (`24h`); `off` orders by current usage only.
+    #[arg(long, default_value = "24h")]
+    pub usage_half_life: String,
+    /// On first start (no token in the store yet) create an admin token and write it
+    /// here, readable only by its owner. Default with the embedded store:
+    /// `$HOME/.config/allot/admin.token`, where allotctl looks for it.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Also write a token for node daemons here on first start (role `node`).
+    #[arg(long, value_name = "FILE")]
+    pub node_token_file: Option<PathBuf>,
 }
 
 /// Where state is kept.
@@ -57,6 +72,10 @@ pub struct ServeConfig {
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub ready_file: Option<PathBuf>,
+    pub policy: crate::sharing::PolicySettings,
+    /// Where to write the first admin token (None: create none).
+    pub admin_token_file: Option<PathBuf>,
+    pub node_token_file: Option<PathBuf>,
 }
 
 /// A configuration value that is wrong, with the flag and the fix.
@@ -124,7 +143,23 @@ impl ServeArgs {
                 format!("must be shorter than --node-timeout ({}), or every node would be lost", self.node_timeout),
             ));
         }
+        let grace = parse_duration(&self.reclaim_grace)
+            .map_err(|problem| error("reclaim-grace", &self.reclaim_grace, problem))?;
+        let half_life = if self.usage_half_life == "off" {
+            Duration::ZERO
+        } else {
+            parse_duration(&self.usage_half_life)
+                .map_err(|problem| error("usage-half-life", &self.usage_half_life, format!("{problem} (or off)")))?
+        };
+        let admin_token_file = match (&self.admin_token_file, &store) {
+            (Some(path), _) => Some(path.clone()),
+            (None, StoreSpec::Embedded(_)) => allot_api::bearer::default_admin_token_file(),
+            (None, StoreSpec::Etcd(_)) => None,
+        };
         Ok(ServeConfig {
+            policy: crate::sharing::PolicySettings { grace, half_life },
+            admin_token_file,
+            node_token_file: self.node_token_file.clone(),
             store,
             listen: address("listen", &self.listen)?,
             http: address("http", &self.http)?,

@@ -13,16 +13,16 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use allot_api::allocation::{
-    Allocation, AllocationId, AllocationState, GpuDemand, NodeName, TeamName, ValidatedRequest,
-};
+use allot_api::allocation::{Allocation, AllocationId, AllocationState, GpuDemand, NodeName, ValidatedRequest};
 use allot_api::topology::NodeInventory;
 use allot_placement::{NodeStatus, RefusalReason};
 use allot_store::{Compare, Op, Store, Txn, layout};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::BrokerError;
+use crate::sharing::{self, PolicySettings};
 use crate::state::{ClusterState, NodeEntry, NodeRecord, TeamRecord};
+use crate::teams::{self, TeamCommand};
 
 /// The most commands one writer batch takes.
 pub const MAX_BATCH: usize = 512;
@@ -44,16 +44,21 @@ pub fn now_ms() -> u64 {
 pub enum Command {
     CreateAllocation {
         request: Box<ValidatedRequest>,
+        /// Refuse instead of queueing when it cannot be granted now.
+        no_wait: bool,
         reply: oneshot::Sender<Result<(Allocation, String), BrokerError>>,
     },
     Release {
         id: AllocationId,
         reply: oneshot::Sender<Result<Allocation, BrokerError>>,
     },
-    CreateTeam {
-        name: TeamName,
-        reply: oneshot::Sender<Result<(), BrokerError>>,
-    },
+    /// Teams, quotas, GPU values and grants (see `teams.rs`).
+    Team(TeamCommand),
+    /// Preempt what is due, age the usage history.
+    Tick,
+    /// Something placement looks at changed outside the writer (a GPU's health or
+    /// throttling, from a heartbeat): try the queue again.
+    Schedule,
     RegisterNode {
         name: NodeName,
         inventory: Box<NodeInventory>,
@@ -92,6 +97,7 @@ pub struct Core {
     pub assignments: broadcast::Sender<Allocation>,
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
+    pub policy: PolicySettings,
     pub metrics: crate::http::Metrics,
     /// Signalled when a write finds that another broker leads now.
     pub fenced: tokio::sync::Notify,
@@ -104,6 +110,7 @@ impl Core {
         leadership: Leadership,
         node_timeout: Duration,
         heartbeat_interval: Duration,
+        policy: PolicySettings,
     ) -> Result<Arc<Core>, BrokerError> {
         let state = load(store.as_ref()).await?;
         let (commands, receiver) = mpsc::channel(4096);
@@ -114,6 +121,7 @@ impl Core {
             assignments,
             node_timeout,
             heartbeat_interval,
+            policy,
             metrics: crate::http::Metrics::default(),
             fenced: tokio::sync::Notify::new(),
         });
@@ -144,7 +152,7 @@ impl Core {
     }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
     serde_json::to_vec(value).map_err(|error| BrokerError::Internal(format!("cannot encode a record: {error}")))
 }
 
@@ -193,7 +201,29 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     }
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
         let record: TeamRecord = decode(&kv.key, &kv.value)?;
-        state.teams.insert(record.name);
+        state.teams.insert(record.name.clone(), record);
+    }
+    let gpu_values: std::collections::BTreeMap<String, u32> =
+        match store.get(&layout::setting("gpu-values")).await.map_err(unavailable)? {
+            Some(kv) => decode(&kv.key, &kv.value)?,
+            None => Default::default(),
+        };
+    if let Some(kv) = store.get(&layout::setting("usage-history")).await.map_err(unavailable)? {
+        state.history = decode(&kv.key, &kv.value)?;
+        state.history_saved_ms = state.history.as_of_ms;
+    }
+    for kv in store.range(layout::prefix_rbac()).await.map_err(unavailable)?.kvs {
+        let line: Vec<String> = decode(&kv.key, &kv.value)?;
+        if let Some(grant) = teams::grant_from_line(&line) {
+            state.grants.insert(grant);
+        }
+        state.permissions_stored |= line.first().is_some_and(|kind| kind == "p");
+    }
+    for kv in store.range(layout::prefix_tokens()).await.map_err(unavailable)?.kvs {
+        let record: teams::TokenRecord = decode(&kv.key, &kv.value)?;
+        if let Some(allot_store::layout::LayoutKey::Token(hash)) = layout::parse(&kv.key) {
+            state.tokens.insert(hash, record);
+        }
     }
     let allocations = store.range(layout::prefix_allocations()).await.map_err(unavailable)?.kvs;
     for allocation in decode_all::<Allocation>(&allocations)? {
@@ -209,6 +239,15 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.next_id = state.next_id.max(last.as_u64() + 1);
     }
     state.recompute_all_usage();
+    // Every record was checked before it was written; a tree that does not check
+    // now (a GPU family no node has any more, say) is still the admins' intent.
+    if let Err(problems) = state.rebuild_tree(gpu_values.clone()) {
+        tracing::warn!(?problems, "the stored quota tree no longer checks; using it as stored");
+        let specs = state.teams.values().map(TeamRecord::spec).collect();
+        let families = teams::named_families(&state);
+        state.tree = allot_policy::QuotaTree::new(specs, gpu_values, &families).unwrap_or_default();
+    }
+    state.round_wanted = !state.queue.is_empty();
     // A node whose allocations were lost when the broker stopped is still lost
     // until it heartbeats: then they are bound again and it is told.
     let lost_nodes: Vec<NodeName> = state
@@ -226,20 +265,44 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
 }
 
 /// What one applied command must do once the batch is persisted.
-enum Pending {
-    Allocation(oneshot::Sender<Result<(Allocation, String), BrokerError>>, Allocation, String),
+pub(crate) enum Pending {
+    /// Answered with the allocation as it stands when the batch is stored (a
+    /// queued request may have been admitted by the batch's scheduling round).
+    Allocation(oneshot::Sender<Result<(Allocation, String), BrokerError>>, AllocationId, String),
     Released(oneshot::Sender<Result<Allocation, BrokerError>>, Allocation),
-    Team(oneshot::Sender<Result<(), BrokerError>>),
+    /// An answer that needs nothing from the state after the write.
+    Done(Box<dyn Deliver>),
     Registered(oneshot::Sender<Result<u64, BrokerError>>, u64, Vec<Allocation>),
     Changed(Vec<Allocation>),
 }
 
+/// An answer to send once the batch is stored (or an error if it is not).
+pub(crate) trait Deliver: Send {
+    fn deliver(self: Box<Self>);
+    fn fail(self: Box<Self>, error: BrokerError);
+}
+
+/// A reply with its value, ready to send.
+pub(crate) struct Answer<T> {
+    pub reply: oneshot::Sender<Result<T, BrokerError>>,
+    pub value: T,
+}
+
+impl<T: Send> Deliver for Answer<T> {
+    fn deliver(self: Box<Self>) {
+        let _ = self.reply.send(Ok(self.value));
+    }
+    fn fail(self: Box<Self>, error: BrokerError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
 /// Applies one command to the state. Returns the store writes it needs and what
 /// to do after they are persisted; errors are answered at once (no write).
-fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Option<Pending> {
+fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, policy: PolicySettings) -> Option<Pending> {
     let now = now_ms();
     match command {
-        Command::CreateAllocation { request, reply } => match place(state, *request, now) {
+        Command::CreateAllocation { request, no_wait, reply } => match admit_request(state, *request, no_wait, now) {
             Ok((allocation, explanation)) => {
                 match encode(&allocation) {
                     Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
@@ -264,8 +327,12 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
                 {
                     entry.usage.add(binding);
                 }
-                state.put_allocation(allocation.clone());
-                Some(Pending::Allocation(reply, allocation, explanation))
+                if allocation.state == AllocationState::Pending {
+                    state.round_wanted = true;
+                }
+                let id = allocation.id;
+                state.put_allocation(allocation);
+                Some(Pending::Allocation(reply, id, explanation))
             }
             Err(error) => {
                 let _ = reply.send(Err(error));
@@ -301,23 +368,18 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
                 let node = binding.node.clone();
                 state.recompute_usage(&node);
             }
+            state.round_wanted = !state.queue.is_empty() || state.reclaiming().next().is_some();
             Some(Pending::Released(reply, released))
         }
-        Command::CreateTeam { name, reply } => {
-            if state.teams.contains(&name) {
-                let _ = reply.send(Err(BrokerError::AlreadyExists { what: format!("team {name}") }));
-                return None;
-            }
-            let record = TeamRecord { name: name.clone(), created_at_ms: now };
-            match encode(&record) {
-                Ok(bytes) => writes.push(Op::put(layout::team(name.as_str()), bytes)),
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                    return None;
-                }
-            }
-            state.teams.insert(name);
-            Some(Pending::Team(reply))
+        Command::Team(command) => teams::apply(state, command, writes, now),
+        Command::Schedule => {
+            state.round_wanted |= !state.queue.is_empty();
+            None
+        }
+        Command::Tick => {
+            let (changed, round) = sharing::tick(state, writes, now, policy);
+            state.round_wanted |= round;
+            (!changed.is_empty()).then_some(Pending::Changed(changed))
         }
         Command::RegisterNode { name, inventory, reply } => {
             if let Err(problem) = bindings_still_fit(state, &name, &inventory) {
@@ -351,6 +413,8 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
                 changed = set_lost_allocations(state, &name, false, now, writes);
             }
             state.recompute_usage(&name);
+            state.recompute_capacity();
+            state.round_wanted = !state.queue.is_empty();
             Some(Pending::Registered(reply, epoch, changed))
         }
         Command::NodeLost { name, last_heartbeat_ms } => {
@@ -362,6 +426,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             entry.status = NodeStatus::Lost;
             tracing::warn!(node = %name, "node lost: no heartbeat within the timeout");
             let changed = set_lost_allocations(state, &name, true, now, writes);
+            state.recompute_capacity();
             Some(Pending::Changed(changed))
         }
         Command::NodeReturned { name } => {
@@ -372,6 +437,8 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>) -> Op
             entry.status = NodeStatus::Ready;
             tracing::info!(node = %name, "node back");
             let changed = set_lost_allocations(state, &name, false, now, writes);
+            state.recompute_capacity();
+            state.round_wanted = !state.queue.is_empty();
             Some(Pending::Changed(changed))
         }
         Command::Applied { id, generation } => {
@@ -448,26 +515,85 @@ fn set_lost_allocations(
     changed
 }
 
-/// Places a request on the current state (pure placement, plus the id and times).
-fn place(state: &mut ClusterState, request: ValidatedRequest, now: u64) -> Result<(Allocation, String), BrokerError> {
-    if !state.teams.contains(&request.team) {
+/// Admits a request now (placed and bound), queues it (pending), or refuses it:
+/// an unknown team, a request no node could ever hold, one larger than a limit
+/// of its team, or (with `no_wait`) one that cannot be granted now.
+fn admit_request(
+    state: &mut ClusterState,
+    request: ValidatedRequest,
+    no_wait: bool,
+    now: u64,
+) -> Result<(Allocation, String), BrokerError> {
+    if !state.teams.contains_key(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
     }
-    let decision = decide(state, &request)?;
+    let charge = sharing::request_charge(&request);
+    let verdict = sharing::ledger(state).verdict(&request.team, &charge);
+    if let allot_policy::Verdict::Never(reason) = &verdict {
+        return Err(BrokerError::QuotaExceeded { reason: reason.clone() });
+    }
+    let queue_is_empty = state.queue.is_empty();
+    let wait_reason = match (&verdict, decide(state, &request)) {
+        (_, Err(error @ BrokerError::Impossible { .. })) => return Err(error),
+        // The queue goes first: a request that fits now still waits its turn
+        // behind others (unless its caller asked not to wait at all).
+        (allot_policy::Verdict::Fits { .. }, Ok(decided)) if queue_is_empty || no_wait => {
+            let model = sharing::decided_model(state, &decided.binding);
+            let mut full = charge.clone();
+            if let Some(model) = &model {
+                let gpu = full.get(&allot_policy::ResourceClass::GpuAny);
+                full.0.insert(allot_policy::ResourceClass::gpu_family(&allot_policy::gpu_family(model)), gpu);
+            }
+            match sharing::ledger(state).verdict(&request.team, &full) {
+                allot_policy::Verdict::Fits { borrowed } => {
+                    let allocation = new_allocation(
+                        state,
+                        request,
+                        AllocationState::Bound,
+                        Some(decided.binding),
+                        &decided.explanation,
+                        borrowed,
+                        now,
+                    );
+                    return Ok((allocation, decided.explanation));
+                }
+                allot_policy::Verdict::Wait(reason) | allot_policy::Verdict::Never(reason) => reason,
+            }
+        }
+        (allot_policy::Verdict::Wait(reason), _) => reason.clone(),
+        (_, Ok(_)) => "waiting for its turn in the queue".to_owned(),
+        (_, Err(error)) => error.to_string().lines().next().unwrap_or("no capacity now").to_owned(),
+    };
+    if no_wait {
+        return Err(BrokerError::NoCapacity { reason: format!("{wait_reason} (and the request asked not to wait)") });
+    }
+    let allocation = new_allocation(state, request, AllocationState::Pending, None, &wait_reason, false, now);
+    state.queue_info.insert(allocation.id, (state.queue.len() + 1, wait_reason.clone()));
+    Ok((allocation, format!("queued: {wait_reason}")))
+}
+
+fn new_allocation(
+    state: &mut ClusterState,
+    request: ValidatedRequest,
+    phase: AllocationState,
+    binding: Option<allot_api::allocation::Binding>,
+    explanation: &str,
+    borrowed: bool,
+    now: u64,
+) -> Allocation {
     let id = AllocationId::from_u64(state.next_id);
     state.next_id += 1;
-    let explanation = decision.explanation;
-    let allocation = Allocation {
+    Allocation {
         id,
         request,
-        state: AllocationState::Bound,
-        binding: Some(decision.binding),
-        explanation: explanation.clone(),
+        state: phase,
+        binding,
+        explanation: explanation.to_owned(),
         created_at_ms: now,
         updated_at_ms: now,
         generation: 1,
-    };
-    Ok((allocation, explanation))
+        quota: allot_api::allocation::QuotaStanding { borrowed, ..Default::default() },
+    }
 }
 
 /// A placement refusal for the caller: the one-line reason first, then each node's verdict.
@@ -488,7 +614,7 @@ pub fn dry_run(
     request: &ValidatedRequest,
 ) -> Result<(allot_api::allocation::Binding, String), BrokerError> {
     let state = core.state();
-    if !state.teams.contains(&request.team) {
+    if !state.teams.contains_key(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
     }
     let decision = decide(&state, request)?;
@@ -496,14 +622,14 @@ pub fn dry_run(
 }
 
 /// A placement decision with its explanation in words.
-struct Decided {
-    binding: allot_api::allocation::Binding,
-    explanation: String,
+pub(crate) struct Decided {
+    pub(crate) binding: allot_api::allocation::Binding,
+    pub(crate) explanation: String,
 }
 
 /// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`)
 /// and says in the explanation which identical idle nodes it did not list.
-fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
+pub(crate) fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
     let (views, twins) = state.distinct_node_views();
     let note = || -> String {
         if twins.is_empty() {
@@ -547,12 +673,18 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             // like a node with hundreds of allocations going lost, is split; it has
             // no caller waiting, and a failure reloads the state.)
             while let Some(command) = queued.pop_front() {
-                if let Some(done) = apply(&mut state, command, &mut writes) {
+                if let Some(done) = apply(&mut state, command, &mut writes, core.policy) {
                     pending.push(done);
                 }
                 let bytes: usize = writes.iter().map(op_bytes).sum();
                 if writes.len() >= OPS_PER_TXN / 2 || bytes >= BYTES_PER_TXN / 2 {
                     break;
+                }
+            }
+            if std::mem::take(&mut state.round_wanted) {
+                let changed = sharing::schedule(&mut state, &mut writes, now_ms(), core.policy);
+                if !changed.is_empty() {
+                    pending.push(Pending::Changed(changed));
                 }
             }
             if state.next_id != next_id_before {
@@ -656,13 +788,15 @@ fn refuse(command: Command, error: BrokerError) {
         Command::Release { reply, .. } => {
             let _ = reply.send(Err(error));
         }
-        Command::CreateTeam { reply, .. } => {
-            let _ = reply.send(Err(error));
-        }
         Command::RegisterNode { reply, .. } => {
             let _ = reply.send(Err(error));
         }
-        Command::NodeLost { .. } | Command::NodeReturned { .. } | Command::Applied { .. } => {}
+        Command::Team(command) => command.refuse(error),
+        Command::NodeLost { .. }
+        | Command::NodeReturned { .. }
+        | Command::Applied { .. }
+        | Command::Tick
+        | Command::Schedule => {}
     }
 }
 
@@ -714,39 +848,53 @@ async fn persist(store: &dyn Store, leadership: &Leadership, writes: Vec<Op>) ->
 }
 
 fn finish(core: &Core, pending: Vec<Pending>) {
+    // Nodes hear of each changed allocation once, as it stands now.
+    let mut notify: std::collections::BTreeSet<AllocationId> = std::collections::BTreeSet::new();
+    let mut replies = Vec::new();
     {
         let mut state = core.state();
-        for done in &pending {
-            if let Pending::Allocation(_, allocation, _) = done {
-                state.unpersisted.remove(&allocation.id);
+        for done in pending {
+            match done {
+                Pending::Allocation(reply, id, explanation) => {
+                    state.unpersisted.remove(&id);
+                    notify.insert(id);
+                    let answer = match state.allocations.get(&id) {
+                        Some(allocation) if allocation.state == AllocationState::Pending => {
+                            (allocation.clone(), explanation)
+                        }
+                        Some(allocation) => (allocation.clone(), allocation.explanation.clone()),
+                        None => continue,
+                    };
+                    replies.push(Box::new(move || {
+                        let _ = reply.send(Ok(answer));
+                    }) as Box<dyn FnOnce() + Send>);
+                }
+                Pending::Released(reply, allocation) => {
+                    notify.insert(allocation.id);
+                    replies.push(Box::new(move || {
+                        let _ = reply.send(Ok(allocation));
+                    }));
+                }
+                Pending::Done(answer) => replies.push(Box::new(move || answer.deliver())),
+                Pending::Registered(reply, epoch, changed) => {
+                    notify.extend(changed.iter().map(|allocation| allocation.id));
+                    replies.push(Box::new(move || {
+                        let _ = reply.send(Ok(epoch));
+                    }));
+                }
+                Pending::Changed(allocations) => notify.extend(allocations.iter().map(|allocation| allocation.id)),
+            }
+        }
+        for id in notify {
+            if let Some(allocation) = state.allocations.get(&id)
+                && allocation.binding.is_some()
+            {
+                let _ = core.assignments.send(allocation.clone());
             }
         }
     }
-    for done in pending {
-        match done {
-            Pending::Allocation(reply, allocation, explanation) => {
-                let _ = core.assignments.send(allocation.clone());
-                let _ = reply.send(Ok((allocation, explanation)));
-            }
-            Pending::Released(reply, allocation) => {
-                let _ = core.assignments.send(allocation.clone());
-                let _ = reply.send(Ok(allocation));
-            }
-            Pending::Team(reply) => {
-                let _ = reply.send(Ok(()));
-            }
-            Pending::Registered(reply, epoch, changed) => {
-                for allocation in changed {
-                    let _ = core.assignments.send(allocation);
-                }
-                let _ = reply.send(Ok(epoch));
-            }
-            Pending::Changed(allocations) => {
-                for allocation in allocations {
-                    let _ = core.assignments.send(allocation);
-                }
-            }
-        }
+    for reply in replies {
+        reply();
     }
 }
 
@@ -763,9 +911,7 @@ fn fail(pending: Vec<Pending>, error: &BrokerError) {
             Pending::Released(reply, _) => {
                 let _ = reply.send(Err(again()));
             }
-            Pending::Team(reply) => {
-                let _ = reply.send(Err(again()));
-            }
+            Pending::Done(answer) => answer.fail(again()),
             Pending::Registered(reply, ..) => {
                 let _ = reply.send(Err(again()));
             }

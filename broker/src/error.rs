@@ -19,6 +19,19 @@ pub enum BrokerError {
     NoCapacity { reason: String },
     #[error("E-STATE: {0}")]
     FailedPrecondition(String),
+    /// Larger than a quota limit on its own (the reason carries E-QUOTA-EXCEEDED
+    /// or E-NOT-A-LEAF and a hint).
+    #[error("{reason}")]
+    QuotaExceeded { reason: String },
+    /// A quota, teams file or grant that contradicts itself or the tree.
+    #[error("E-QUOTA-INVALID: {problems}")]
+    InvalidQuota { problems: String },
+    /// No credentials, or ones the broker does not know.
+    #[error("E-UNAUTHENTICATED: {0}")]
+    Unauthenticated(String),
+    /// Known caller, not allowed.
+    #[error("E-FORBIDDEN: {0}")]
+    PermissionDenied(String),
     #[error("E-STORE: the state store is unavailable: {0}; nothing was changed, try again")]
     StoreUnavailable(String),
     #[error("E-NOT-LEADER: this broker lost its leadership; nothing was changed, retry against the leader")]
@@ -38,6 +51,10 @@ impl From<BrokerError> for tonic::Status {
             BrokerError::AlreadyExists { .. } => tonic::Status::already_exists(message),
             BrokerError::NoCapacity { .. } => tonic::Status::resource_exhausted(message),
             BrokerError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            BrokerError::QuotaExceeded { .. } => tonic::Status::resource_exhausted(message),
+            BrokerError::InvalidQuota { .. } => tonic::Status::invalid_argument(message),
+            BrokerError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            BrokerError::PermissionDenied(_) => tonic::Status::permission_denied(message),
             BrokerError::StoreUnavailable(_) | BrokerError::NotLeader => tonic::Status::unavailable(message),
             BrokerError::Internal(_) => tonic::Status::internal(message),
         }

@@ -5,17 +5,58 @@ use std::sync::Arc;
 
 use allot_api::allocation::{AllocationId, AllocationState, NodeName, TeamName, ValidatedRequest};
 use allot_api::proto;
-use allot_api::topology::{GpuHealth, MigInfo, NodeInventory};
+use allot_api::topology::{MigInfo, NodeInventory};
 use allot_placement::NodeStatus;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Caller};
 use crate::core::{Command, Core, dry_run, now_ms};
 use crate::error::BrokerError;
 
 #[derive(Debug, Clone)]
 pub struct Services {
     pub core: Arc<Core>,
+    pub auth: Arc<Auth>,
+}
+
+impl Services {
+    /// Who calls, checked against the permission `call` needs for `team`.
+    pub fn authorize<T>(&self, request: &Request<T>, call: &str, team: Option<&TeamName>) -> Result<Caller, Status> {
+        let caller = self.caller(request)?;
+        self.auth.check(&caller, call, team)?;
+        Ok(caller)
+    }
+
+    /// The team an allocation belongs to (the state lock is released on return).
+    fn team_of(&self, id: AllocationId) -> Result<TeamName, Status> {
+        let state = self.core.state();
+        match state.allocations.get(&id).filter(|_| !state.unpersisted.contains(&id)) {
+            Some(allocation) => Ok(allocation.request.team.clone()),
+            None => Err(BrokerError::NotFound { what: format!("allocation {id}") }.into()),
+        }
+    }
+
+    /// Who calls (anonymous without a token; an unknown token is refused).
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request.metadata().get("authorization").and_then(|value| value.to_str().ok());
+        Ok(self.auth.identify(header)?)
+    }
+}
+
+/// An allocation for the wire, with its place in the queue when it waits.
+pub fn allocation_to_wire(
+    state: &crate::state::ClusterState,
+    allocation: &allot_api::allocation::Allocation,
+) -> proto::Allocation {
+    let mut wire: proto::Allocation = allocation.into();
+    if let Some((position, reason)) = state.queue_info.get(&allocation.id) {
+        wire.queue_position = *position as u32;
+        wire.waiting_reason = reason.clone();
+    } else if allocation.state == AllocationState::Pending {
+        wire.waiting_reason = allocation.explanation.clone();
+    }
+    wire
 }
 
 fn invalid(field: &str, error: impl ToString) -> Status {
@@ -36,6 +77,7 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
+        self.authorize(&request, "NodeService/Register", None)?;
         let request = request.into_inner();
         let name = node_name(&request.node_name)?;
         let inventory = request.inventory.ok_or_else(|| invalid("inventory", "missing"))?;
@@ -55,6 +97,7 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        self.authorize(&request, "NodeService/Heartbeat", None)?;
         let request = request.into_inner();
         let name = node_name(&request.node_name)?;
         let interval = self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
@@ -73,14 +116,21 @@ impl proto::node_service_server::NodeService for Services {
                 }));
             }
             entry.last_heartbeat_ms = now_ms();
+            let mut reshaped = false;
             if !request.gpus.is_empty() {
                 apply_telemetry(&mut entry.record.inventory, request.gpus);
-                entry.shape = crate::state::placement_shape(&entry.record.inventory);
+                let shape = crate::state::placement_shape(&entry.record.inventory);
+                reshaped = shape != entry.shape;
+                entry.shape = shape;
             }
-            entry.status == NodeStatus::Lost
+            let returned = entry.status == NodeStatus::Lost;
+            (returned, reshaped && !state.queue.is_empty())
         };
+        let (returned, reschedule) = returned;
         if returned {
             self.core.tell(Command::NodeReturned { name }).await;
+        } else if reschedule {
+            self.core.tell(Command::Schedule).await;
         }
         Ok(Response::new(proto::HeartbeatResponse { register_again: false, heartbeat_interval_ms: interval }))
     }
@@ -91,6 +141,7 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        self.authorize(&request, "NodeService/WatchAssignments", None)?;
         let name = node_name(&request.into_inner().node_name)?;
         // Subscribe before the snapshot, so no change falls between the two.
         let mut changes = self.core.assignments.subscribe();
@@ -160,6 +211,7 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::ReportAppliedRequest>,
     ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
+        self.authorize(&request, "NodeService/ReportApplied", None)?;
         let request = request.into_inner();
         let id = allocation_id(&request.allocation_id)?;
         {
@@ -221,9 +273,11 @@ impl proto::allocation_service_server::AllocationService for Services {
         &self,
         request: Request<proto::CreateAllocationRequest>,
     ) -> Result<Response<proto::CreateAllocationResponse>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
         let validated = ValidatedRequest::try_from(spec).map_err(BrokerError::from)?;
+        self.auth.check(&caller, "AllocationService/Create", Some(&validated.team))?;
         if request.dry_run {
             let (binding, explanation) = dry_run(&self.core, &validated)?;
             return Ok(Response::new(proto::CreateAllocationResponse {
@@ -232,35 +286,46 @@ impl proto::allocation_service_server::AllocationService for Services {
                 explanation,
             }));
         }
+        let no_wait = request.no_wait;
         let (allocation, explanation) =
-            self.core.ask(|reply| Command::CreateAllocation { request: Box::new(validated), reply }).await?;
+            self.core.ask(|reply| Command::CreateAllocation { request: Box::new(validated), no_wait, reply }).await?;
+        let wire = allocation_to_wire(&self.core.state(), &allocation);
         Ok(Response::new(proto::CreateAllocationResponse {
             binding: allocation.binding.as_ref().map(Into::into),
-            allocation: Some((&allocation).into()),
+            allocation: Some(wire),
             explanation,
         }))
     }
 
     async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
+        let caller = self.caller(&request)?;
         let id = allocation_id(&request.into_inner().id)?;
+        // The state lock is never held while authorizing (which reads the state too).
+        let team = self.team_of(id)?;
+        self.auth.check(&caller, "AllocationService/Get", Some(&team))?;
         let state = self.core.state();
         let allocation = state
             .allocations
             .get(&id)
             .filter(|_| !state.unpersisted.contains(&id))
             .ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
-        Ok(Response::new(allocation.into()))
+        Ok(Response::new(allocation_to_wire(&state, allocation)))
     }
 
     async fn list(
         &self,
         request: Request<proto::ListAllocationsRequest>,
     ) -> Result<Response<proto::ListAllocationsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let team = match request.team.as_str() {
             "" => None,
             text => Some(text.parse::<TeamName>().map_err(|error| invalid("team", error))?),
         };
+        if let Some(team) = &team {
+            self.auth.check(&caller, "AllocationService/List", Some(team))?;
+        }
+        let readable = self.readable_teams(&caller, "AllocationService/List")?;
         let state = self.core.state();
         let allocations = state
             .allocations
@@ -278,7 +343,8 @@ impl proto::allocation_service_server::AllocationService for Services {
             .filter(|allocation| {
                 request.owner.is_empty() || allocation.request.owner.as_deref() == Some(request.owner.as_str())
             })
-            .map(Into::into)
+            .filter(|allocation| readable.contains(&allocation.request.team))
+            .map(|allocation| allocation_to_wire(&state, allocation))
             .collect();
         Ok(Response::new(proto::ListAllocationsResponse { allocations }))
     }
@@ -287,7 +353,10 @@ impl proto::allocation_service_server::AllocationService for Services {
         &self,
         request: Request<proto::AllocationRef>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
+        let caller = self.caller(&request)?;
         let id = allocation_id(&request.into_inner().id)?;
+        let team = self.team_of(id)?;
+        self.auth.check(&caller, "AllocationService/Explain", Some(&team))?;
         let state = self.core.state();
         let allocation =
             state.allocations.get(&id).ok_or_else(|| BrokerError::NotFound { what: format!("allocation {id}") })?;
@@ -299,7 +368,10 @@ impl proto::allocation_service_server::AllocationService for Services {
     }
 
     async fn release(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
+        let caller = self.caller(&request)?;
         let id = allocation_id(&request.into_inner().id)?;
+        let team = self.team_of(id)?;
+        self.auth.check(&caller, "AllocationService/Release", Some(&team))?;
         let allocation = self.core.ask(|reply| Command::Release { id, reply }).await?;
         Ok(Response::new((&allocation).into()))
     }
@@ -308,13 +380,14 @@ impl proto::allocation_service_server::AllocationService for Services {
         &self,
         request: Request<proto::FindByDeviceRequest>,
     ) -> Result<Response<proto::Allocation>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let node = node_name(&request.node)?;
         if request.device_uuid.is_empty() {
             return Err(invalid("device_uuid", "missing"));
         }
-        let state = self.core.state();
-        let found =
+        let found = {
+            let state = self.core.state();
             state.live_on(&node).into_iter().filter(|allocation| !state.unpersisted.contains(&allocation.id)).find(
                 |allocation| {
                     allocation.binding.as_ref().is_some_and(|binding| {
@@ -324,11 +397,13 @@ impl proto::allocation_service_server::AllocationService for Services {
                         })
                     })
                 },
-            );
+            )
+        };
         let allocation = found.ok_or_else(|| BrokerError::NotFound {
             what: format!("a live allocation holding device {} on node {node}", request.device_uuid),
         })?;
-        Ok(Response::new((&allocation).into()))
+        self.auth.check(&caller, "AllocationService/FindByDevice", Some(&allocation.request.team))?;
+        Ok(Response::new(allocation_to_wire(&self.core.state(), &allocation)))
     }
 }
 
@@ -348,58 +423,4 @@ fn mig_uuid(
         .find(|instance| instance.start == mig.start && instance.profile == mig.profile)?
         .uuid
         .clone()
-}
-
-#[tonic::async_trait]
-impl proto::admin_service_server::AdminService for Services {
-    async fn create_team(&self, request: Request<proto::CreateTeamRequest>) -> Result<Response<proto::Team>, Status> {
-        let name: TeamName = request.into_inner().name.parse().map_err(|error| invalid("name", error))?;
-        self.core.ask(|reply| Command::CreateTeam { name: name.clone(), reply }).await?;
-        Ok(Response::new(proto::Team { name: name.to_string() }))
-    }
-
-    async fn list_teams(
-        &self,
-        _: Request<proto::ListTeamsRequest>,
-    ) -> Result<Response<proto::ListTeamsResponse>, Status> {
-        let state = self.core.state();
-        let teams = state.teams.iter().map(|team| proto::Team { name: team.to_string() }).collect();
-        Ok(Response::new(proto::ListTeamsResponse { teams }))
-    }
-
-    async fn list_nodes(
-        &self,
-        _: Request<proto::ListNodesRequest>,
-    ) -> Result<Response<proto::ListNodesResponse>, Status> {
-        let state = self.core.state();
-        let nodes = state
-            .nodes
-            .iter()
-            .map(|(name, entry)| {
-                let inventory = &entry.record.inventory;
-                let gpus_free = inventory.gpus.iter().filter(|gpu| !entry.usage.gpu_in_use(gpu.index)).count();
-                let unhealthy =
-                    inventory.gpus.iter().filter(|gpu| matches!(gpu.health, GpuHealth::Unhealthy { .. })).count();
-                let mut models: Vec<&str> = inventory.gpus.iter().map(|gpu| gpu.model.as_str()).collect();
-                models.sort_unstable();
-                models.dedup();
-                proto::NodeSummary {
-                    name: name.to_string(),
-                    status: match entry.status {
-                        NodeStatus::Lost => proto::NodeStatus::Lost,
-                        _ => proto::NodeStatus::Ready,
-                    } as i32,
-                    gpus: inventory.gpus.len() as u32,
-                    gpus_free: gpus_free as u32,
-                    gpu_model: models.join(", "),
-                    cores: inventory.cpu.cores.len() as u32,
-                    cores_free: inventory.cpu.cores.len().saturating_sub(entry.usage.cores_taken() as usize) as u32,
-                    last_heartbeat_ms: entry.last_heartbeat_ms,
-                    unhealthy_gpus: unhealthy as u32,
-                    allocations: state.live_count(name) as u32,
-                }
-            })
-            .collect();
-        Ok(Response::new(proto::ListNodesResponse { nodes }))
-    }
 }

@@ -11,6 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 
+use crate::auth::Auth;
 use crate::core::Core;
 
 /// Counters the writer updates.
@@ -29,12 +30,36 @@ impl Metrics {
     }
 }
 
-pub fn router(core: Arc<Core>) -> Router {
+pub fn router(core: Arc<Core>, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(auth, authorize))
         .with_state(core)
+}
+
+/// Every route is checked like a gRPC call (`GET /metrics` needs a viewer;
+/// the health routes are open to everyone through the `guest` permission).
+async fn authorize(
+    State(auth): State<Arc<Auth>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let call = format!("{} {}", request.method(), request.uri().path());
+    let header = request.headers().get("authorization").and_then(|value| value.to_str().ok());
+    let checked = auth.identify(header).and_then(|caller| auth.check(&caller, &call, None));
+    match checked {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            let status = match error {
+                crate::error::BrokerError::Unauthenticated(_) => axum::http::StatusCode::UNAUTHORIZED,
+                _ => axum::http::StatusCode::FORBIDDEN,
+            };
+            (status, format!("{error}\n")).into_response()
+        }
+    }
 }
 
 async fn metrics(State(core): State<Arc<Core>>) -> String {

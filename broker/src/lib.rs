@@ -5,13 +5,17 @@
 //! (state plus the group-commit writer), the lost-node detector, the gRPC
 //! services and the HTTP endpoint.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod leader;
+pub mod sharing;
 pub mod state;
+pub mod teams;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -68,8 +72,14 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         leadership = leader::acquire(Arc::clone(&store), identity, move || { let _ = lost_sender.send(()); }) => leadership?,
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    let core =
-        Core::start(Arc::clone(&store), leadership.clone(), config.node_timeout, config.heartbeat_interval).await?;
+    let core = Core::start(
+        Arc::clone(&store),
+        leadership.clone(),
+        config.node_timeout,
+        config.heartbeat_interval,
+        config.policy,
+    )
+    .await?;
     {
         let state = core.state();
         tracing::info!(
@@ -81,6 +91,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         );
     }
     tokio::spawn(detect_lost_nodes(Arc::clone(&core)));
+    tokio::spawn(tick(Arc::clone(&core)));
 
     // Listening starts once this broker leads (a standby refuses connections);
     // if it cannot listen, it gives the lead back at once for another broker.
@@ -103,14 +114,16 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     let grpc_address = grpc_listener.local_addr()?;
     let http_address = http_listener.local_addr()?;
 
-    let services = grpc::Services { core: Arc::clone(&core) };
+    auth::bootstrap(&core, config.admin_token_file.as_deref(), config.node_token_file.as_deref()).await?;
+    let auth = Arc::new(auth::Auth::new(Arc::clone(&core), Arc::clone(&store), leadership.clone()).await?);
+    let services = grpc::Services { core: Arc::clone(&core), auth: Arc::clone(&auth) };
     let grpc = tonic::transport::Server::builder()
         .add_service(proto::node_service_server::NodeServiceServer::new(services.clone()))
         .add_service(proto::allocation_service_server::AllocationServiceServer::new(services.clone()))
         .add_service(proto::admin_service_server::AdminServiceServer::new(services))
         // Without TCP_NODELAY small HTTP/2 frames wait for delayed ACKs (~40 ms each).
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)));
-    let http = axum::serve(http_listener, http::router(Arc::clone(&core)));
+    let http = axum::serve(http_listener, http::router(Arc::clone(&core), auth));
 
     if let Some(path) = &config.ready_file {
         let ready = serde_json::json!({ "grpc": grpc_address.to_string(), "http": http_address.to_string() });
@@ -155,6 +168,15 @@ async fn detect_lost_nodes(core: Arc<Core>) {
         for (name, last_heartbeat_ms) in lost {
             core.tell(Command::NodeLost { name, last_heartbeat_ms }).await;
         }
+    }
+}
+
+/// Drives reclaim deadlines and the usage history.
+async fn tick(core: Arc<Core>) {
+    let period = (core.policy.grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        core.tell(Command::Tick).await;
     }
 }
 

@@ -9,6 +9,7 @@ use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName,
 use allot_api::topology::NodeInventory;
 
 use allot_placement::{NodeStatus, NodeUsage, NodeView};
+use allot_policy::{Quota, QuotaTree, Resources, TeamSpec, UsageHistory};
 use serde::{Deserialize, Serialize};
 
 /// A node's registration, as persisted.
@@ -25,11 +26,21 @@ pub struct NodeRecord {
     pub shape: Option<u64>,
 }
 
-/// A team, as persisted (quotas arrive with the policy work).
+/// A team (or organisation, or project), as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TeamRecord {
     pub name: TeamName,
     pub created_at_ms: u64,
+    #[serde(default)]
+    pub parent: Option<TeamName>,
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+impl TeamRecord {
+    pub fn spec(&self) -> TeamSpec {
+        TeamSpec { name: self.name.clone(), parent: self.parent.clone(), quota: self.quota.clone() }
+    }
 }
 
 /// A node as the broker sees it now.
@@ -103,7 +114,35 @@ pub fn placement_shape(inventory: &NodeInventory) -> u64 {
 pub struct ClusterState {
     pub nodes: BTreeMap<NodeName, NodeEntry>,
     pub allocations: BTreeMap<AllocationId, Allocation>,
-    pub teams: BTreeSet<TeamName>,
+    pub teams: BTreeMap<TeamName, TeamRecord>,
+    /// The checked quota tree made of `teams` and the GPU values.
+    pub tree: QuotaTree,
+    /// What the ready nodes have, per resource class.
+    pub capacity: Resources,
+    /// Usage per team, from the allocations that hold capacity.
+    pub team_usage: BTreeMap<TeamName, Resources>,
+    /// What each allocation holding capacity is charged (for `team_usage`).
+    charges: BTreeMap<AllocationId, Resources>,
+    /// Pending allocations, by id (arrival order).
+    pub queue: BTreeSet<AllocationId>,
+    /// Each pending allocation's place in the queue and why it waits (not persisted:
+    /// every scheduling round computes it again).
+    pub queue_info: BTreeMap<AllocationId, (usize, String)>,
+    /// Decayed past usage per team, for fair share.
+    pub history: UsageHistory,
+    /// When the usage history was last persisted.
+    pub history_saved_ms: u64,
+    /// Set by a change that may let a waiting request in; the writer then runs a
+    /// scheduling round before it persists the batch.
+    pub round_wanted: bool,
+    /// Allocations being reclaimed (holding capacity until their grace ends).
+    reclaiming: BTreeSet<AllocationId>,
+    /// Role grants (the casbin `g` lines in the store).
+    pub grants: BTreeSet<allot_policy::Grant>,
+    /// Bearer tokens by the hex SHA-256 of the token.
+    pub tokens: BTreeMap<String, crate::teams::TokenRecord>,
+    /// Whether the role permissions (casbin `p` lines) are in the store.
+    pub permissions_stored: bool,
     /// The next allocation id to hand out.
     pub next_id: u64,
     /// The node's last word on each allocation (not persisted).
@@ -117,7 +156,8 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Inserts or replaces an allocation, keeping the per-node index right.
+    /// Inserts or replaces an allocation, keeping the per-node index, the queue
+    /// and the per-team usage right.
     pub fn put_allocation(&mut self, allocation: Allocation) {
         if let Some(previous) = self.allocations.get(&allocation.id)
             && let Some(binding) = &previous.binding
@@ -125,12 +165,85 @@ impl ClusterState {
         {
             live.remove(&previous.id);
         }
+        if let Some(charge) = self.charges.remove(&allocation.id)
+            && let Some(usage) = self.team_usage.get_mut(&allocation.request.team)
+        {
+            usage.subtract(&charge);
+        }
         if allocation.state.holds_capacity()
             && let Some(binding) = &allocation.binding
         {
             self.live_by_node.entry(binding.node.clone()).or_default().insert(allocation.id);
+            let charge = self.charge_of(&allocation);
+            self.team_usage.entry(allocation.request.team.clone()).or_default().add(&charge);
+            self.charges.insert(allocation.id, charge);
+        }
+        if allocation.state.holds_capacity() && allocation.quota.reclaim_at_ms.is_some() {
+            self.reclaiming.insert(allocation.id);
+        } else {
+            self.reclaiming.remove(&allocation.id);
+        }
+        if allocation.state == AllocationState::Pending {
+            self.queue.insert(allocation.id);
+        } else {
+            self.queue.remove(&allocation.id);
+            self.queue_info.remove(&allocation.id);
         }
         self.allocations.insert(allocation.id, allocation);
+    }
+
+    /// What an allocation is charged against its team's quota: GPU units (and its
+    /// GPU family, once placed), cores and memory.
+    pub fn charge_of(&self, allocation: &Allocation) -> Resources {
+        let model = allocation.binding.as_ref().and_then(|binding| {
+            let gpu = binding.gpus.first()?;
+            let entry = self.nodes.get(&binding.node)?;
+            entry.record.inventory.gpus.iter().find(|candidate| candidate.index == gpu.index).map(|g| g.model.clone())
+        });
+        let request = &allocation.request;
+        allot_policy::charge(&request.gpus, request.cpus, request.memory.0, model.as_deref())
+    }
+
+    /// Allocations being reclaimed.
+    pub fn reclaiming(&self) -> impl Iterator<Item = &Allocation> {
+        self.reclaiming.iter().filter_map(|id| self.allocations.get(id))
+    }
+
+    /// Rebuilds the quota tree from the team records, keeping the GPU values.
+    pub fn rebuild_tree(
+        &mut self,
+        gpu_values: std::collections::BTreeMap<String, u32>,
+    ) -> Result<(), Vec<allot_policy::QuotaError>> {
+        let specs = self.teams.values().map(TeamRecord::spec).collect();
+        self.tree = QuotaTree::new(specs, gpu_values, &self.gpu_families())?;
+        Ok(())
+    }
+
+    /// What the ready nodes have: GPUs (whole, in milli-GPU, also per family),
+    /// cores and memory.
+    pub fn recompute_capacity(&mut self) {
+        use allot_policy::ResourceClass;
+        let mut capacity = Resources::default();
+        for entry in self.nodes.values().filter(|entry| entry.status == NodeStatus::Ready) {
+            let inventory = &entry.record.inventory;
+            let mut node = std::collections::BTreeMap::new();
+            for gpu in &inventory.gpus {
+                *node.entry(ResourceClass::GpuAny).or_insert(0) += 1000;
+                *node.entry(ResourceClass::gpu_family(&allot_policy::gpu_family(&gpu.model))).or_insert(0) += 1000;
+            }
+            node.insert(ResourceClass::Cpu, inventory.cpu.cores.len() as u64 * 1000);
+            node.insert(ResourceClass::Memory, inventory.cpu.numa_nodes.iter().map(|numa| numa.memory_mib.0).sum());
+            capacity.add(&Resources(node));
+        }
+        self.capacity = capacity;
+    }
+
+    /// The GPU families the cluster has, which quotas may name.
+    pub fn gpu_families(&self) -> BTreeSet<String> {
+        self.nodes
+            .values()
+            .flat_map(|entry| entry.record.inventory.gpus.iter().map(|gpu| allot_policy::gpu_family(&gpu.model)))
+            .collect()
     }
 
     /// Recomputes a node's usage from the allocations that hold capacity on it.
@@ -151,11 +264,31 @@ impl ClusterState {
     /// Rebuilds the per-node index and every node's usage (after loading).
     pub fn recompute_all_usage(&mut self) {
         self.live_by_node.clear();
-        for allocation in self.allocations.values().filter(|allocation| allocation.state.holds_capacity()) {
+        self.team_usage.clear();
+        self.charges.clear();
+        self.queue.clear();
+        self.reclaiming.clear();
+        let mut charged = Vec::new();
+        for allocation in self.allocations.values() {
+            if allocation.state == AllocationState::Pending {
+                self.queue.insert(allocation.id);
+            }
+            if !allocation.state.holds_capacity() {
+                continue;
+            }
+            if allocation.quota.reclaim_at_ms.is_some() {
+                self.reclaiming.insert(allocation.id);
+            }
             if let Some(binding) = &allocation.binding {
                 self.live_by_node.entry(binding.node.clone()).or_default().insert(allocation.id);
+                charged.push((allocation.id, allocation.request.team.clone(), self.charge_of(allocation)));
             }
         }
+        for (id, team, charge) in charged {
+            self.team_usage.entry(team).or_default().add(&charge);
+            self.charges.insert(id, charge);
+        }
+        self.recompute_capacity();
         let names: Vec<NodeName> = self.nodes.keys().cloned().collect();
         for name in names {
             self.recompute_usage(&name);

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use allot_api::allocation::{Allocation, AllocationId, AllocationState};
+use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::proto::node_service_client::NodeServiceClient;
 use allot_api::topology::NodeInventory;
@@ -39,6 +40,8 @@ pub struct AgentConfig {
     pub enforce: Option<EnforceConfig>,
     /// A GPU is healthy again this long after its last critical event.
     pub xid_quiet_period: Duration,
+    /// The node's credentials, sent with every call to the broker.
+    pub bearer: Bearer,
 }
 
 /// Where and how allocations are enforced.
@@ -200,6 +203,9 @@ async fn discover(plan: &DiscoveryPlan) -> Result<NodeInventory, crate::discover
     }
 }
 
+/// The broker's node service, every call carrying the node's token.
+type NodeClient = NodeServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
 enum SessionEnd {
     Retry(String),
     Fatal(AgentError),
@@ -216,7 +222,7 @@ async fn session(
     enforcer: Option<&SharedEnforcer>,
 ) -> Result<(), SessionEnd> {
     let channel = endpoint.connect().await.map_err(|error| SessionEnd::Retry(error.to_string()))?;
-    let mut client = NodeServiceClient::new(channel.clone());
+    let mut client = NodeServiceClient::with_interceptor(channel.clone(), config.bearer.clone());
     health.overlay(&mut inventory);
     let registration = client
         .register(proto::RegisterNodeRequest {
@@ -240,8 +246,13 @@ async fn session(
     tracing::info!(node = %plan.hostname, epoch, interval_ms = interval.as_millis() as u64, "registered");
 
     let reconcile_interval = config.enforce.as_ref().map_or(Duration::from_secs(30), |e| e.reconcile_interval);
-    let mut watcher =
-        tokio::spawn(follow_assignments(channel, plan.hostname.clone(), enforcer.cloned(), reconcile_interval));
+    let mut watcher = tokio::spawn(follow_assignments(
+        channel,
+        config.bearer.clone(),
+        plan.hostname.clone(),
+        enforcer.cloned(),
+        reconcile_interval,
+    ));
     // If the assignment stream ends (the broker restarted, or this node fell behind),
     // start over: register again and follow from a fresh snapshot.
     let result = tokio::select! {
@@ -254,7 +265,7 @@ async fn session(
 
 async fn heartbeat_loop(
     plan: &DiscoveryPlan,
-    client: &mut NodeServiceClient<Channel>,
+    client: &mut NodeClient,
     epoch: u64,
     interval: &mut Duration,
     health: &Arc<Health>,
@@ -303,7 +314,7 @@ async fn heartbeat_loop(
     }
 }
 
-async fn report(client: &mut NodeServiceClient<Channel>, node: &str, report: Report) {
+async fn report(client: &mut NodeClient, node: &str, report: Report) {
     if report.applied {
         tracing::info!(allocation = %report.allocation, message = %report.message, "applied");
     } else {
@@ -346,11 +357,12 @@ async fn blocking<T: Send + 'static>(
 /// `reconcile_interval` the whole desired set is reconciled again.
 async fn follow_assignments(
     channel: Channel,
+    bearer: Bearer,
     node: String,
     enforcer: Option<SharedEnforcer>,
     reconcile_interval: Duration,
 ) {
-    let mut client = NodeServiceClient::new(channel);
+    let mut client = NodeServiceClient::with_interceptor(channel, bearer);
     let stream = client.watch_assignments(proto::WatchAssignmentsRequest { node_name: node.clone() }).await;
     let mut stream = match stream {
         Ok(response) => response.into_inner(),
@@ -448,7 +460,9 @@ async fn follow_assignments(
             let outcome = blocking(enforcer, move |enforcer| enforcer.release(id)).await;
             match outcome {
                 Some(Ok(message)) => tracing::info!(allocation = %id, %message, "released"),
-                Some(Err(error)) => tracing::warn!(allocation = %id, %error, "release incomplete; reconcile will retry"),
+                Some(Err(error)) => {
+                    tracing::warn!(allocation = %id, %error, "release incomplete; reconcile will retry")
+                }
                 None => {}
             }
         }

@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// Seconds between heartbeats until the broker says otherwise.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub heartbeat_interval: f64,
+    /// A file holding the node's bearer token (role `node`; a single-machine
+    /// broker writes one with --node-token-file, an admin makes one with
+    /// `allotctl token create NAME --role node`).
+    #[arg(long, env = "ALLOT_NODE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }

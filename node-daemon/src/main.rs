@@ -45,16 +45,26 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .init();
             let enforce = &args.enforce;
-            for (flag, value) in [
-                ("--reconcile-interval", enforce.reconcile_interval),
-                ("--xid-quiet-period", enforce.xid_quiet_period),
-            ] {
+            for (flag, value) in
+                [("--reconcile-interval", enforce.reconcile_interval), ("--xid-quiet-period", enforce.xid_quiet_period)]
+            {
                 if !(value > 0.0 && value.is_finite()) {
                     eprintln!("allot-node: error: {flag} must be a positive number of seconds");
                     return ExitCode::FAILURE;
                 }
             }
+            let bearer = match &args.token_file {
+                Some(path) => match allot_api::bearer::Bearer::from_file(path) {
+                    Ok(bearer) => bearer,
+                    Err(problem) => {
+                        eprintln!("allot-node: error: --token-file: {problem}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => allot_api::bearer::Bearer::default(),
+            };
             let config = AgentConfig {
+                bearer,
                 broker: args.broker,
                 heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
                 max_backoff: Duration::from_secs(5),

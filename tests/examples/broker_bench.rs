@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use allot_api::allocation::{
     Allocation, AllocationId, AllocationState, Binding, GpuDemand, GpuGrant, Interconnect, ValidatedRequest,
 };
+use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::topology::NodeInventory;
 use allot_api::units::MiB;
@@ -48,13 +49,13 @@ async fn sequential_txns(store: &dyn Store, count: usize) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize) {
+async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize, bearer: Bearer) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("uri")
         .connect()
         .await
         .expect("connect");
-    let mut client = proto::node_service_client::NodeServiceClient::new(channel.clone());
+    let mut client = proto::node_service_client::NodeServiceClient::with_interceptor(channel.clone(), bearer.clone());
     for index in 0..nodes {
         let mut node = inventory.clone();
         node.hostname = format!("dgx-{index:04}");
@@ -67,8 +68,8 @@ async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize) 
             .await
             .expect("register");
     }
-    proto::admin_service_client::AdminServiceClient::new(channel)
-        .create_team(proto::CreateTeamRequest { name: "bench".into() })
+    proto::admin_service_client::AdminServiceClient::with_interceptor(channel, bearer)
+        .create_team(proto::CreateTeamRequest { name: "bench".into(), ..Default::default() })
         .await
         .expect("team");
 }
@@ -76,7 +77,7 @@ async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize) 
 /// `count` one-GPU allocations from `CLIENTS` concurrent clients, each released
 /// right after it was granted (jobs come and go); allocations/s and their latency.
 /// Every cycle writes twice (the grant and the release), both persisted.
-async fn churn(address: &str, count: usize, release: bool) -> (f64, Vec<Duration>) {
+async fn churn(address: &str, count: usize, release: bool, bearer: Bearer) -> (f64, Vec<Duration>) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("uri")
         .connect()
@@ -86,7 +87,10 @@ async fn churn(address: &str, count: usize, release: bool) -> (f64, Vec<Duration
     let per_client = count / CLIENTS;
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let mut client = proto::allocation_service_client::AllocationServiceClient::new(channel.clone());
+        let mut client = proto::allocation_service_client::AllocationServiceClient::with_interceptor(
+            channel.clone(),
+            bearer.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
@@ -98,7 +102,7 @@ async fn churn(address: &str, count: usize, release: bool) -> (f64, Vec<Duration
                 };
                 let begun = Instant::now();
                 let reply = client
-                    .create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: false })
+                    .create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: false, no_wait: true })
                     .await
                     .expect("create")
                     .into_inner();
@@ -119,10 +123,13 @@ async fn churn(address: &str, count: usize, release: bool) -> (f64, Vec<Duration
 }
 
 /// Average commands per persisted batch, from the broker's /metrics.
-async fn reqwest_metrics(http: &str) -> String {
+async fn reqwest_metrics(http: &str, token: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else { return "unavailable".into() };
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
     if stream.write_all(request.as_bytes()).await.is_err() {
         return "unavailable".into();
     }
@@ -209,6 +216,7 @@ async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize) {
             created_at_ms: 0,
             updated_at_ms: 0,
             generation: 1,
+            quota: Default::default(),
         };
         ops.push(Op::put(layout::allocation(allocation.id), serde_json::to_vec(&allocation).expect("json")));
         if ops.len() == 100 {
@@ -238,8 +246,9 @@ fn main() {
         ];
         for (name, nodes, release, count) in runs {
             let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), &format!("bench-{name}"), "1h");
-            register_nodes(&broker.grpc, &inventory, nodes).await;
-            let (throughput, mut latencies) = churn(&broker.grpc, count, release).await;
+            let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
+            register_nodes(&broker.grpc, &inventory, nodes, bearer.clone()).await;
+            let (throughput, mut latencies) = churn(&broker.grpc, count, release, bearer).await;
             let p50 = percentile(&mut latencies, 0.5);
             let p99 = percentile(&mut latencies, 0.99);
             let pattern = if release { "each released right after its grant" } else { "grants only, the cluster filling up" };
@@ -248,7 +257,7 @@ fn main() {
                 throughput / baseline,
                 p50.as_secs_f64() * 1e3,
                 p99.as_secs_f64() * 1e3,
-                reqwest_metrics(&broker.http).await,
+                reqwest_metrics(&broker.http, &std::fs::read_to_string(&broker.admin_token).unwrap_or_default()).await,
             );
             drop(broker);
             // A fresh etcd prefix per run: the next broker must not see these nodes.

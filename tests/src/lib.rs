@@ -90,6 +90,10 @@ pub struct Broker {
     pub process: Process,
     pub grpc: String,
     pub http: String,
+    /// The platform admin's token, written by the broker on its first start.
+    pub admin_token: PathBuf,
+    /// The node daemons' token.
+    pub node_token: PathBuf,
 }
 
 /// Starts a broker and waits until it serves (or fails the test with its log).
@@ -98,19 +102,42 @@ pub fn start_broker(store: &StoreKind, dir: &Path, name: &str, node_timeout: &st
 }
 
 /// Spawns `allot-broker serve` with a ready file; returns the process and the file.
-fn spawn_broker(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str, listen: &str) -> (Process, PathBuf) {
+/// Every broker on a directory shares its token files: the first start writes them.
+fn spawn_broker(
+    store: &StoreKind,
+    dir: &Path,
+    name: &str,
+    node_timeout: &str,
+    listen: &str,
+    extra: &[&str],
+) -> (Process, PathBuf) {
     let ready = dir.join(format!("{name}.ready"));
     let _ = std::fs::remove_file(&ready);
     let mut command = Command::new(binary("allot-broker"));
     command.args(["serve", "--store", &store.flag(), "--listen", listen, "--http", "127.0.0.1:0"]);
     command.args(["--node-timeout", node_timeout, "--heartbeat-interval", "200ms", "--ready-file"]);
     command.arg(&ready);
+    command.arg("--admin-token-file").arg(dir.join("admin.token"));
+    command.arg("--node-token-file").arg(dir.join("node.token"));
+    command.args(extra);
     (Process::spawn(name, &mut command, dir), ready)
 }
 
 /// Starts a broker on a given gRPC address (to restart one where nodes look for it).
 pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: &str, listen: &str) -> Broker {
-    let (mut process, ready) = spawn_broker(store, dir, name, node_timeout, listen);
+    start_broker_with(store, dir, name, node_timeout, listen, &[])
+}
+
+/// Starts a broker with extra `serve` arguments (like `--reclaim-grace 2s`).
+pub fn start_broker_with(
+    store: &StoreKind,
+    dir: &Path,
+    name: &str,
+    node_timeout: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Broker {
+    let (mut process, ready) = spawn_broker(store, dir, name, node_timeout, listen, extra);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready)
@@ -118,7 +145,13 @@ pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: 
         {
             let grpc = addresses["grpc"].as_str().unwrap_or_default().to_owned();
             let http = addresses["http"].as_str().unwrap_or_default().to_owned();
-            return Broker { process, grpc, http };
+            return Broker {
+                process,
+                grpc,
+                http,
+                admin_token: dir.join("admin.token"),
+                node_token: dir.join("node.token"),
+            };
         }
         if process.has_exited() || Instant::now() > deadline {
             panic!("broker {name} did not become ready:\n{}", process.log_text());
@@ -130,7 +163,7 @@ pub fn start_broker_on(store: &StoreKind, dir: &Path, name: &str, node_timeout: 
 /// Starts a broker that is expected to wait (a standby); returns it and its
 /// ready file, which appears once it leads.
 pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Process, PathBuf) {
-    spawn_broker(store, dir, name, "3s", "127.0.0.1:0")
+    spawn_broker(store, dir, name, "3s", "127.0.0.1:0", &[])
 }
 
 /// Starts a node daemon for a fixture under a name.
@@ -146,6 +179,8 @@ pub fn start_node(broker: &Broker, fixture: &str, name: &str, dir: &Path) -> Pro
         name,
         "--heartbeat-interval",
         "0.2",
+        "--token-file",
+        &broker.node_token.display().to_string(),
         // Broker tests run fixture nodes whose CPUs this machine lacks; enforcement
         // has its own tests (tests/enforcement.rs, start_enforcing_node).
         "--no-enforce",
@@ -153,9 +188,34 @@ pub fn start_node(broker: &Broker, fixture: &str, name: &str, dir: &Path) -> Pro
     Process::spawn(name, &mut command, dir)
 }
 
-/// Runs allotctl against a broker; returns the raw output.
+/// Runs allotctl against a broker as its platform admin; returns the raw output.
 pub fn allotctl(broker: &Broker, args: &[&str]) -> Output {
-    Command::new(binary("allotctl")).arg("--broker").arg(&broker.grpc).args(args).output().expect("allotctl runs")
+    allotctl_as(broker, &broker.admin_token, args)
+}
+
+/// Runs allotctl with the token in `token_file`.
+pub fn allotctl_as(broker: &Broker, token_file: &Path, args: &[&str]) -> Output {
+    Command::new(binary("allotctl"))
+        .arg("--broker")
+        .arg(&broker.grpc)
+        .env("ALLOT_TOKEN_FILE", token_file)
+        .env_remove("ALLOT_TOKEN")
+        .args(args)
+        .output()
+        .expect("allotctl runs")
+}
+
+/// Makes a token for `subject` with `role` (in `team`, or cluster-wide) and
+/// writes it to a file in `dir`; returns the file.
+pub fn token_for(broker: &Broker, dir: &Path, subject: &str, role: &str, team: Option<&str>) -> PathBuf {
+    let mut args = vec!["token", "create", subject, "--role", role];
+    if let Some(team) = team {
+        args.extend(["--team", team]);
+    }
+    let created = allotctl_json(broker, &args);
+    let path = dir.join(format!("{subject}.token"));
+    std::fs::write(&path, created["token"].as_str().expect("token")).expect("write token");
+    path
 }
 
 /// Runs allotctl with `-o json` and parses the answer; fails the test on error.
@@ -212,7 +272,18 @@ pub fn start_enforcing_node(
     env: &[(&str, &Path)],
 ) -> Process {
     let mut command = Command::new(binary("allot-node"));
-    command.args(["run", "--broker", &broker.grpc, "--fixture", fixture, "--name", name, "--heartbeat-interval", "0.2"]);
+    command.args([
+        "run",
+        "--broker",
+        &broker.grpc,
+        "--fixture",
+        fixture,
+        "--name",
+        name,
+        "--heartbeat-interval",
+        "0.2",
+    ]);
+    command.arg("--token-file").arg(&broker.node_token);
     command.args(args);
     for (variable, value) in env {
         command.env(variable, value);

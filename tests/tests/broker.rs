@@ -68,7 +68,12 @@ fn gpus_of(allocation: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
-async fn fire_concurrently(address: &str, count: usize) -> (Vec<proto::Allocation>, usize) {
+async fn fire_concurrently(
+    address: &str,
+    token: &Path,
+    count: usize,
+) -> (Vec<proto::Allocation>, Vec<proto::Allocation>) {
+    let bearer = allot_api::bearer::Bearer::from_file(token).expect("admin token");
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("endpoint")
         .connect()
@@ -76,7 +81,7 @@ async fn fire_concurrently(address: &str, count: usize) -> (Vec<proto::Allocatio
         .expect("connect");
     let mut tasks = Vec::new();
     for index in 0..count {
-        let mut client = AllocationServiceClient::new(channel.clone());
+        let mut client = AllocationServiceClient::with_interceptor(channel.clone(), bearer.clone());
         tasks.push(tokio::spawn(async move {
             let spec = proto::AllocationSpec {
                 team: "ml".into(),
@@ -88,19 +93,25 @@ async fn fire_concurrently(address: &str, count: usize) -> (Vec<proto::Allocatio
                 owner: Some(format!("job-{index}")),
                 ..Default::default()
             };
-            client.create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: false }).await
+            client.create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: false, no_wait: false }).await
         }));
     }
     let mut granted = Vec::new();
-    let mut exhausted = 0;
+    let mut queued = Vec::new();
     for task in tasks {
         match task.await.expect("task") {
-            Ok(response) => granted.push(response.into_inner().allocation.expect("allocation")),
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => exhausted += 1,
+            Ok(response) => {
+                let allocation = response.into_inner().allocation.expect("allocation");
+                if allocation.state == proto::AllocationState::Pending as i32 {
+                    queued.push(allocation);
+                } else {
+                    granted.push(allocation);
+                }
+            }
             Err(status) => panic!("unexpected failure: {status}"),
         }
     }
-    (granted, exhausted)
+    (granted, queued)
 }
 
 fn scenario(store: StoreKind, dir: &Path) {
@@ -170,9 +181,10 @@ fn scenario(store: StoreKind, dir: &Path) {
         assert_eq!(released["state"], "released");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (granted, exhausted) = runtime.block_on(fire_concurrently(&broker.grpc, 200));
+    let (granted, queued) = runtime.block_on(fire_concurrently(&broker.grpc, &broker.admin_token, 200));
     assert_eq!(granted.len(), 16, "exactly the 16 free GPUs are granted");
-    assert_eq!(exhausted, 184);
+    assert_eq!(queued.len(), 184, "the rest wait in the queue");
+    assert!(queued.iter().all(|allocation| allocation.binding.is_none() && !allocation.waiting_reason.is_empty()));
     let mut devices = BTreeSet::new();
     for allocation in &granted {
         let binding = allocation.binding.as_ref().expect("binding");
@@ -181,11 +193,20 @@ fn scenario(store: StoreKind, dir: &Path) {
     }
 
     // After a broker restart every allocation is still there.
-    let before: Value = allotctl_json(&broker, &["alloc", "list", "--all"]);
+    // The queue's positions are recomputed by each scheduling round, not stored.
+    let without_queue_places = |mut list: Value| {
+        for allocation in list.as_array_mut().expect("list") {
+            let fields = allocation.as_object_mut().expect("allocation");
+            fields.remove("queue_position");
+            fields.remove("waiting_reason");
+        }
+        list
+    };
+    let before: Value = without_queue_places(allotctl_json(&broker, &["alloc", "list", "--all"]));
     let address = broker.grpc.clone();
     drop(broker);
     let broker = start_broker_on(&store, dir, "broker-restarted", "2s", &address);
-    let after: Value = allotctl_json(&broker, &["alloc", "list", "--all"]);
+    let after: Value = without_queue_places(allotctl_json(&broker, &["alloc", "list", "--all"]));
     assert_eq!(before, after, "allocations changed across a restart");
     // The nodes find the new broker: their heartbeats arrive there.
     let restarted_at =
@@ -200,7 +221,8 @@ fn scenario(store: StoreKind, dir: &Path) {
         })
     });
     // Still nothing more to give: the restart did not forget what was granted.
-    let output = allotctl(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "H100"]);
+    let output =
+        allotctl(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--gpu-model", "H100", "--no-wait"]);
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("RESOURCE_EXHAUSTED"),
         "{}",
@@ -258,6 +280,7 @@ fn a_second_broker_on_the_same_etcd_waits_until_it_leads() {
     let grpc = addresses["grpc"].as_str().expect("grpc").to_owned();
     let output = std::process::Command::new(allot_tests::binary("allotctl"))
         .args(["--broker", &grpc, "team", "list", "-o", "json"])
+        .env("ALLOT_TOKEN_FILE", dir.path().join("admin.token"))
         .output()
         .expect("allotctl");
     assert!(String::from_utf8_lossy(&output.stdout).contains("\"ml\""), "{}", String::from_utf8_lossy(&output.stdout));

@@ -308,7 +308,7 @@ fn an_xid_takes_a_gpu_out_of_placement_until_the_quiet_period_passes() {
         || allotctl_json(&world.broker, &["nodes", "list"])[0]["unhealthy_gpus"].as_u64().expect("unhealthy count");
     wait_until("the broker sees GPU 2 unhealthy", LONG, || unhealthy() == 1);
     // No new allocation lands on it: eight GPUs cannot be had, seven avoid GPU 2.
-    let refused = allotctl(&world.broker, &["alloc", "create", "--team", "ml", "--gpus", "8"]);
+    let refused = allotctl(&world.broker, &["alloc", "create", "--team", "ml", "--gpus", "8", "--no-wait"]);
     assert!(!refused.status.success(), "8 GPUs granted with one unhealthy");
     let seven = create(&world, &["--gpus", "7"]);
     let indices: Vec<u64> =

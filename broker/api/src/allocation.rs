@@ -430,6 +430,20 @@ pub struct Allocation {
     pub updated_at_ms: u64,
     /// Incremented on every change, so a node can tell new from stale.
     pub generation: u64,
+    /// How it stands with its team's quota (borrowed, being reclaimed).
+    #[serde(default)]
+    pub quota: QuotaStanding,
+}
+
+/// How an allocation stands with its team's quota.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaStanding {
+    /// It uses capacity beyond its team's guarantee, so it may be reclaimed.
+    pub borrowed: bool,
+    /// Being reclaimed: preempted at this time (ms since the epoch) unless released first.
+    pub reclaim_at_ms: Option<u64>,
+    /// The waiting allocation it is reclaimed for.
+    pub reclaim_for: Option<AllocationId>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! [`wire`], which converts between the two at the edge and validates what arrives.
 
 pub mod allocation;
+pub mod bearer;
 pub mod topology;
 pub mod units;
 pub mod wire;

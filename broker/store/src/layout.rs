@@ -12,6 +12,9 @@
 //! | `/allot/v1/teams/{team}` | the team's quota and policy | none |
 //! | `/allot/v1/counters/{name}` | a counter (allocation ids, generations), changed by compare-and-swap | none |
 //! | `/allot/v1/leader` | the identity of the broker that leads | the leader's lease |
+//! | `/allot/v1/settings/{name}` | cluster-wide policy settings (GPU values, the usage history) | none |
+//! | `/allot/v1/rbac/{rule}` | one casbin policy line (`p` or `g`), written through the casbin adapter | none |
+//! | `/allot/v1/tokens/{sha256}` | the subject a bearer token stands for (only the token's hash is kept) | none |
 //!
 //! Names become one path segment each. Allot's names (`NodeName`, `TeamName`,
 //! `AllocationId` in `allot-api`) never contain `/` or `%`; should another
@@ -31,6 +34,34 @@ const ALLOCATIONS: &str = "/allot/v1/allocations/";
 const TEAMS: &str = "/allot/v1/teams/";
 const COUNTERS: &str = "/allot/v1/counters/";
 const LEADER: &str = "/allot/v1/leader";
+const SETTINGS: &str = "/allot/v1/settings/";
+const RBAC: &str = "/allot/v1/rbac/";
+const TOKENS: &str = "/allot/v1/tokens/";
+
+/// A cluster-wide policy setting.
+pub fn setting(name: impl Display) -> String {
+    key(SETTINGS, name)
+}
+
+/// One casbin policy line, named by its content.
+pub fn rbac_rule(rule: impl Display) -> String {
+    key(RBAC, rule)
+}
+
+/// Every casbin policy line.
+pub fn prefix_rbac() -> &'static str {
+    RBAC
+}
+
+/// A bearer token, by the hex SHA-256 of the token.
+pub fn token(hash: impl Display) -> String {
+    key(TOKENS, hash)
+}
+
+/// Every token.
+pub fn prefix_tokens() -> &'static str {
+    TOKENS
+}
 
 /// A node's registration.
 pub fn node(name: impl Display) -> String {
@@ -95,6 +126,9 @@ pub enum LayoutKey {
     Allocation(String),
     Team(String),
     Counter(String),
+    Setting(String),
+    RbacRule(String),
+    Token(String),
     Leader,
 }
 
@@ -105,12 +139,15 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         return Some(LayoutKey::Leader);
     }
     type Kind = fn(String) -> LayoutKey;
-    let kinds: [(&str, Kind); 5] = [
+    let kinds: [(&str, Kind); 8] = [
         (NODES, LayoutKey::Node),
         (HEARTBEATS, LayoutKey::Heartbeat),
         (ALLOCATIONS, LayoutKey::Allocation),
         (TEAMS, LayoutKey::Team),
         (COUNTERS, LayoutKey::Counter),
+        (SETTINGS, LayoutKey::Setting),
+        (RBAC, LayoutKey::RbacRule),
+        (TOKENS, LayoutKey::Token),
     ];
     kinds.into_iter().find_map(|(prefix, kind)| key.strip_prefix(prefix).and_then(decode).map(kind))
 }
@@ -170,13 +207,16 @@ mod tests {
 
     #[test]
     fn parse_inverts_every_key_function() {
-        let cases: [(String, LayoutKey); 6] = [
+        let cases: [(String, LayoutKey); 9] = [
             (node("gpu-01"), LayoutKey::Node("gpu-01".into())),
             (heartbeat("n.example_1"), LayoutKey::Heartbeat("n.example_1".into())),
             (allocation("a-1"), LayoutKey::Allocation("a-1".into())),
             (team("vision"), LayoutKey::Team("vision".into())),
             (counter("odd/name%"), LayoutKey::Counter("odd/name%".into())),
             (leader().to_owned(), LayoutKey::Leader),
+            (setting("gpu-values"), LayoutKey::Setting("gpu-values".into())),
+            (rbac_rule("g, alice, member, vision"), LayoutKey::RbacRule("g, alice, member, vision".into())),
+            (token("ab12"), LayoutKey::Token("ab12".into())),
         ];
         for (key, expected) in cases {
             assert_eq!(parse(&key), Some(expected), "{key}");

@@ -1,14 +1,17 @@
-//! allotctl: teams, nodes and allocations, for people (tables) and scripts (JSON).
+//! allotctl: teams, quotas, nodes and allocations, for people (tables) and scripts (JSON).
 
+mod admin;
 mod output;
 mod sim;
 
 use allot_api::allocation::{AllocationId, GpuDemand, Interconnect, MilliGpu, ValidatedRequest};
+use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::proto::admin_service_client::AdminServiceClient;
 use allot_api::proto::allocation_service_client::AllocationServiceClient;
 use allot_api::units::MiB;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use output::Format;
@@ -22,15 +25,35 @@ pub struct Cli {
     /// Output for people (table) or programs (json).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// A file holding the bearer token (default: $ALLOT_TOKEN, else
+    /// ~/.config/allot/admin.token when it exists).
+    #[arg(long, global = true, env = "ALLOT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Teams own allocations (quotas arrive with the policy work).
+    /// Organisations, teams and projects, with their quotas.
     #[command(subcommand)]
-    Team(TeamCommand),
+    Team(admin::TeamCommand),
+    /// A team's weight, guarantees, limits and lending limits.
+    #[command(subcommand)]
+    Quota(admin::QuotaCommand),
+    /// Who may do what: roles granted to subjects, per team or cluster-wide.
+    #[command(subcommand)]
+    Policy(admin::PolicyCommand),
+    /// Per team: guaranteed, used, borrowed, dominant share, fair share, queued.
+    Fairshare,
+    /// Requests waiting for capacity or quota.
+    #[command(subcommand)]
+    Queue(admin::QueueCommand),
+    /// Make teams, quotas and grants match a teams file, all or nothing.
+    Apply(admin::ApplyArgs),
+    /// Bearer tokens for people, services and node daemons.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
     /// The GPU servers the broker knows.
     #[command(subcommand)]
     Nodes(NodesCommand),
@@ -39,12 +62,6 @@ pub enum Command {
     Alloc(AllocCommand),
     /// Replay a task trace against a cluster with Allot's placement policies (no broker needed).
     Sim(sim::SimArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TeamCommand {
-    Create { name: String },
-    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +133,9 @@ pub struct CreateArgs {
     /// Only show where it would go.
     #[arg(long)]
     pub dry_run: bool,
+    /// Fail at once instead of waiting in the queue when it cannot be granted now.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +210,42 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The broker's services over one connection, each call carrying the token.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    channel: Channel,
+    bearer: Bearer,
+}
+
+impl Clients {
+    pub fn admin(&self) -> AdminServiceClient<InterceptedService<Channel, Bearer>> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    pub fn allocations(&self) -> AllocationServiceClient<InterceptedService<Channel, Bearer>> {
+        AllocationServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+}
+
+/// Finds the token: --token-file / ALLOT_TOKEN_FILE, then ALLOT_TOKEN, then the
+/// file a single-machine broker writes. No token is not an error here: the
+/// broker says which calls need one.
+fn find_token(token_file: Option<&std::path::Path>) -> Result<Bearer, CtlError> {
+    if let Some(path) = token_file {
+        return Bearer::from_file(path)
+            .map_err(|problem| CtlError::Usage(format!("{problem} (--token-file or ALLOT_TOKEN_FILE)")));
+    }
+    if let Ok(token) = std::env::var("ALLOT_TOKEN")
+        && !token.trim().is_empty()
+    {
+        return Bearer::new(Some(&token)).map_err(|problem| CtlError::Usage(format!("ALLOT_TOKEN: {problem}")));
+    }
+    match allot_api::bearer::default_admin_token_file() {
+        Some(path) if path.exists() => Bearer::from_file(&path).map_err(CtlError::Usage),
+        _ => Ok(Bearer::default()),
+    }
+}
+
 fn parse_id(id: &str) -> Result<String, CtlError> {
     id.parse::<AllocationId>().map(|id| id.to_string()).map_err(|error| CtlError::Usage(error.to_string()))
 }
@@ -237,35 +293,35 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Alloc(AllocCommand::Create(args)) => Some(spec(args)?),
         _ => None,
     };
+    let bearer = find_token(cli.token_file.as_deref())?;
     let channel = connect(&cli.broker).await?;
+    let clients = Clients { channel, bearer };
     let format = cli.output;
     match cli.command {
         Command::Sim(_) => Err(CtlError::Usage("sim runs without a broker".into())),
-        Command::Team(command) => {
-            let mut admin = AdminServiceClient::new(channel);
-            match command {
-                TeamCommand::Create { name } => {
-                    let team = admin.create_team(proto::CreateTeamRequest { name }).await?.into_inner();
-                    Ok(output::team_created(&team, format))
-                }
-                TeamCommand::List => {
-                    let teams = admin.list_teams(proto::ListTeamsRequest {}).await?.into_inner();
-                    Ok(output::teams(&teams.teams, format))
-                }
-            }
-        }
+        Command::Team(command) => admin::team(&clients, command, format).await,
+        Command::Quota(command) => admin::quota(&clients, command, format).await,
+        Command::Policy(command) => admin::policy(&clients, command, format).await,
+        Command::Fairshare => admin::fairshare(&clients, format).await,
+        Command::Queue(command) => admin::queue(&clients, command, format).await,
+        Command::Apply(args) => admin::apply(&clients, args, format).await,
+        Command::Token(command) => admin::token(&clients, command, format).await,
         Command::Nodes(NodesCommand::List) => {
-            let mut admin = AdminServiceClient::new(channel);
+            let mut admin = clients.admin();
             let nodes = admin.list_nodes(proto::ListNodesRequest {}).await?.into_inner();
             Ok(output::nodes(&nodes.nodes, format))
         }
         Command::Alloc(command) => {
-            let mut allocations = AllocationServiceClient::new(channel);
+            let mut allocations = clients.allocations();
             match command {
                 AllocCommand::Create(args) => {
                     let spec = create_spec.ok_or_else(|| CtlError::Usage("missing request".into()))?;
                     let reply = allocations
-                        .create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: args.dry_run })
+                        .create(proto::CreateAllocationRequest {
+                            spec: Some(spec),
+                            dry_run: args.dry_run,
+                            no_wait: args.no_wait,
+                        })
                         .await?
                         .into_inner();
                     output::created(reply, format)

@@ -13,12 +13,12 @@ pub enum Format {
     Json,
 }
 
-fn pretty(value: &Value) -> String {
+pub(crate) fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
 /// Lays out rows in aligned columns; the first row is the header.
-fn table(rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(rows: Vec<Vec<String>>) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|column| rows.iter().map(|row| row.get(column).map_or(0, String::len)).max().unwrap_or(0))
@@ -35,24 +35,6 @@ fn table(rows: Vec<Vec<String>>) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-pub fn team_created(team: &proto::Team, format: Format) -> String {
-    match format {
-        Format::Json => pretty(&json!({ "name": team.name })),
-        Format::Table => format!("team {} created", team.name),
-    }
-}
-
-pub fn teams(teams: &[proto::Team], format: Format) -> String {
-    match format {
-        Format::Json => pretty(&json!(teams.iter().map(|team| json!({ "name": team.name })).collect::<Vec<_>>())),
-        Format::Table => {
-            let mut rows = vec![vec!["TEAM".to_owned()]];
-            rows.extend(teams.iter().map(|team| vec![team.name.clone()]));
-            table(rows)
-        }
-    }
 }
 
 fn node_status(status: i32) -> &'static str {
@@ -104,12 +86,30 @@ pub fn nodes(nodes: &[proto::NodeSummary], format: Format) -> String {
     }
 }
 
-fn decode(allocation: proto::Allocation) -> Result<Allocation, CtlError> {
-    Allocation::try_from(allocation).map_err(|error| CtlError::Protocol(error.to_string()))
+/// An allocation with what only the wire carries: its place in the queue.
+struct Shown {
+    allocation: Allocation,
+    waiting_reason: String,
+    queue_position: u32,
+}
+
+impl std::ops::Deref for Shown {
+    type Target = Allocation;
+    fn deref(&self) -> &Allocation {
+        &self.allocation
+    }
+}
+
+fn decode(allocation: proto::Allocation) -> Result<Shown, CtlError> {
+    let waiting_reason = allocation.waiting_reason.clone();
+    let queue_position = allocation.queue_position;
+    let allocation = Allocation::try_from(allocation).map_err(|error| CtlError::Protocol(error.to_string()))?;
+    Ok(Shown { allocation, waiting_reason, queue_position })
 }
 
 /// The JSON form of an allocation: `cpus` are core ids, `pus` their hardware threads.
-fn allocation_json(allocation: &Allocation) -> Value {
+fn allocation_json(shown: &Shown) -> Value {
+    let allocation = &shown.allocation;
     let binding = allocation.binding.as_ref();
     let gpus: Vec<Value> = binding
         .map(|binding| {
@@ -151,6 +151,11 @@ fn allocation_json(allocation: &Allocation) -> Value {
         "gpus": gpus,
         "request": allocation.request,
         "generation": allocation.generation,
+        "preemptible": allocation.quota.borrowed,
+        "reclaim_at_ms": allocation.quota.reclaim_at_ms,
+        "reclaim_for": allocation.quota.reclaim_for.map(|id| id.to_string()),
+        "queue_position": (shown.queue_position > 0).then_some(shown.queue_position),
+        "waiting_reason": (!shown.waiting_reason.is_empty()).then_some(&shown.waiting_reason),
         "created_at_ms": allocation.created_at_ms,
         "updated_at_ms": allocation.updated_at_ms,
     })
@@ -179,14 +184,24 @@ fn granted(allocation: &Allocation) -> String {
         .join(",")
 }
 
-fn rows(allocations: &[Allocation]) -> String {
+fn rows(allocations: &[Shown]) -> String {
     let mut rows = vec![["ID", "TEAM", "STATE", "NODE", "ASKED", "GPUS", "CORES", "OWNER"].map(str::to_owned).to_vec()];
     rows.extend(allocations.iter().map(|allocation| {
         let binding = allocation.binding.as_ref();
+        let state = match (allocation.state, allocation.quota.reclaim_at_ms, allocation.quota.borrowed) {
+            (allot_api::allocation::AllocationState::Pending, _, _) if allocation.queue_position > 0 => {
+                format!("pending #{}", allocation.queue_position)
+            }
+            (_, Some(_), _) if allocation.state.holds_capacity() => {
+                format!("{} (reclaiming)", allocation.state.as_str())
+            }
+            (_, None, true) if allocation.state.holds_capacity() => format!("{} (borrowed)", allocation.state.as_str()),
+            _ => allocation.state.as_str().to_owned(),
+        };
         vec![
             allocation.id.to_string(),
             allocation.request.team.to_string(),
-            allocation.state.as_str().to_owned(),
+            state,
             binding.map(|b| b.node.to_string()).unwrap_or_else(|| "-".into()),
             demand(allocation),
             granted(allocation),
@@ -206,7 +221,7 @@ pub fn allocation(allocation: proto::Allocation, format: Format) -> Result<Strin
 }
 
 pub fn allocations(list: Vec<proto::Allocation>, format: Format) -> Result<String, CtlError> {
-    let list: Vec<Allocation> = list.into_iter().map(decode).collect::<Result<_, _>>()?;
+    let list: Vec<Shown> = list.into_iter().map(decode).collect::<Result<_, _>>()?;
     Ok(match format {
         Format::Json => pretty(&json!(list.iter().map(allocation_json).collect::<Vec<_>>())),
         Format::Table if list.is_empty() => "no allocations".to_owned(),
@@ -220,6 +235,9 @@ pub fn created(reply: proto::CreateAllocationResponse, format: Format) -> Result
             let allocation = decode(allocation)?;
             Ok(match format {
                 Format::Json => pretty(&allocation_json(&allocation)),
+                Format::Table if !allocation.waiting_reason.is_empty() => {
+                    format!("{}\nqueued: {}", rows(std::slice::from_ref(&allocation)), allocation.waiting_reason)
+                }
                 Format::Table => rows(std::slice::from_ref(&allocation)),
             })
         }

@@ -3,7 +3,7 @@
 use super::{WireError, wire_error};
 use crate::allocation::{
     Allocation, AllocationId, AllocationState, Binding, GpuDemand, GpuGrant, Interconnect, MigGrant, MilliGpu,
-    ShareGrant, ValidatedRequest,
+    QuotaStanding, ShareGrant, ValidatedRequest,
 };
 use crate::proto;
 use crate::units::MiB;
@@ -184,6 +184,11 @@ impl From<&Allocation> for proto::Allocation {
             created_at_ms: allocation.created_at_ms,
             updated_at_ms: allocation.updated_at_ms,
             generation: allocation.generation,
+            preemptible: allocation.quota.borrowed,
+            reclaim_at_ms: allocation.quota.reclaim_at_ms,
+            reclaim_for: allocation.quota.reclaim_for.map(|id| id.to_string()),
+            waiting_reason: String::new(),
+            queue_position: 0,
         }
     }
 }
@@ -203,6 +208,14 @@ impl TryFrom<proto::Allocation> for Allocation {
             created_at_ms: allocation.created_at_ms,
             updated_at_ms: allocation.updated_at_ms,
             generation: allocation.generation,
+            quota: QuotaStanding {
+                borrowed: allocation.preemptible,
+                reclaim_at_ms: allocation.reclaim_at_ms,
+                reclaim_for: allocation
+                    .reclaim_for
+                    .map(|id| id.parse::<AllocationId>().map_err(|error| wire_error("reclaim_for", error)))
+                    .transpose()?,
+            },
         })
     }
 }
@@ -247,6 +260,11 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 2,
             generation: 3,
+            quota: QuotaStanding {
+                borrowed: true,
+                reclaim_at_ms: Some(99),
+                reclaim_for: Some(AllocationId::from_u64(8)),
+            },
         };
         let back = Allocation::try_from(proto::Allocation::from(&allocation)).expect("round trip");
         assert_eq!(back, allocation);

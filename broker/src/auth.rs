@@ -1,0 +1,395 @@
+//! Who is calling (bearer tokens) and whether they may (casbin, RBAC with
+//! domains: one domain per team, `*` for the whole cluster).
+//!
+//! Tokens are random, shown once, and kept in the store only as their SHA-256.
+//! Role permissions and grants are casbin policy lines in the store, read
+//! through [`StoreAdapter`]; the broker writes grants through its writer (fenced,
+//! all or nothing with the rest of a teams file) and reloads the enforcer after.
+//! Every gRPC method and HTTP route is checked against `allot_policy::authz::RULES`.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use allot_api::allocation::TeamName;
+use allot_policy::authz::{CASBIN_MODEL, Scope, rule_for};
+use allot_policy::{Grant, Role};
+use allot_store::{Compare, Op, Store, Txn, layout};
+use casbin::{Adapter, CoreApi, DefaultModel, Enforcer, Filter, Model};
+use sha2::{Digest, Sha256};
+
+use crate::core::{Command, Core, Leadership};
+use crate::error::BrokerError;
+use crate::teams::TeamCommand;
+
+/// Who a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    Subject(String),
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Anonymous => "anonymous",
+            Caller::Subject(subject) => subject,
+        }
+    }
+}
+
+/// A new random token (`allot_` and 64 hex digits) from the kernel's generator.
+pub fn new_token() -> Result<String, BrokerError> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|error| BrokerError::Internal(format!("cannot read /dev/urandom for a token: {error}")))?;
+    Ok(format!("allot_{}", hex(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The key a token is stored under.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.trim().as_bytes()))
+}
+
+/// Writes a secret readable only by its owner (directories created 0700).
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&partial)?;
+    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())?;
+    std::fs::rename(&partial, path)
+}
+
+/// casbin policy lines in the store, one key each (`layout::rbac_rule`).
+#[derive(Debug)]
+pub struct StoreAdapter {
+    store: Arc<dyn Store>,
+    /// Writes are fenced on the leader key, like every other broker write.
+    fence: Leadership,
+}
+
+impl StoreAdapter {
+    pub fn new(store: Arc<dyn Store>, fence: Leadership) -> StoreAdapter {
+        StoreAdapter { store, fence }
+    }
+
+    async fn lines(&self) -> casbin::Result<Vec<Vec<String>>> {
+        let kvs = self.store.range(layout::prefix_rbac()).await.map_err(adapter_error)?.kvs;
+        let mut lines = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let line: Vec<String> = serde_json::from_slice(&kv.value).map_err(adapter_error)?;
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    async fn write(&self, ops: Vec<Op>) -> casbin::Result<bool> {
+        let txn = Txn::new().when([Compare::value_equals(self.fence.key.clone(), self.fence.value.clone())]).then(ops);
+        let result = self.store.txn(txn).await.map_err(adapter_error)?;
+        Ok(result.succeeded)
+    }
+
+    fn put(line: Vec<String>) -> casbin::Result<Op> {
+        let key = layout::rbac_rule(line.join(", "));
+        Ok(Op::put(key, serde_json::to_vec(&line).map_err(adapter_error)?))
+    }
+}
+
+fn adapter_error(error: impl std::error::Error + Send + Sync + 'static) -> casbin::Error {
+    casbin::error::AdapterError(Box::new(error)).into()
+}
+
+fn with_type(ptype: &str, rule: Vec<String>) -> Vec<String> {
+    std::iter::once(ptype.to_owned()).chain(rule).collect()
+}
+
+#[async_trait::async_trait]
+impl Adapter for StoreAdapter {
+    async fn load_policy(&mut self, model: &mut dyn Model) -> casbin::Result<()> {
+        for line in self.lines().await? {
+            let Some((ptype, rule)) = line.split_first() else { continue };
+            let section = &ptype[..1];
+            if let Some(assertions) = model.get_mut_model().get_mut(section)
+                && let Some(assertion) = assertions.get_mut(ptype.as_str())
+            {
+                assertion.get_mut_policy().insert(rule.to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_filtered_policy<'a>(&mut self, model: &mut dyn Model, _filter: Filter<'a>) -> casbin::Result<()> {
+        self.load_policy(model).await
+    }
+
+    async fn save_policy(&mut self, model: &mut dyn Model) -> casbin::Result<()> {
+        let mut ops = vec![Op::delete_prefix(layout::prefix_rbac())];
+        for section in ["p", "g"] {
+            let Some(assertions) = model.get_model().get(section) else { continue };
+            for (ptype, assertion) in assertions {
+                for rule in assertion.get_policy() {
+                    ops.push(Self::put(with_type(ptype, rule.clone()))?);
+                }
+            }
+        }
+        self.write(ops).await.map(|_| ())
+    }
+
+    async fn clear_policy(&mut self) -> casbin::Result<()> {
+        self.write(vec![Op::delete_prefix(layout::prefix_rbac())]).await.map(|_| ())
+    }
+
+    fn is_filtered(&self) -> bool {
+        false
+    }
+
+    async fn add_policy(&mut self, _section: &str, ptype: &str, rule: Vec<String>) -> casbin::Result<bool> {
+        self.write(vec![Self::put(with_type(ptype, rule))?]).await
+    }
+
+    async fn add_policies(&mut self, _section: &str, ptype: &str, rules: Vec<Vec<String>>) -> casbin::Result<bool> {
+        let ops =
+            rules.into_iter().map(|rule| Self::put(with_type(ptype, rule))).collect::<casbin::Result<Vec<_>>>()?;
+        self.write(ops).await
+    }
+
+    async fn remove_policy(&mut self, _section: &str, ptype: &str, rule: Vec<String>) -> casbin::Result<bool> {
+        self.write(vec![Op::delete(layout::rbac_rule(with_type(ptype, rule).join(", ")))]).await
+    }
+
+    async fn remove_policies(&mut self, _section: &str, ptype: &str, rules: Vec<Vec<String>>) -> casbin::Result<bool> {
+        let ops =
+            rules.into_iter().map(|rule| Op::delete(layout::rbac_rule(with_type(ptype, rule).join(", ")))).collect();
+        self.write(ops).await
+    }
+
+    async fn remove_filtered_policy(
+        &mut self,
+        _section: &str,
+        ptype: &str,
+        field_index: usize,
+        field_values: Vec<String>,
+    ) -> casbin::Result<bool> {
+        let mut ops = Vec::new();
+        for line in self.lines().await? {
+            let Some((kind, rule)) = line.split_first() else { continue };
+            let matches = kind == ptype
+                && field_values
+                    .iter()
+                    .enumerate()
+                    .all(|(offset, value)| value.is_empty() || rule.get(field_index + offset) == Some(value));
+            if matches {
+                ops.push(Op::delete(layout::rbac_rule(line.join(", "))));
+            }
+        }
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        self.write(ops).await
+    }
+}
+
+/// Authentication and authorization for every call.
+pub struct Auth {
+    core: Arc<Core>,
+    store: Arc<dyn Store>,
+    fence: Leadership,
+    enforcer: RwLock<Enforcer>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").finish_non_exhaustive()
+    }
+}
+
+async fn enforcer(store: Arc<dyn Store>, fence: Leadership) -> Result<Enforcer, BrokerError> {
+    let model = DefaultModel::from_str(CASBIN_MODEL)
+        .await
+        .map_err(|error| BrokerError::Internal(format!("the casbin model does not load: {error}")))?;
+    Enforcer::new(model, StoreAdapter::new(store, fence))
+        .await
+        .map_err(|error| BrokerError::StoreUnavailable(format!("cannot load authorization policy: {error}")))
+}
+
+impl Auth {
+    pub async fn new(core: Arc<Core>, store: Arc<dyn Store>, fence: Leadership) -> Result<Auth, BrokerError> {
+        let loaded = enforcer(Arc::clone(&store), fence.clone()).await?;
+        Ok(Auth { core, store, fence, enforcer: RwLock::new(loaded) })
+    }
+
+    /// Reads the policy lines from the store again (after grants changed).
+    pub async fn reload(&self) -> Result<(), BrokerError> {
+        let fresh = enforcer(Arc::clone(&self.store), self.fence.clone()).await?;
+        *self.enforcer.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The caller of a request, from its `authorization: Bearer TOKEN` header.
+    pub fn identify(&self, header: Option<&str>) -> Result<Caller, BrokerError> {
+        let Some(header) = header else { return Ok(Caller::Anonymous) };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| BrokerError::Unauthenticated("the authorization header must be `Bearer TOKEN`".into()))?;
+        let state = self.core.state();
+        match state.tokens.get(&token_hash(token)) {
+            Some(record) => Ok(Caller::Subject(record.subject.clone())),
+            None => Err(BrokerError::Unauthenticated(
+                "this token is not known to the broker (revoked, or from another cluster); ask an admin for one \
+                 (allotctl token create)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A team's domain and its ancestors' (nearest first), then the cluster's.
+    fn path_domains(&self, team: Option<&TeamName>) -> Vec<String> {
+        let state = self.core.state();
+        let mut domains: Vec<String> = match team {
+            None => Vec::new(),
+            Some(team) => {
+                let path: Vec<String> = state.tree.path(team).iter().map(|spec| spec.name.to_string()).collect();
+                if path.is_empty() { vec![team.to_string()] } else { path }
+            }
+        };
+        domains.push("*".into());
+        domains
+    }
+
+    /// The domains a permission is looked for in, by the rule's scope.
+    fn domains(&self, scope: Scope, team: Option<&TeamName>) -> Vec<String> {
+        match (scope, team) {
+            (Scope::Cluster, _) | (_, None) => self.path_domains(None),
+            (Scope::Team, Some(team)) => self.path_domains(Some(team)),
+            (Scope::ParentOfTeam, Some(team)) => {
+                let parent = self.core.state().teams.get(team).and_then(|record| record.parent.clone());
+                self.path_domains(parent.as_ref())
+            }
+        }
+    }
+
+    fn enforce_any(
+        &self,
+        caller: &Caller,
+        domains: &[String],
+        object: &str,
+        action: &str,
+    ) -> Result<bool, BrokerError> {
+        let enforcer = self.enforcer.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for domain in domains {
+            let allowed = enforcer
+                .enforce((caller.name(), domain.as_str(), object, action))
+                .map_err(|error| BrokerError::Internal(format!("authorization failed: {error}")))?;
+            if allowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Like [`Auth::check`], but the permission is looked for at `at` (and its
+    /// ancestors), whatever the rule's scope: creating a team is checked at its parent.
+    pub fn check_at(&self, caller: &Caller, call: &str, at: Option<&TeamName>) -> Result<(), BrokerError> {
+        let rule =
+            rule_for(call).ok_or_else(|| BrokerError::PermissionDenied(format!("{call} is not a known call")))?;
+        if self.enforce_any(caller, &self.path_domains(at), rule.object, rule.action)? {
+            return Ok(());
+        }
+        Err(self.refusal(caller, call, at))
+    }
+
+    /// Whether the caller may make this call, for this team.
+    pub fn allows(&self, caller: &Caller, call: &str, team: Option<&TeamName>) -> Result<bool, BrokerError> {
+        let rule =
+            rule_for(call).ok_or_else(|| BrokerError::PermissionDenied(format!("{call} is not a known call")))?;
+        self.enforce_any(caller, &self.domains(rule.scope, team), rule.object, rule.action)
+    }
+
+    /// Refuses the call unless the caller may make it.
+    pub fn check(&self, caller: &Caller, call: &str, team: Option<&TeamName>) -> Result<(), BrokerError> {
+        if self.allows(caller, call, team)? {
+            return Ok(());
+        }
+        Err(self.refusal(caller, call, team))
+    }
+
+    fn refusal(&self, caller: &Caller, call: &str, team: Option<&TeamName>) -> BrokerError {
+        if *caller == Caller::Anonymous {
+            return BrokerError::Unauthenticated(format!(
+                "{call} needs a token: pass --token-file or set ALLOT_TOKEN (a single-machine broker writes one to \
+                 ~/.config/allot/admin.token)"
+            ));
+        }
+        let rule = rule_for(call).map(|rule| format!("{} {}", rule.action, rule.object)).unwrap_or_default();
+        let place = team.map_or_else(|| "the cluster".to_owned(), |team| format!("team {team}"));
+        BrokerError::PermissionDenied(format!(
+            "{} may not {rule} in {place} ({call}); ask an admin for a role there (allotctl policy grant)",
+            caller.name()
+        ))
+    }
+}
+
+/// First start: stores the role permissions and, when no token exists yet,
+/// creates an admin token (and a node token) and writes them where asked.
+pub async fn bootstrap(core: &Core, admin_file: Option<&Path>, node_file: Option<&Path>) -> Result<(), BrokerError> {
+    let fresh = core.state().tokens.is_empty();
+    let admin = match (admin_file, fresh) {
+        (Some(_), true) => {
+            let token = new_token()?;
+            let grant = Grant { subject: "admin".into(), role: Role::PlatformAdmin, team: None };
+            Some((token, grant))
+        }
+        _ => None,
+    };
+    let created = core
+        .ask(|reply| {
+            Command::Team(TeamCommand::Bootstrap {
+                admin: admin.as_ref().map(|(token, grant)| (token_hash(token), grant.clone())),
+                reply,
+            })
+        })
+        .await?;
+    if let (Some((token, _)), Some(path)) = (&admin, admin_file)
+        && created
+    {
+        write_secret(path, token).map_err(|error| {
+            BrokerError::Internal(format!("cannot write the admin token to {}: {error}", path.display()))
+        })?;
+        tracing::info!(path = %path.display(), "created the first admin token");
+        if let Some(node_path) = node_file {
+            let node_token = new_token()?;
+            let grant = Grant { subject: "nodes".into(), role: Role::Node, team: None };
+            core.ask(|reply| {
+                Command::Team(TeamCommand::CreateToken {
+                    hash: token_hash(&node_token),
+                    subject: "nodes".into(),
+                    grant: Some(grant),
+                    reply,
+                })
+            })
+            .await?;
+            write_secret(node_path, &node_token).map_err(|error| {
+                BrokerError::Internal(format!("cannot write the node token to {}: {error}", node_path.display()))
+            })?;
+        }
+    } else if let Some(path) = admin_file
+        && !path.exists()
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "tokens exist already, so no new admin token was written; an admin can make one with allotctl token create"
+        );
+    }
+    Ok(())
+}
