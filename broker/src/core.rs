@@ -527,6 +527,14 @@ fn admit_request(
     if !state.teams.contains_key(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
     }
+    if !state.tree.is_leaf(&request.team) {
+        let projects: Vec<&str> = state.tree.children(&request.team).iter().map(|team| team.as_str()).collect();
+        return Err(BrokerError::FailedPrecondition(format!(
+            "E-NOT-A-LEAF: team {} has projects; allocate in one of them ({})",
+            request.team,
+            projects.join(", ")
+        )));
+    }
     let charge = sharing::request_charge(&request);
     let verdict = sharing::ledger(state).verdict(&request.team, &charge);
     if let allot_policy::Verdict::Never(reason) = &verdict {

@@ -326,6 +326,10 @@ impl proto::allocation_service_server::AllocationService for Services {
             self.auth.check(&caller, "AllocationService/List", Some(team))?;
         }
         let readable = self.readable_teams(&caller, "AllocationService/List")?;
+        if readable.is_empty() {
+            // Nothing to show is an answer only for a caller who may ask at all.
+            self.auth.check(&caller, "AllocationService/List", None)?;
+        }
         let state = self.core.state();
         let allocations = state
             .allocations
