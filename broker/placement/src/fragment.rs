@@ -258,6 +258,11 @@ pub enum FragMeasure {
     /// Also memory: a node whose memory is used up strands its GPUs too. CPU-only
     /// shapes are left out.
     Allot,
+    /// Host capacity, not just host fit: a node can use for a shape at most as
+    /// much idle GPU as its free CPU and memory can carry tasks of that shape
+    /// (four idle GPUs next to CPU for one task are three GPUs stranded, where
+    /// the published measure sees no fragment). CPU-only shapes are left out.
+    Capacity,
 }
 
 /// The idle milli-GPU of `node` that tasks of `shape` cannot use.
@@ -266,7 +271,7 @@ pub fn shape_fragment(node: &NodeState, shape: &TaskShape, measure: FragMeasure)
     if shape.gpu_count == 0 {
         return match measure {
             FragMeasure::Fgd => idle,
-            FragMeasure::Allot => 0,
+            FragMeasure::Allot | FragMeasure::Capacity => 0,
         };
     }
     let host_fits = node.cpu_free_milli >= shape.cpu_milli
@@ -276,7 +281,15 @@ pub fn shape_fragment(node: &NodeState, shape: &TaskShape, measure: FragMeasure)
     if !host_fits || !node.has_gpu_room(shape) {
         return idle;
     }
-    node.gpus().iter().filter(|free| **free < shape.gpu_milli).map(|free| u32::from(*free)).sum()
+    let fragment: u32 = node.gpus().iter().filter(|free| **free < shape.gpu_milli).map(|free| u32::from(*free)).sum();
+    if measure != FragMeasure::Capacity {
+        return fragment;
+    }
+    let tasks_by_cpu = node.cpu_free_milli.checked_div(shape.cpu_milli).map_or(u64::MAX, u64::from);
+    let tasks_by_memory = node.memory_free_mib.checked_div(shape.memory_mib).unwrap_or(u64::MAX);
+    let host_carries = tasks_by_cpu.min(tasks_by_memory).saturating_mul(u64::from(shape.gpu_total_milli()));
+    let usable = u64::from(idle - fragment).min(host_carries) as u32;
+    idle - usable
 }
 
 /// Task shapes with how common each is; the weights add up to 1 (or the mix is
@@ -399,6 +412,22 @@ mod tests {
         let cpu_only = TaskShape { gpu_count: 0, gpu_milli: 0, ..share(0, 1000) };
         assert_eq!(shape_fragment(&state, &cpu_only, FragMeasure::Fgd), 2000);
         assert_eq!(shape_fragment(&state, &cpu_only, FragMeasure::Allot), 0);
+    }
+
+    #[test]
+    fn capacity_measure_counts_gpus_the_host_cannot_carry() {
+        // Four idle GPUs but CPU for one 4-CPU task: the published measure sees no
+        // fragment for a 1-GPU shape; the capacity measure sees three GPUs stranded.
+        let state = node(&[1000, 1000, 1000, 1000], 5000);
+        let one_gpu = TaskShape { cpu_milli: 4000, ..whole(1) };
+        assert_eq!(shape_fragment(&state, &one_gpu, FragMeasure::Fgd), 0);
+        assert_eq!(shape_fragment(&state, &one_gpu, FragMeasure::Capacity), 3000);
+        // Shares: CPU for two 400 milli tasks carries 800 of the 4,000 idle.
+        let small = TaskShape { cpu_milli: 2000, ..share(400, 0) };
+        assert_eq!(shape_fragment(&state, &small, FragMeasure::Capacity), 3200);
+        // Plenty of CPU: the same as the published measure.
+        let roomy = node(&[200, 500, 1000, 0], 64_000);
+        assert_eq!(shape_fragment(&roomy, &share(600, 1000), FragMeasure::Capacity), 700);
     }
 
     #[test]

@@ -43,6 +43,7 @@ mod node;
 pub mod packing;
 mod place;
 mod refuse;
+pub mod scarcity;
 mod score;
 mod share;
 pub mod synthetic;

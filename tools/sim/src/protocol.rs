@@ -13,7 +13,7 @@
 
 use allot_placement::fragment::{GpuPick, NodeState, ShapeMix, TaskShape};
 use allot_placement::learn::ShapeLearner;
-use allot_placement::packing::{Packer, PackingPolicy, SplitMix64, TaskClasses};
+use allot_placement::packing::{AllotTuning, Packer, PackingPolicy, SplitMix64, TaskClasses};
 use serde::Serialize;
 
 use crate::trace::{Cluster, TaskList, TraceFormat};
@@ -35,11 +35,13 @@ pub struct RunConfig {
     pub inflation: f64,
     /// Curve points per percent of arrived workload.
     pub points_per_percent: u32,
+    /// The knobs of Allot's policy (the defaults are what the broker runs).
+    pub tuning: AllotTuning,
 }
 
 impl RunConfig {
     pub fn new(policy: PackingPolicy, seed: u64) -> RunConfig {
-        RunConfig { policy, seed, inflation: 1.3, points_per_percent: 1 }
+        RunConfig { policy, seed, inflation: 1.3, points_per_percent: 1, tuning: AllotTuning::default() }
     }
 }
 
@@ -72,6 +74,9 @@ pub struct RunResult {
     pub tasks_dropped: usize,
     /// GPU of the dropped tasks, % of capacity.
     pub dropped_gpu_pct: f64,
+    /// The shapes of the tasks dropped before the arrived workload reached 100%
+    /// (what the headline number is made of), in order.
+    pub dropped_before_100: Vec<TaskShape>,
 }
 
 /// A task placed and still holding capacity: where, and how.
@@ -172,7 +177,7 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
     let mut rng = SplitMix64::new(config.seed ^ 0x5eed_0000_0000_0001);
     let mut learner = ShapeLearner::new();
     let mut packer = match config.policy {
-        PackingPolicy::Allot => Packer::new(PackingPolicy::Allot, ShapeMix::default()),
+        PackingPolicy::Allot => Packer::with_tuning(PackingPolicy::Allot, ShapeMix::default(), config.tuning),
         policy => Packer::new(policy, typical.clone()),
     };
     // The yardstick for the fragmentation curve: the published measure under the
@@ -218,6 +223,7 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
     let mut submitted = 0usize;
     let mut dropped = 0usize;
     let mut unallocated_at_100 = None;
+    let mut dropped_before_100 = Vec::new();
     let mut holdings: Vec<Option<Holding>> = vec![None; tasks.tasks.len()];
 
     let mut update_node = |node: usize,
@@ -269,6 +275,9 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
                 }
             }
             None => {
+                if unallocated_at_100.is_none() {
+                    dropped_before_100.push(shape);
+                }
                 dropped += 1;
                 dropped_milli += f64::from(shape.gpu_total_milli());
             }
@@ -300,5 +309,6 @@ pub fn run(cluster: &Cluster, tasks: &TaskList, config: &RunConfig) -> RunResult
         tasks_submitted: submitted,
         tasks_dropped: dropped,
         dropped_gpu_pct: dropped_milli / capacity * 100.0,
+        dropped_before_100,
     }
 }
