@@ -19,25 +19,33 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # The node daemon's cgroups for this run (allocations still held at exit).
+    find /sys/fs/cgroup -depth -type d -path "*allot-run-$$*" -exec rmdir {} \; 2>/dev/null || true
     rm -rf "$state"
 }
 trap cleanup EXIT INT TERM
 
+# The broker writes the first admin token to ~/.config/allot/admin.token (only
+# its owner can read it), where allotctl finds it, and a token for node daemons.
 echo "== allot-broker serve --store embedded:$state/store --listen $grpc --http $http"
 "$bin/allot-broker" serve --store "embedded:$state/store" --listen "$grpc" --http "$http" \
-    --node-timeout 15s --heartbeat-interval 2s --ready-file "$state/ready" 2> "$state/broker.log" &
+    --node-timeout 15s --heartbeat-interval 2s --ready-file "$state/ready" \
+    --node-token-file "$state/node.token" --reclaim-grace 10s 2> "$state/broker.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$state/ready" ] && break; sleep 0.1; done
 [ -s "$state/ready" ] || { cat "$state/broker.log"; echo "run: the broker did not start" >&2; exit 1; }
 
 if "$bin/allot-node" inventory --output json | grep -q '"gpus": \[\]'; then
-    node_args=(--fixture dgx-h100 --name "$(hostname)-dgx-h100-fixture")
-    echo "== no GPU here: allot-node run on the dgx-h100 fixture (hwloc XML + fake NVML)"
+    # The fixture's GPUs on this machine's real CPUs, so cpusets really apply.
+    node_args=(--fixture dgx-h100 --name "$(hostname)-dgx-h100-fixture" --host-cpus)
+    export ALLOT_FAKE_NVML_STATE="$state/fake-nvml-state.json"
+    echo "== no GPU here: allot-node run on the dgx-h100 fixture (hwloc XML + fake NVML, this machine's CPUs)"
 else
     node_args=()
     echo "== allot-node run on this machine's hardware"
 fi
-"$bin/allot-node" run --broker "$grpc" --heartbeat-interval 2 "${node_args[@]}" 2> "$state/node.log" &
+"$bin/allot-node" run --broker "$grpc" --heartbeat-interval 2 --token-file "$state/node.token" \
+    --state-dir "$state/node" --cgroup-parent "allot-run-$$" "${node_args[@]}" 2> "$state/node.log" &
 pids+=($!)
 
 ctl() { echo; echo "\$ allotctl $*"; "$bin/allotctl" --broker "$grpc" "$@"; }
@@ -46,20 +54,30 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 ctl nodes list
-ctl team create demo
-ctl alloc create --team demo --gpus 4 --interconnect nvlink --cpus 8 --memory 65536
-ctl alloc create --team demo --share 250 --gpu-memory 10000 --cpus 2
+ctl apply -f docs/examples/teams.toml --dry-run
+ctl apply -f docs/examples/teams.toml
+ctl team list
+ctl alloc create --team vision --gpus 4 --interconnect nvlink --cpus 1 --memory 1024
+ctl alloc create --team nlp --share 250 --gpu-memory 10000 --cpus 1
+ctl alloc create --team interns --gpus 2
+ctl alloc create --team interns --gpus 1 || true
 ctl alloc list
 first=$("$bin/allotctl" --broker "$grpc" alloc list -o json | grep -o '"id": "a-[0-9a-f]*"' | head -n 1 | cut -d'"' -f4)
 ctl alloc explain "$first"
+ctl fairshare
+ctl alloc create --team nlp --gpus 4
+ctl queue list
 ctl alloc release "$first"
-ctl alloc create --team demo --gpus 9 --interconnect nvlink || true
+ctl alloc list
+ctl alloc create --team vision --gpus 9 --interconnect nvlink || true
+ctl policy list
 
 if $tour_only; then
     exit 0
 fi
 echo
 echo "Allot is running: broker at $grpc (metrics at http://$http/metrics), logs in $state."
-echo "Try: target/debug/allotctl --broker $grpc alloc create --team demo --gpus 2"
+echo "The admin token is in ~/.config/allot/admin.token (allotctl reads it from there)."
+echo "Try: target/debug/allotctl --broker $grpc alloc create --team nlp --gpus 2"
 echo "Ctrl-C stops everything."
 wait

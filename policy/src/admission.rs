@@ -161,22 +161,48 @@ impl<'a> Ledger<'a> {
             .collect()
     }
 
-    fn guaranteed(&self, team: &TeamName, class: &ResourceClass) -> u64 {
-        self.tree.get(team).map_or(0, |spec| spec.quota.guaranteed.get(class))
+    /// Where a team's guarantee of a class is held: the nearest node on its path
+    /// that declares the class (for a GPU family, or else `gpu/any`), with the
+    /// class it declares and the amount. None: nothing on the path guarantees it.
+    fn holder(&self, team: &TeamName, class: &ResourceClass) -> Option<(TeamName, ResourceClass, u64)> {
+        for spec in self.tree.path(team) {
+            let guaranteed = &spec.quota.guaranteed.0;
+            if let Some(amount) = guaranteed.get(class) {
+                return Some((spec.name.clone(), class.clone(), *amount));
+            }
+            if let ResourceClass::GpuFamily(_) = class
+                && let Some(amount) = guaranteed.get(&ResourceClass::GpuAny)
+            {
+                return Some((spec.name.clone(), ResourceClass::GpuAny, *amount));
+            }
+        }
+        None
+    }
+
+    /// How far beyond its guarantee of `class` a team's holder is, after adding `extra`
+    /// (of the holder's declared class); the whole usage when nothing guarantees it.
+    fn over(&self, team: &TeamName, class: &ResourceClass, extra: &Resources) -> u64 {
+        match self.holder(team, class) {
+            Some((node, declared, guaranteed)) => {
+                (self.subtree_usage(&node).get(&declared) + extra.get(&declared)).saturating_sub(guaranteed)
+            }
+            None => self.leaf_usage(team).get(class) + extra.get(class),
+        }
     }
 
     /// Whether the charge keeps the team within its guarantee in every guaranteed
-    /// class it touches (and it touches at least one).
+    /// class it touches (and it touches at least one). A guarantee is held by the
+    /// nearest node on the team's path that declares the class: a team inside an
+    /// organisation that is guaranteed GPUs shares that guarantee with its siblings.
     pub fn within_guarantee(&self, team: &TeamName, charge: &Resources) -> bool {
         let classes = self.guaranteed_classes();
-        let usage = self.leaf_usage(team);
         let mut touched = false;
         for (class, amount) in &charge.0 {
             if !classes.contains(class) || *amount == 0 {
                 continue;
             }
             touched = true;
-            if usage.get(class) + amount > self.guaranteed(team, class) {
+            if self.over(team, class, charge) > 0 {
                 return false;
             }
         }
@@ -218,28 +244,25 @@ impl<'a> Ledger<'a> {
             }
         }
         // Borrowing: only from what others may lend.
-        let usage = self.leaf_usage(team);
         let mut borrowed = false;
         for class in self.guaranteed_classes() {
             let amount = charge.get(&class);
             if amount == 0 {
                 continue;
             }
-            let guaranteed = self.guaranteed(team, &class);
-            let over_before = usage.get(&class).saturating_sub(guaranteed);
-            let over_after = (usage.get(&class) + amount).saturating_sub(guaranteed);
+            let over_before = self.over(team, &class, &Resources::default());
+            let over_after = self.over(team, &class, charge);
             if over_after == 0 {
                 continue;
             }
             borrowed = true;
-            let new_borrowing = over_after - over_before;
+            let new_borrowing = over_after.saturating_sub(over_before);
             let (lendable, borrowing) = self.lending(&class);
-            if borrowing + new_borrowing > lendable {
+            if new_borrowing > 0 && borrowing + new_borrowing > lendable {
                 return Verdict::Wait(format!(
-                    "{team} would borrow {class} = {} beyond its guarantee {}, but only {} of others' idle \
-                     guarantees may be lent and {} is borrowed already",
+                    "{team} would borrow {class} = {} beyond its guarantee, but only {} of what others are \
+                     guaranteed and leave idle may be lent, and {} is borrowed already",
                     format_amount(&class, new_borrowing),
-                    format_amount(&class, guaranteed),
                     format_amount(&class, lendable),
                     format_amount(&class, borrowing)
                 ));
@@ -248,27 +271,42 @@ impl<'a> Ledger<'a> {
         Verdict::Fits { borrowed }
     }
 
-    /// What may be borrowed of a class in total (capacity nobody is guaranteed
+    /// What may be borrowed of a class in total (capacity nobody is guaranteed,
     /// plus idle guarantees within each lending limit), and what is borrowed now.
+    /// Guarantees are counted at the outermost nodes that declare the class.
     fn lending(&self, class: &ResourceClass) -> (u64, u64) {
+        let declares = |spec: &crate::tree::TeamSpec| spec.quota.guaranteed.0.contains_key(class);
+        let outermost: Vec<&crate::tree::TeamSpec> = self
+            .tree
+            .teams()
+            .filter(|spec| declares(spec))
+            .filter(|spec| !self.tree.path(&spec.name).iter().skip(1).any(|ancestor| declares(ancestor)))
+            .collect();
         let mut guaranteed_total = 0u64;
         let mut idle_lendable = 0u64;
         let mut borrowing = 0u64;
-        for spec in self.tree.teams().filter(|spec| self.tree.is_leaf(&spec.name)) {
+        let mut covered: BTreeSet<TeamName> = BTreeSet::new();
+        for spec in &outermost {
             let guaranteed = spec.quota.guaranteed.get(class);
-            let used = self.usage.get(&spec.name).map_or(0, |usage| usage.get(class));
+            let used = self.subtree_usage(&spec.name).get(class);
             guaranteed_total += guaranteed;
             let idle = guaranteed.saturating_sub(used);
             idle_lendable += spec.quota.lending_limit_of(class).map_or(idle, |cap| idle.min(cap));
             borrowing += used.saturating_sub(guaranteed);
+            covered.extend(self.tree.leaves_under(&spec.name));
+        }
+        for (team, usage) in &self.usage {
+            if !covered.contains(team) {
+                borrowing += usage.get(class);
+            }
         }
         let unguaranteed = self.capacity.get(class).saturating_sub(guaranteed_total);
         (unguaranteed + idle_lendable, borrowing)
     }
 
-    /// Whether a team uses more than its guarantee of a class.
+    /// How far a team (through its guarantee's holder) is beyond its guarantee of a class.
     fn over_guarantee(&self, team: &TeamName, class: &ResourceClass) -> u64 {
-        self.leaf_usage(team).get(class).saturating_sub(self.guaranteed(team, class))
+        self.over(team, class, &Resources::default())
     }
 }
 
@@ -427,4 +465,89 @@ fn reclaim_for(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::tree::{Quota, TeamSpec};
+
+    fn amounts(pairs: &[(&str, u64)]) -> Resources {
+        Resources(pairs.iter().map(|(class, amount)| (class.parse().expect("class"), *amount)).collect())
+    }
+
+    fn spec(name: &str, parent: Option<&str>, guaranteed: &[(&str, u64)], limit: &[(&str, u64)]) -> TeamSpec {
+        TeamSpec {
+            name: name.parse().expect("name"),
+            parent: parent.map(|parent| parent.parse().expect("parent")),
+            quota: Quota { weight: 1, guaranteed: amounts(guaranteed), limit: amounts(limit), ..Quota::default() },
+        }
+    }
+
+    fn check(usage: &[(&str, &[(&str, u64)])], team: &str, charge: &[(&str, u64)]) -> Verdict {
+        let tree = QuotaTree::new(
+            vec![
+                spec("research", None, &[("gpu/any", 8000), ("cpu", 128_000)], &[("gpu/any", 12_000)]),
+                spec("vision", Some("research"), &[("gpu/any", 4000)], &[]),
+                spec("nlp", Some("research"), &[("gpu/any", 4000)], &[]),
+                spec("interns", None, &[], &[("gpu/any", 2000)]),
+            ],
+            BTreeMap::new(),
+            &BTreeSet::new(),
+        )
+        .expect("tree");
+        let capacity = amounts(&[("gpu/any", 16_000), ("cpu", 256_000)]);
+        let usage = usage.iter().map(|(team, pairs)| (team.parse().expect("team"), amounts(pairs))).collect();
+        Ledger { tree: &tree, capacity: &capacity, usage }.verdict(&team.parse().expect("team"), &amounts(charge))
+    }
+
+    #[test]
+    fn guarantees_held_by_an_organisation_cover_its_teams() {
+        // vision declares no cpu: research's 128 cores cover it, so 4 GPUs and a core are not borrowed.
+        assert_eq!(check(&[], "vision", &[("gpu/any", 4000), ("cpu", 1000)]), Verdict::Fits { borrowed: false });
+        // A fifth GPU is beyond vision's own 4.
+        assert_eq!(
+            check(&[("vision", &[("gpu/any", 4000)])], "vision", &[("gpu/any", 1000)]),
+            Verdict::Fits { borrowed: true }
+        );
+        // interns are guaranteed nothing: whatever they use is borrowed.
+        assert_eq!(check(&[], "interns", &[("gpu/any", 1000)]), Verdict::Fits { borrowed: true });
+    }
+
+    #[test]
+    fn limits_wait_or_refuse_and_borrowing_stops_at_what_may_be_lent() {
+        assert!(
+            matches!(check(&[], "interns", &[("gpu/any", 3000)]), Verdict::Never(reason) if reason.contains("E-QUOTA-EXCEEDED"))
+        );
+        assert!(matches!(
+            check(&[("interns", &[("gpu/any", 2000)])], "interns", &[("gpu/any", 1000)]),
+            Verdict::Wait(reason) if reason.contains("interns is at its limit")
+        ));
+        // research's organisation limit of 12 caps vision and nlp together.
+        assert!(matches!(
+            check(&[("vision", &[("gpu/any", 8000)]), ("nlp", &[("gpu/any", 4000)])], "vision", &[("gpu/any", 1000)]),
+            Verdict::Wait(reason) if reason.contains("research is at its limit")
+        ));
+    }
+
+    #[test]
+    fn a_lending_limit_caps_what_others_borrow() {
+        let mut lender = spec("a", None, &[("gpu/any", 8000)], &[]);
+        lender.quota.lending_limit = amounts(&[("gpu/any", 2000)]);
+        let tree =
+            QuotaTree::new(vec![lender, spec("b", None, &[("gpu/any", 8000)], &[])], BTreeMap::new(), &BTreeSet::new())
+                .expect("tree");
+        let capacity = amounts(&[("gpu/any", 16_000)]);
+        let verdict = |b_uses: u64| {
+            let usage = [("b".parse().expect("team"), amounts(&[("gpu/any", b_uses)]))].into_iter().collect();
+            Ledger { tree: &tree, capacity: &capacity, usage }
+                .verdict(&"b".parse().expect("team"), &amounts(&[("gpu/any", 1000)]))
+        };
+        assert_eq!(verdict(7000), Verdict::Fits { borrowed: false });
+        assert_eq!(verdict(8000), Verdict::Fits { borrowed: true });
+        assert_eq!(verdict(9000), Verdict::Fits { borrowed: true });
+        assert!(matches!(verdict(10_000), Verdict::Wait(reason) if reason.contains("only 2 of what others")));
+    }
 }

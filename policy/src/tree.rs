@@ -80,6 +80,16 @@ pub struct QuotaTree {
     gpu_values: BTreeMap<String, u32>,
 }
 
+/// What a parent's amounts allow of a class: its own amount of the class, or
+/// for a GPU family without one, its `gpu/any` amount (any GPU covers a family).
+fn bound_of(amounts: &Resources, class: &ResourceClass) -> u64 {
+    match (amounts.0.get(class), class) {
+        (Some(amount), _) => *amount,
+        (None, ResourceClass::GpuFamily(_)) => amounts.get(&ResourceClass::GpuAny),
+        (None, _) => 0,
+    }
+}
+
 fn place(name: &TeamName) -> String {
     format!("team \"{name}\"")
 }
@@ -221,7 +231,7 @@ impl QuotaTree {
                 let Some(child) = teams.get(kid) else { continue };
                 for (class, guaranteed) in &child.quota.guaranteed.0 {
                     sums.entry(class.clone()).or_default().push((kid.clone(), *guaranteed));
-                    let parent_guaranteed = parent.quota.guaranteed.get(class);
+                    let parent_guaranteed = bound_of(&parent.quota.guaranteed, class);
                     if *guaranteed > parent_guaranteed {
                         errors.push(QuotaError {
                             place: place(kid),
@@ -250,7 +260,7 @@ impl QuotaTree {
             }
             for (class, parts) in sums {
                 let total: u64 = parts.iter().map(|(_, amount)| amount).sum();
-                let parent_guaranteed = parent.quota.guaranteed.get(&class);
+                let parent_guaranteed = bound_of(&parent.quota.guaranteed, &class);
                 let single_too_big = parts.iter().any(|(_, amount)| *amount > parent_guaranteed);
                 if total > parent_guaranteed && !single_too_big {
                     let listed: Vec<String> =
@@ -397,6 +407,15 @@ mod tests {
             &BTreeSet::new(),
         )
         .expect("valid");
+        // A family guarantee under a parent that guarantees any GPU is covered by it.
+        assert!(
+            QuotaTree::new(
+                vec![team("org", None, &[("gpu/any", 8000)], &[]), team("x", Some("org"), &[("gpu/h100", 8000)], &[])],
+                BTreeMap::new(),
+                &BTreeSet::new(),
+            )
+            .is_ok()
+        );
         let research: TeamName = "research".parse().expect("name");
         let vision: TeamName = "vision".parse().expect("name");
         assert!(!tree.is_leaf(&research));
@@ -432,6 +451,14 @@ mod tests {
             ),
             (vec![team("a", Some("b"), &[], &[]), team("b", Some("a"), &[], &[])], "parents form a cycle: a -> b -> a"),
             (vec![team("a", Some("ghost"), &[], &[])], "team \"a\": parent \"ghost\" is not declared"),
+            (
+                vec![
+                    team("org", None, &[("gpu/any", 4000)], &[]),
+                    team("x", Some("org"), &[("gpu/h100", 3000)], &[]),
+                    team("y", Some("org"), &[("gpu/h100", 3000)], &[]),
+                ],
+                "team \"org\": children are guaranteed gpu/h100 = 6 in total (x 3, y 3), more than its guaranteed 4",
+            ),
             (vec![team("a", None, &[("gpu/b300x", 1000)], &[])], "unknown GPU family gpu/b300x"),
             (
                 vec![team("p", None, &[], &[("cpu", 1000)]), team("c", Some("p"), &[], &[("cpu", 2000)])],
