@@ -7,6 +7,7 @@
 //! all or nothing with the rest of a teams file) and reloads the enforcer after.
 //! Every gRPC method and HTTP route is checked against `allot_policy::authz::RULES`.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -205,7 +206,13 @@ pub struct Auth {
     store: Arc<dyn Store>,
     fence: Leadership,
     enforcer: RwLock<Enforcer>,
+    /// casbin's answers, until the policy is reloaded: evaluating the matcher
+    /// costs more than the rest of an allocation request.
+    decisions: RwLock<HashMap<Question, bool>>,
 }
+
+/// One casbin question: subject, domain, object, action.
+type Question = (String, String, &'static str, &'static str);
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,13 +232,16 @@ async fn enforcer(store: Arc<dyn Store>, fence: Leadership) -> Result<Enforcer, 
 impl Auth {
     pub async fn new(core: Arc<Core>, store: Arc<dyn Store>, fence: Leadership) -> Result<Auth, BrokerError> {
         let loaded = enforcer(Arc::clone(&store), fence.clone()).await?;
-        Ok(Auth { core, store, fence, enforcer: RwLock::new(loaded) })
+        Ok(Auth { core, store, fence, enforcer: RwLock::new(loaded), decisions: RwLock::new(HashMap::new()) })
     }
 
     /// Reads the policy lines from the store again (after grants changed).
     pub async fn reload(&self) -> Result<(), BrokerError> {
         let fresh = enforcer(Arc::clone(&self.store), self.fence.clone()).await?;
-        *self.enforcer.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        let mut enforcer = self.enforcer.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *enforcer = fresh;
+        // Cleared while the new enforcer is locked in: no stale answer outlives it.
+        self.decisions.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
         Ok(())
     }
 
@@ -283,14 +293,28 @@ impl Auth {
         &self,
         caller: &Caller,
         domains: &[String],
-        object: &str,
-        action: &str,
+        object: &'static str,
+        action: &'static str,
     ) -> Result<bool, BrokerError> {
         let enforcer = self.enforcer.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         for domain in domains {
-            let allowed = enforcer
-                .enforce((caller.name(), domain.as_str(), object, action))
-                .map_err(|error| BrokerError::Internal(format!("authorization failed: {error}")))?;
+            let question: Question = (caller.name().to_owned(), domain.clone(), object, action);
+            let known = self.decisions.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&question).copied();
+            let allowed = match known {
+                Some(allowed) => allowed,
+                None => {
+                    let allowed = enforcer
+                        .enforce((caller.name(), domain.as_str(), object, action))
+                        .map_err(|error| BrokerError::Internal(format!("authorization failed: {error}")))?;
+                    let mut decisions = self.decisions.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    // Bounded: a flood of unknown names cannot grow it without end.
+                    if decisions.len() > 100_000 {
+                        decisions.clear();
+                    }
+                    decisions.insert(question, allowed);
+                    allowed
+                }
+            };
             if allowed {
                 return Ok(true);
             }
@@ -392,4 +416,71 @@ pub async fn bootstrap(core: &Core, admin_file: Option<&Path>, node_file: Option
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use casbin::{MgmtApi, RbacApi};
+
+    use super::*;
+
+    async fn store_with_leader(dir: &Path) -> (Arc<dyn Store>, Leadership) {
+        let store: Arc<dyn Store> = Arc::new(allot_store::EmbeddedStore::open(dir).await.expect("store"));
+        let fence =
+            Leadership { key: layout::leader().to_owned(), value: b"me".to_vec(), lease: allot_store::LeaseId::new(1) };
+        store.txn(Txn::new().then([Op::put(fence.key.clone(), fence.value.clone())])).await.expect("leader key");
+        (store, fence)
+    }
+
+    async fn enforcer_on(store: &Arc<dyn Store>, fence: &Leadership) -> Enforcer {
+        enforcer(Arc::clone(store), fence.clone()).await.expect("enforcer")
+    }
+
+    #[tokio::test]
+    async fn the_store_adapter_keeps_policy_lines_in_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, fence) = store_with_leader(dir.path()).await;
+        let mut first = enforcer_on(&store, &fence).await;
+        first.add_policy(vec!["member".into(), "allocation".into(), "*".into()]).await.expect("p line");
+        first.add_grouping_policy(vec!["alice".into(), "member".into(), "vision".into()]).await.expect("g line");
+        // Another enforcer (a restarted broker) reads them from the store.
+        let second = enforcer_on(&store, &fence).await;
+        assert!(second.enforce(("alice", "vision", "allocation", "create")).expect("enforce"));
+        assert!(!second.enforce(("alice", "nlp", "allocation", "create")).expect("enforce"));
+        assert!(second.has_role_for_user("alice", "member", Some("vision")));
+        // Removing goes through the adapter too.
+        first.remove_grouping_policy(vec!["alice".into(), "member".into(), "vision".into()]).await.expect("remove");
+        let third = enforcer_on(&store, &fence).await;
+        assert!(!third.enforce(("alice", "vision", "allocation", "create")).expect("enforce"));
+        // A broker that lost the leader key writes nothing.
+        let stale = Leadership { value: b"someone else".to_vec(), ..fence.clone() };
+        let mut fenced = enforcer_on(&store, &stale).await;
+        let _ = fenced.add_grouping_policy(vec!["mallory".into(), "member".into(), "vision".into()]).await;
+        let fourth = enforcer_on(&store, &fence).await;
+        assert!(!fourth.has_role_for_user("mallory", "member", Some("vision")));
+    }
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_is_kept() {
+        let one = new_token().expect("token");
+        let two = new_token().expect("token");
+        assert_ne!(one, two);
+        assert!(one.starts_with("allot_") && one.len() == 6 + 64, "{one}");
+        assert_eq!(token_hash(&one), token_hash(&format!("{one}\n")), "whitespace around a token does not matter");
+        assert_ne!(token_hash(&one), token_hash(&two));
+        assert!(!token_hash(&one).contains(&one[6..]));
+    }
+
+    #[test]
+    fn secrets_are_written_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("nested/admin.token");
+        write_secret(&path, "allot_x").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "allot_x\n");
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().expect("dir")).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+    }
 }

@@ -646,7 +646,11 @@ pub(crate) fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result
         let listed: Vec<String> = twins.iter().map(|(name, count)| format!("{count} like {name}")).collect();
         format!("\nidle nodes identical to a listed one, not listed: {}", listed.join(", "))
     };
-    match allot_placement::place(request, &views) {
+    // Shares are ranked by Allot's policy under the learned mix, which counts
+    // the identical idle nodes left out of `views` in the cluster's supply.
+    let twin_counts: Vec<usize> = views.iter().map(|view| twins.get(view.name).copied().unwrap_or(0)).collect();
+    let context = allot_placement::ClusterContext { mix: &state.learned_mix, twins: &twin_counts };
+    match allot_placement::place_learned(request, &views, &context) {
         Ok(decision) => {
             Ok(Decided { binding: decision.binding, explanation: format!("{}{}", decision.explanation, note()) })
         }

@@ -98,6 +98,28 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         "# HELP allot_gpus GPUs in the cluster (total) and holding an allocation (used).\n# TYPE allot_gpus gauge\n",
     );
     out.push_str(&format!("allot_gpus{{use=\"total\"}} {total}\nallot_gpus{{use=\"used\"}} {used}\n"));
+    // allot_queue_pending: requests waiting for capacity or quota.
+    out.push_str("# HELP allot_queue_pending Requests waiting in the queue.\n# TYPE allot_queue_pending gauge\n");
+    out.push_str(&format!("allot_queue_pending {}\n", state.queue.len()));
+    // allot_team_gpus{team,kind}: per leaf team, GPU units (compute) in use and
+    // guaranteed (its own declaration; 0 when an ancestor holds the guarantee).
+    out.push_str(
+        "# HELP allot_team_gpus GPU units per team: used, and guaranteed by its own quota.\n# TYPE allot_team_gpus gauge\n",
+    );
+    for spec in state.tree.teams().filter(|spec| state.tree.is_leaf(&spec.name)) {
+        let used = state.team_usage.get(&spec.name).map_or(0, |usage| usage.get(&allot_policy::ResourceClass::GpuAny));
+        let guaranteed = spec.quota.guaranteed.get(&allot_policy::ResourceClass::GpuAny);
+        out.push_str(&format!(
+            "allot_team_gpus{{team=\"{}\",kind=\"used\"}} {}\nallot_team_gpus{{team=\"{}\",kind=\"guaranteed\"}} {}\n",
+            spec.name,
+            used as f64 / 1000.0,
+            spec.name,
+            guaranteed as f64 / 1000.0
+        ));
+    }
+    // allot_reclaiming: allocations marked for reclaim, not preempted yet.
+    out.push_str("# HELP allot_reclaiming Allocations being reclaimed.\n# TYPE allot_reclaiming gauge\n");
+    out.push_str(&format!("allot_reclaiming {}\n", state.reclaiming().count()));
     drop(state);
     // allot_writer_*: the group-commit writer.
     let metrics = &core.metrics;

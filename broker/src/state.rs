@@ -153,12 +153,20 @@ pub struct ClusterState {
     /// Allocations holding capacity, by node: keeps per-node work proportional to
     /// the node's own allocations, not to the history of the cluster.
     live_by_node: BTreeMap<NodeName, BTreeSet<AllocationId>>,
+    /// The task mix learned from the requests that arrived (each allocation
+    /// counted once, when it is first put), which Allot's share placement packs
+    /// against. Not persisted: after a restart it starts again from the
+    /// allocations put since.
+    pub learned_mix: allot_placement::learn::RequestMix,
 }
 
 impl ClusterState {
     /// Inserts or replaces an allocation, keeping the per-node index, the queue
     /// and the per-team usage right.
     pub fn put_allocation(&mut self, allocation: Allocation) {
+        if !self.allocations.contains_key(&allocation.id) {
+            self.learned_mix.observe(&allocation.request);
+        }
         if let Some(previous) = self.allocations.get(&allocation.id)
             && let Some(binding) = &previous.binding
             && let Some(live) = self.live_by_node.get_mut(&binding.node)

@@ -231,7 +231,7 @@ pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut
                 ))));
                 return None;
             }
-            let tree = match state.tree.without(&name) {
+            let tree = match state.tree.without(&name, &families) {
                 Ok(tree) => tree,
                 Err(problems) => {
                     let _ = reply.send(Err(invalid(problems)));

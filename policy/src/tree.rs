@@ -358,7 +358,7 @@ impl QuotaTree {
     }
 
     /// A copy without one team, checked again (its children must go first).
-    pub fn without(&self, name: &TeamName) -> Result<QuotaTree, Vec<QuotaError>> {
+    pub fn without(&self, name: &TeamName, families: &BTreeSet<String>) -> Result<QuotaTree, Vec<QuotaError>> {
         if !self.children(name).is_empty() {
             return Err(vec![QuotaError {
                 place: place(name),
@@ -369,7 +369,7 @@ impl QuotaTree {
             }]);
         }
         let specs = self.teams.values().filter(|spec| &spec.name != name).cloned().collect();
-        QuotaTree::new(specs, self.gpu_values.clone(), &BTreeSet::new())
+        QuotaTree::new(specs, self.gpu_values.clone(), families)
     }
 }
 
@@ -479,8 +479,8 @@ mod tests {
             &BTreeSet::new(),
         )
         .expect("valid");
-        let errors = tree.without(&"org".parse().expect("name")).expect_err("has a child");
+        let errors = tree.without(&"org".parse().expect("name"), &BTreeSet::new()).expect_err("has a child");
         assert!(errors[0].problem.contains("children (a)"), "{errors:?}");
-        assert!(tree.without(&"a".parse().expect("name")).is_ok());
+        assert!(tree.without(&"a".parse().expect("name"), &BTreeSet::new()).is_ok());
     }
 }
