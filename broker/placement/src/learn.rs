@@ -7,9 +7,11 @@
 //! grow geometrically (after 16, 32, 64, ... tasks, then every
 //! [`ShapeLearner::REFRESH_EVERY`]), which keeps the packer's memo tables useful.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use crate::fragment::{ShapeMix, TaskShape};
+use allot_api::allocation::{GpuDemand, ValidatedRequest};
+
+use crate::fragment::{ModelSet, ShapeMix, TaskShape, WHOLE_GPU_MILLI};
 
 /// Counts task shapes as they arrive and turns them into a [`ShapeMix`].
 #[derive(Debug, Clone, Default)]
@@ -51,6 +53,101 @@ impl ShapeLearner {
     /// The mix learned so far: each shape weighted by how often it arrived.
     pub fn mix(&self) -> ShapeMix {
         ShapeMix::from_weights(self.counts.iter().map(|(shape, count)| (*shape, *count)))
+    }
+}
+
+/// A request's shape as the broker learns it: like [`TaskShape`], but naming the
+/// GPU models a whole-GPU request accepts, since model ids are only given out
+/// when a decision maps the cluster's models (see [`RequestMix::shape_mix`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct RequestShape {
+    cpu_milli: u32,
+    memory_mib: u64,
+    gpu_count: u8,
+    gpu_milli: u16,
+    /// Lowercase; empty for any model.
+    models: Vec<String>,
+}
+
+impl RequestShape {
+    /// `None` for MIG requests: they take MIG slices, which the shape model of
+    /// whole GPUs and shares does not describe.
+    fn of(request: &ValidatedRequest) -> Option<RequestShape> {
+        let (gpu_count, gpu_milli, models) = match &request.gpus {
+            GpuDemand::None => (0, 0, Vec::new()),
+            GpuDemand::Whole { count, models } => {
+                let mut models: Vec<String> = models.iter().map(|model| model.to_lowercase()).collect();
+                models.sort();
+                models.dedup();
+                (u8::try_from(*count).unwrap_or(u8::MAX), WHOLE_GPU_MILLI, models)
+            }
+            GpuDemand::Share { compute, .. } => {
+                (1, u16::try_from(compute.0.min(u32::from(WHOLE_GPU_MILLI))).unwrap_or(WHOLE_GPU_MILLI), Vec::new())
+            }
+            GpuDemand::Mig { .. } => return None,
+        };
+        Some(RequestShape {
+            cpu_milli: request.cpus.saturating_mul(1000),
+            memory_mib: request.memory.0,
+            gpu_count,
+            gpu_milli,
+            models,
+        })
+    }
+}
+
+/// The broker's learned task mix: how many requests of each shape have arrived.
+/// Fed with every request as it arrives (placed, queued or later refused for
+/// capacity alike), like the simulator's [`ShapeLearner`]; it never looks at what
+/// has not arrived. MIG requests are not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMix {
+    counts: BTreeMap<RequestShape, u64>,
+    seen: u64,
+}
+
+impl RequestMix {
+    /// Records one arrived request.
+    pub fn observe(&mut self, request: &ValidatedRequest) {
+        if let Some(shape) = RequestShape::of(request) {
+            *self.counts.entry(shape).or_default() += 1;
+            self.seen += 1;
+        }
+    }
+
+    /// Requests counted so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The mix as packing sees it, with model names turned into ids by
+    /// `model_id` (which says which ids a model name matches: a request for
+    /// "H100" accepts every GPU model containing it), plus `extra` counted once
+    /// more (the request being placed, so that the first request has a mix).
+    pub fn shape_mix(&self, model_ids: &dyn Fn(&str) -> ModelSet, extra: Option<&ValidatedRequest>) -> ShapeMix {
+        let extra = extra.and_then(RequestShape::of);
+        let entries = self
+            .counts
+            .iter()
+            .map(|(shape, count)| (shape, *count as f64))
+            .chain(extra.iter().map(|shape| (shape, 1.0)));
+        ShapeMix::from_weights(entries.map(|(shape, weight)| {
+            let models = if shape.models.is_empty() {
+                ModelSet::ANY
+            } else {
+                let set = shape.models.iter().fold(ModelSet::ANY, |set, model| ModelSet(set.0 | model_ids(model).0));
+                // No GPU of the cluster matches: a model id no node has.
+                if set.is_any() { ModelSet::ANY.with(63) } else { set }
+            };
+            let task = TaskShape {
+                cpu_milli: shape.cpu_milli,
+                memory_mib: shape.memory_mib,
+                gpu_count: shape.gpu_count,
+                gpu_milli: shape.gpu_milli,
+                models,
+            };
+            (task, weight)
+        }))
     }
 }
 

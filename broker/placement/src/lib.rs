@@ -26,7 +26,11 @@
 //!   cores; then the slot that blocks the fewest instances of the largest profiles
 //!   (7g first, then 4g, 3g, ...); then reusing an unowned instance of exactly that
 //!   profile and start; then GPUs already partitioned; then the snuggest node.
-//! - **Shares** ([`ShareScore`]): ranked by a [`SharePolicy`], best fit by default.
+//! - **Shares** ([`ShareScore`]): ranked by a [`SharePolicy`]. The default is
+//!   Allot's packing policy: with the learned task mix ([`place_learned`], as the
+//!   broker calls it) the GPU whose share is expected to cost future work least
+//!   (fragmentation added plus cluster-wide scarcity, see the `packing` and
+//!   `scarcity` modules); without a mix ([`place`]) best fit.
 //! - **CPU only** ([`CpuScore`]): cores on one NUMA node; nodes with fewer free
 //!   GPUs (their cores are not wanted by GPU work); the snuggest fit.
 //!
@@ -38,6 +42,7 @@ mod explain;
 pub mod fragment;
 mod gpus;
 pub mod learn;
+mod learned;
 mod mig;
 mod node;
 pub mod packing;
@@ -54,6 +59,7 @@ use allot_api::allocation::{Binding, NodeName, ValidatedRequest};
 use allot_api::topology::NodeInventory;
 
 pub use explain::{Explanation, GpuExclusions, NodeRefusal, NodeVerdict, Refusal, RefusalReason, Verdict};
+pub use learned::ClusterContext;
 pub use score::{BlockedProfile, CpuScore, MigScore, Score, ShareScore, WholeScore};
 pub use share::{ShareCandidate, SharePolicy};
 pub use usage::{MigSlot, NodeUsage, ShareLoad};
@@ -111,5 +117,16 @@ pub fn place_with(
     nodes: &[NodeView<'_>],
     options: &PlacementOptions,
 ) -> Result<Decision, Refusal> {
-    place::place_with(request, nodes, options)
+    place::place_with(request, nodes, options, None)
+}
+
+/// Places one request with the default options, ranking shares by Allot's policy
+/// under the learned task mix of `context` (other requests place as [`place`]
+/// does, and pay nothing for the mix).
+pub fn place_learned(
+    request: &ValidatedRequest,
+    nodes: &[NodeView<'_>],
+    context: &ClusterContext<'_>,
+) -> Result<Decision, Refusal> {
+    place::place_with(request, nodes, &PlacementOptions::default(), Some(context))
 }

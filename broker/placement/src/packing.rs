@@ -391,25 +391,43 @@ impl Packer {
 
     /// Allot's policy: see [`AllotScore`].
     pub fn allot_best(&mut self, node: &NodeState, task: &TaskShape) -> Option<(AllotScore, GpuPick)> {
-        let before = self.fragmentation(node);
         let mut best: Option<(AllotScore, GpuPick)> = None;
         for pick in node.picks(task).iter() {
-            let next = node.take(task, pick);
-            let after = self.fragmentation(&next);
-            let breaks_free_gpu = match pick {
-                GpuPick::Share(position) => node.gpu_free[usize::from(position)] >= WHOLE_GPU_MILLI,
-                _ => false,
-            };
-            let mut fragment_added = self.tuning.fragment_weight * (after - before);
-            if let Some(scarcity) = self.scarcity.as_mut() {
-                fragment_added += scarcity.cost(node, &next);
-            }
-            let score = AllotScore { fragment_added, breaks_free_gpu, idle_left: next.idle_milli() };
+            let score = self.allot_score(node, task, pick);
             if best.as_ref().is_none_or(|(best, _)| score.pack().cmp(&best.pack()).is_gt()) {
                 best = Some((score, pick));
             }
         }
         best
+    }
+
+    /// Allot's score of one placement (`pick` must come from `node.picks(task)`, or
+    /// be a share of a GPU with room). Call [`Packer::allot_prepare`] with the
+    /// whole cluster first, so the scarcity cost sees the current supply.
+    pub fn allot_score(&mut self, node: &NodeState, task: &TaskShape, pick: GpuPick) -> AllotScore {
+        let before = self.fragmentation(node);
+        let next = node.take(task, pick);
+        let after = self.fragmentation(&next);
+        let breaks_free_gpu = match pick {
+            GpuPick::Share(position) => {
+                node.gpu_free.get(usize::from(position)).is_some_and(|free| *free >= WHOLE_GPU_MILLI)
+            }
+            _ => false,
+        };
+        let mut fragment_added = self.tuning.fragment_weight * (after - before);
+        if let Some(scarcity) = self.scarcity.as_mut() {
+            fragment_added += scarcity.cost(node, &next);
+        }
+        AllotScore { fragment_added, breaks_free_gpu, idle_left: next.idle_milli() }
+    }
+
+    /// Brings the cluster-wide supply of Allot's scarcity cost in step with
+    /// `nodes` (every node of the cluster, in a stable order) before scoring one
+    /// decision.
+    pub fn allot_prepare(&mut self, nodes: &[NodeState]) {
+        if let Some(scarcity) = self.scarcity.as_mut() {
+            scarcity.sync(nodes);
+        }
     }
 
     /// Chooses a node and GPUs for the task among `nodes` (with their task classes,
@@ -458,9 +476,7 @@ impl Packer {
     /// supply is brought up to date first, and each distinct node state is scored
     /// once per decision.
     fn allot_choose(&mut self, nodes: &[NodeState], task: &TaskShape) -> Option<(usize, GpuPick)> {
-        if let Some(scarcity) = self.scarcity.as_mut() {
-            scarcity.sync(nodes);
-        }
+        self.allot_prepare(nodes);
         self.decision_memo.clear();
         let mut best: Option<(PackScore, usize, GpuPick)> = None;
         for (index, node) in nodes.iter().enumerate() {

@@ -10,9 +10,11 @@ use allot_api::units::CpuSet;
 use crate::cores::{CoreGrant, assign_cores, free_memory, gpu_numa_weights, total_free, would_spill};
 use crate::explain::{Explanation, NodeRefusal, NodeVerdict, Refusal, RefusalReason, Verdict, describe_request};
 use crate::gpus::{GpuFilter, Mode, assign_nics};
+use crate::learned::{self, ClusterContext};
 use crate::mig::{self, MigAsk};
 use crate::node::NodeCtx;
 use crate::score::{CpuScore, Score, blocked_words};
+use crate::share::SharePolicy;
 use crate::share::{self, ShareAsk};
 use crate::usage::NodeUsage;
 use crate::whole::{self, WholeAsk};
@@ -40,6 +42,7 @@ pub(crate) fn evaluate_node(
     usage: &NodeUsage,
     mode: Mode,
     options: &PlacementOptions,
+    share_costs: Option<&[Option<f64>]>,
 ) -> Result<Offer, NodeRefusal> {
     let node = NodeCtx::new(inventory, usage, mode);
     let filter = GpuFilter { models: &[], min_memory: request.min_gpu_memory, rdma: request.rdma };
@@ -77,6 +80,7 @@ pub(crate) fn evaluate_node(
                 filter,
                 cpus: request.cpus,
                 policy: options.share_policy,
+                costs: share_costs,
             };
             let offer = share::evaluate(&node, &ask)?;
             Offer {
@@ -106,7 +110,13 @@ pub(crate) fn place_with(
     request: &ValidatedRequest,
     nodes: &[NodeView<'_>],
     options: &PlacementOptions,
+    context: Option<&ClusterContext<'_>>,
 ) -> Result<Decision, Refusal> {
+    // Only share requests under Allot's policy with a learned mix pay for it.
+    let share_costs = match (options.share_policy, context) {
+        (SharePolicy::Allot, Some(context)) => learned::share_costs(request, nodes, context),
+        _ => None,
+    };
     let mut order: Vec<usize> = (0..nodes.len()).collect();
     order.sort_by(|a, b| nodes[*a].name.cmp(nodes[*b].name));
     let mut outcomes: Vec<(usize, Result<Score, NodeRefusal>)> = Vec::with_capacity(nodes.len());
@@ -116,7 +126,10 @@ pub(crate) fn place_with(
         let outcome = match view.status {
             NodeStatus::Lost => Err(NodeRefusal::Lost),
             NodeStatus::Cordoned => Err(NodeRefusal::Cordoned),
-            NodeStatus::Ready => evaluate_node(request, view.inventory, view.usage, Mode::Now, options),
+            NodeStatus::Ready => {
+                let costs = share_costs.as_ref().and_then(|costs| costs.get(index)).map(Vec::as_slice);
+                evaluate_node(request, view.inventory, view.usage, Mode::Now, options, costs)
+            }
         };
         match outcome {
             Ok(offer) => {

@@ -27,7 +27,7 @@ pub(crate) fn refusal(
     let mut never: Vec<(usize, NodeRefusal)> = Vec::new();
     for (index, _) in &outcomes {
         let view = &nodes[*index];
-        match evaluate_node(request, view.inventory, &idle, Mode::Ever, options) {
+        match evaluate_node(request, view.inventory, &idle, Mode::Ever, options, None) {
             Ok(_) => could.push(*index),
             Err(reason) => never.push((*index, reason)),
         }

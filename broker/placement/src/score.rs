@@ -296,6 +296,14 @@ pub struct ShareScore {
     pub compute_left: MilliGpu,
     pub memory_left: MiB,
     pub free_gpus_after: u32,
+    /// Allot's policy only: the milli-GPU of future work the share is expected to
+    /// cost (fragmentation added under the learned mix plus scarcity), in
+    /// thousandths.
+    pub expected_cost: Option<i64>,
+}
+
+fn cost_words(cost: i64) -> String {
+    format!("{:.1}", cost as f64 / 1000.0)
 }
 
 impl ShareScore {
@@ -304,6 +312,15 @@ impl ShareScore {
             format!("{}throttling GPU", if self.throttling { "" } else { "no " })
         } else if self.cores_spill != other.cores_spill {
             format!("cores {} vs {}", spill_words(self.cores_spill), spill_words(other.cores_spill))
+        } else if let (Some(mine), Some(theirs)) = (self.expected_cost, other.expected_cost)
+            && mine != theirs
+        {
+            format!(
+                "expected to cost future work {} milli-GPU vs {} (fragmentation and scarcity under the learned \
+                 task mix)",
+                cost_words(mine),
+                cost_words(theirs)
+            )
         } else if self.shared_before != other.shared_before {
             format!("{} GPU", if self.shared_before { "fills an already shared" } else { "opens a fresh" })
         } else if self.rank != other.rank {
@@ -320,6 +337,9 @@ impl ShareScore {
 impl fmt::Display for ShareScore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "leaves {} milli-GPU and {} on the GPU", self.compute_left.0, self.memory_left)?;
+        if let Some(cost) = self.expected_cost {
+            write!(f, ", expected cost {} milli-GPU", cost_words(cost))?;
+        }
         f.write_str(if self.shared_before { ", already shared" } else { ", fresh GPU" })?;
         if self.throttling {
             f.write_str(", throttling")?;

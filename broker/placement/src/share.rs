@@ -16,10 +16,17 @@ use crate::score::ShareScore;
 /// are new variants of [`SharePolicy::rank`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SharePolicy {
+    /// Allot's packing policy (`packing::PackingPolicy::Allot`): the GPU whose
+    /// share is expected to cost future work least, that is the fragmentation it
+    /// adds under the learned task mix plus the cluster-wide scarcity cost; then
+    /// as best fit. It needs the learned mix ([`crate::place_learned`]); without
+    /// one ([`crate::place`]) nothing is known of the workload and it ranks as
+    /// best fit.
+    #[default]
+    Allot,
     /// The GPU left with the least free capacity (compute and memory, each as a
     /// fraction of the GPU, added), GPUs already shared before fresh ones: keeps
     /// whole GPUs free and fragments least.
-    #[default]
     BestFit,
     /// The GPU left with the most free capacity: spreads shares out, so each gets
     /// the most headroom (interference aside), at the cost of fragmentation.
@@ -36,6 +43,20 @@ pub struct ShareCandidate {
     pub throttling: bool,
     pub cores_spill: bool,
     pub free_gpus_after: u32,
+    /// Allot's policy only: the expected milli-GPU of future work the share
+    /// costs, in thousandths (see [`quantize_cost`]).
+    pub expected_cost: Option<i64>,
+}
+
+/// An expected cost in milli-GPU as thousandths of milli-GPU, rounded, so that
+/// equal placements compare equal despite floating-point noise.
+pub fn quantize_cost(cost: f64) -> i64 {
+    if cost.is_finite() { (cost * 1000.0).round().clamp(-1e15, 1e15) as i64 } else { i64::MAX / 2 }
+}
+
+/// A cost in thousandths of milli-GPU as a rank word: order-preserving.
+fn cost_rank(cost: i64) -> u32 {
+    (cost.clamp(-(1 << 31), (1 << 31) - 1) + (1 << 31)) as u32
 }
 
 impl ShareCandidate {
@@ -57,16 +78,20 @@ impl SharePolicy {
     /// name, then GPU index.
     pub fn rank(&self, candidate: &ShareCandidate) -> [u32; 4] {
         let flags = u32::from(candidate.throttling) * 2 + u32::from(candidate.cores_spill);
-        match self {
-            SharePolicy::BestFit => {
+        match (self, candidate.expected_cost) {
+            (SharePolicy::Allot, Some(cost)) => {
+                [flags, cost_rank(cost), u32::from(!candidate.shared_before), candidate.leftover_ppm()]
+            }
+            (SharePolicy::BestFit | SharePolicy::Allot, _) => {
                 [flags, u32::from(!candidate.shared_before), candidate.leftover_ppm(), candidate.free_gpus_after]
             }
-            SharePolicy::WorstFit => [flags, 0, 2_000_000 - candidate.leftover_ppm(), 0],
+            (SharePolicy::WorstFit, _) => [flags, 0, 2_000_000 - candidate.leftover_ppm(), 0],
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
+            SharePolicy::Allot => "allot",
             SharePolicy::BestFit => "best-fit",
             SharePolicy::WorstFit => "worst-fit",
         }
@@ -80,6 +105,9 @@ pub(crate) struct ShareAsk<'r> {
     pub filter: GpuFilter<'r>,
     pub cpus: u32,
     pub policy: SharePolicy,
+    /// Allot's expected cost of the share on each GPU of this node, by position
+    /// (see `learned::share_costs`); `None` without a learned mix.
+    pub costs: Option<&'r [Option<f64>]>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +156,13 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &ShareAsk<'_>) -> Result<ShareOf
             continue;
         }
         let shared_before = load.count > 0;
+        let expected_cost = match (ask.policy, ask.costs) {
+            // A GPU the abstract state cannot represent ranks after those it can.
+            (SharePolicy::Allot, Some(costs)) => {
+                Some(quantize_cost(costs.get(position).copied().flatten().unwrap_or(f64::INFINITY)))
+            }
+            _ => None,
+        };
         let candidate = ShareCandidate {
             compute_left: MilliGpu(MilliGpu::WHOLE.0 - compute_after),
             memory_left: MiB(gpu_memory.0 - memory_after),
@@ -136,6 +171,7 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &ShareAsk<'_>) -> Result<ShareOf
             throttling: state.throttling,
             cores_spill: node.cores_spill(std::iter::once(gpu.numa_node), ask.cpus),
             free_gpus_after: node.free_gpus().saturating_sub(u32::from(!shared_before)),
+            expected_cost,
         };
         let score = ShareScore {
             rank: ask.policy.rank(&candidate),
@@ -145,6 +181,7 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &ShareAsk<'_>) -> Result<ShareOf
             compute_left: candidate.compute_left,
             memory_left: candidate.memory_left,
             free_gpus_after: candidate.free_gpus_after,
+            expected_cost,
         };
         if best.as_ref().is_none_or(|best| score < best.score) {
             best = Some(ShareOffer { score, position, grant: ShareGrant { compute: ask.compute, memory: ask.memory } });
@@ -166,6 +203,7 @@ mod tests {
             throttling: false,
             cores_spill: false,
             free_gpus_after: 0,
+            expected_cost: None,
         }
     }
 
