@@ -105,6 +105,7 @@ impl proto::admin_service_server::AdminService for Services {
             .core
             .ask(|reply| Command::Team(TeamCommand::Create { name: name.clone(), parent, quota, reply }))
             .await?;
+        self.auth.refresh();
         Ok(Response::new(team_to_wire(&self.core.state(), &record)))
     }
 

@@ -209,6 +209,16 @@ pub struct Auth {
     /// casbin's answers, until the policy is reloaded: evaluating the matcher
     /// costs more than the rest of an allocation request.
     decisions: RwLock<HashMap<Question, bool>>,
+    /// What authorization reads of the cluster state, copied so that a call is
+    /// never held up by the writer holding the state's lock.
+    view: RwLock<View>,
+}
+
+/// Tokens and the team tree's parent links, as of the last refresh.
+#[derive(Debug, Default)]
+struct View {
+    tokens: HashMap<String, String>,
+    parents: HashMap<TeamName, Option<TeamName>>,
 }
 
 /// One casbin question: subject, domain, object, action.
@@ -232,7 +242,29 @@ async fn enforcer(store: Arc<dyn Store>, fence: Leadership) -> Result<Enforcer, 
 impl Auth {
     pub async fn new(core: Arc<Core>, store: Arc<dyn Store>, fence: Leadership) -> Result<Auth, BrokerError> {
         let loaded = enforcer(Arc::clone(&store), fence.clone()).await?;
-        Ok(Auth { core, store, fence, enforcer: RwLock::new(loaded), decisions: RwLock::new(HashMap::new()) })
+        let auth = Auth {
+            core,
+            store,
+            fence,
+            enforcer: RwLock::new(loaded),
+            decisions: RwLock::new(HashMap::new()),
+            view: RwLock::new(View::default()),
+        };
+        auth.refresh();
+        Ok(auth)
+    }
+
+    /// Copies the tokens and the tree's shape from the state: after every change
+    /// to teams or tokens (the admin service calls it once the writer stored them).
+    pub fn refresh(&self) {
+        let view = {
+            let state = self.core.state();
+            View {
+                tokens: state.tokens.iter().map(|(hash, record)| (hash.clone(), record.subject.clone())).collect(),
+                parents: state.teams.iter().map(|(name, record)| (name.clone(), record.parent.clone())).collect(),
+            }
+        };
+        *self.view.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = view;
     }
 
     /// Reads the policy lines from the store again (after grants changed).
@@ -242,6 +274,8 @@ impl Auth {
         *enforcer = fresh;
         // Cleared while the new enforcer is locked in: no stale answer outlives it.
         self.decisions.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        drop(enforcer);
+        self.refresh();
         Ok(())
     }
 
@@ -252,9 +286,9 @@ impl Auth {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| BrokerError::Unauthenticated("the authorization header must be `Bearer TOKEN`".into()))?;
-        let state = self.core.state();
-        match state.tokens.get(&token_hash(token)) {
-            Some(record) => Ok(Caller::Subject(record.subject.clone())),
+        let view = self.view.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match view.tokens.get(&token_hash(token)) {
+            Some(subject) => Ok(Caller::Subject(subject.clone())),
             None => Err(BrokerError::Unauthenticated(
                 "this token is not known to the broker (revoked, or from another cluster); ask an admin for one \
                  (allotctl token create)"
@@ -265,14 +299,18 @@ impl Auth {
 
     /// A team's domain and its ancestors' (nearest first), then the cluster's.
     fn path_domains(&self, team: Option<&TeamName>) -> Vec<String> {
-        let state = self.core.state();
-        let mut domains: Vec<String> = match team {
-            None => Vec::new(),
-            Some(team) => {
-                let path: Vec<String> = state.tree.path(team).iter().map(|spec| spec.name.to_string()).collect();
-                if path.is_empty() { vec![team.to_string()] } else { path }
+        let view = self.view.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut domains: Vec<String> = Vec::new();
+        let mut current = team.cloned();
+        while let Some(name) = current {
+            // The tree is checked to be at most MAX_DEPTH deep and acyclic; the
+            // bound only guards against a view caught mid-change.
+            if domains.len() > allot_policy::tree::MAX_DEPTH {
+                break;
             }
-        };
+            current = view.parents.get(&name).cloned().flatten();
+            domains.push(name.to_string());
+        }
         domains.push("*".into());
         domains
     }
@@ -283,7 +321,14 @@ impl Auth {
             (Scope::Cluster, _) | (_, None) => self.path_domains(None),
             (Scope::Team, Some(team)) => self.path_domains(Some(team)),
             (Scope::ParentOfTeam, Some(team)) => {
-                let parent = self.core.state().teams.get(team).and_then(|record| record.parent.clone());
+                let parent = self
+                    .view
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .parents
+                    .get(team)
+                    .cloned()
+                    .flatten();
                 self.path_domains(parent.as_ref())
             }
         }

@@ -289,7 +289,13 @@ impl proto::allocation_service_server::AllocationService for Services {
         let no_wait = request.no_wait;
         let (allocation, explanation) =
             self.core.ask(|reply| Command::CreateAllocation { request: Box::new(validated), no_wait, reply }).await?;
-        let wire = allocation_to_wire(&self.core.state(), &allocation);
+        // Only a waiting allocation needs the state (for its place in the queue):
+        // a grant is answered without waiting for the writer's lock.
+        let wire = if allocation.state == AllocationState::Pending {
+            allocation_to_wire(&self.core.state(), &allocation)
+        } else {
+            (&allocation).into()
+        };
         Ok(Response::new(proto::CreateAllocationResponse {
             binding: allocation.binding.as_ref().map(Into::into),
             allocation: Some(wire),
