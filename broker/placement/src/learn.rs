@@ -97,9 +97,10 @@ impl RequestShape {
 }
 
 /// The broker's learned task mix: how many requests of each shape have arrived.
-/// Fed with every request as it arrives (placed, queued or later refused for
-/// capacity alike), like the simulator's [`ShapeLearner`]; it never looks at what
-/// has not arrived. MIG requests are not counted.
+/// The broker feeds it every request that becomes an allocation (placed or
+/// queued), once, like the simulator's [`ShapeLearner`]; it never looks at what
+/// has not arrived. Requests refused outright (impossible, over a limit, or not
+/// willing to wait) are not counted. MIG requests are not counted either.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMix {
     counts: BTreeMap<RequestShape, u64>,
@@ -170,5 +171,41 @@ mod tests {
         let weight = |milli: u16| mix.entries().iter().find(|(shape, _)| shape.gpu_milli == milli).map(|(_, w)| *w);
         assert_eq!(weight(500), Some(0.25));
         assert_eq!(weight(250), Some(0.75));
+    }
+
+    fn request(gpus: GpuDemand, cpus: u32) -> ValidatedRequest {
+        use allot_api::allocation::Interconnect;
+        use allot_api::units::MiB;
+        ValidatedRequest::new("ml".parse().expect("team"), gpus, cpus, MiB(2048), Interconnect::Any, false, None, None)
+            .expect("a valid request")
+    }
+
+    #[test]
+    fn request_mix_counts_arrivals_by_shape_and_maps_model_names_to_ids() {
+        use allot_api::allocation::MilliGpu;
+        use allot_api::units::MiB;
+        let mut mix = RequestMix::default();
+        let h100 = request(GpuDemand::Whole { count: 2, models: vec!["H100".into()] }, 8);
+        let share = request(GpuDemand::Share { compute: MilliGpu(250), memory: MiB(4096) }, 2);
+        mix.observe(&h100);
+        mix.observe(&share);
+        mix.observe(&share);
+        mix.observe(&request(GpuDemand::Mig { profile: "3g.40gb".into() }, 1));
+        assert_eq!(mix.seen(), 3, "MIG is not counted");
+        // Model id 4 is the cluster's "nvidia h100 80gb hbm3".
+        let ids =
+            |name: &str| if "nvidia h100 80gb hbm3".contains(name) { ModelSet::ANY.with(4) } else { ModelSet::ANY };
+        let shapes = mix.shape_mix(&ids, Some(&share));
+        let weight = |milli: u16| shapes.entries().iter().find(|(shape, _)| shape.gpu_milli == milli).cloned();
+        let (whole, whole_weight) = weight(1000).expect("the H100 shape");
+        assert_eq!((whole.gpu_count, whole.cpu_milli, whole.models), (2, 8000, ModelSet::ANY.with(4)));
+        assert_eq!(whole_weight, 0.25);
+        assert_eq!(weight(250).map(|(_, weight)| weight), Some(0.75), "two arrived plus the one being placed");
+        // A model no node has gets an id no node has, not "any model".
+        let none = mix.shape_mix(&|_: &str| ModelSet::ANY, None);
+        assert_eq!(
+            none.entries().iter().find(|(shape, _)| shape.gpu_count == 2).map(|(s, _)| s.models),
+            Some(ModelSet::ANY.with(63))
+        );
     }
 }
