@@ -191,7 +191,9 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 /// [`AllotTuning::capacity_weight`], the idle GPU the node's free CPU and memory
 /// can no longer carry), plus the cluster-wide scarcity cost
 /// ([`crate::scarcity::Scarcity`]): the GPU of future tasks expected to find no
-/// room because the placement takes slots that their class will run short of.
+/// room because the placement takes slots that their class will run short of,
+/// plus, weighted by [`AllotTuning::balance_weight`], how much further the
+/// node's free CPU and idle GPU move from the proportion the mix asks for.
 /// Then keeping whole GPUs whole (a share goes to a GPU already shared); then the
 /// snuggest node (least idle GPU left); then the first node.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -227,6 +229,10 @@ pub struct AllotTuning {
     /// With the capacity measure: how much of the host-capacity part counts
     /// (0: Allot's measure, 1: the full capacity measure).
     pub capacity_weight: f64,
+    /// Weight of the balance term: how far the node's free CPU moves from what
+    /// its idle GPU needs at the mix's CPU per GPU, in GPU terms (see
+    /// [`Packer::allot_score`]); 0 turns it off.
+    pub balance_weight: f64,
 }
 
 impl Default for AllotTuning {
@@ -237,6 +243,7 @@ impl Default for AllotTuning {
             measure: FragMeasure::Capacity,
             waste_lookahead: false,
             capacity_weight: 0.15,
+            balance_weight: 0.6,
         }
     }
 }
@@ -248,6 +255,9 @@ pub struct Packer {
     measure: FragMeasure,
     tuning: AllotTuning,
     scarcity: Option<Scarcity>,
+    /// Milli-CPU per milli-GPU the mix asks, CPU-only tasks included (Allot's
+    /// balance term).
+    cpu_per_gpu: f64,
     decision_memo: FastMap<NodeState, Option<(AllotScore, GpuPick)>>,
     fragment_memo: FastMap<NodeState, f64>,
     /// Allot only: the expected milli-GPU a GPU with `r` free never gets used
@@ -276,6 +286,7 @@ impl Packer {
             measure: FragMeasure::Fgd,
             tuning,
             scarcity: None,
+            cpu_per_gpu: 0.0,
             decision_memo: FastMap::default(),
             fragment_memo: FastMap::default(),
             gpu_waste: Vec::new(),
@@ -303,6 +314,9 @@ impl Packer {
             }
             self.scarcity = (self.tuning.horizon_scale > 0.0).then(|| Scarcity::new(&mix, self.tuning.horizon_scale));
         }
+        let cpu: f64 = mix.entries().iter().map(|(shape, weight)| weight * f64::from(shape.cpu_milli)).sum();
+        let gpu: f64 = mix.entries().iter().map(|(shape, weight)| weight * f64::from(shape.gpu_total_milli())).sum();
+        self.cpu_per_gpu = if gpu > 0.0 { cpu / gpu } else { 0.0 };
         self.mix = mix;
         self.fragment_memo.clear();
         self.best_memo.clear();
@@ -417,6 +431,17 @@ impl Packer {
         let mut fragment_added = self.tuning.fragment_weight * (after - before);
         if let Some(scarcity) = self.scarcity.as_mut() {
             fragment_added += scarcity.cost(node, &next);
+        }
+        if self.tuning.balance_weight > 0.0 && self.cpu_per_gpu > 0.0 {
+            // What the node's free CPU lacks or has too much of for its idle GPU,
+            // at the mix's CPU per GPU, in milli-GPU: a placement that leaves a
+            // node's CPU and GPU in the proportion the workload uses them keeps
+            // both usable; one that leaves GPUs without CPU (or CPU without GPUs)
+            // strands them for every shape, not just the ones it measures.
+            let imbalance = |state: &NodeState| {
+                (f64::from(state.cpu_free_milli) / self.cpu_per_gpu - f64::from(state.idle_milli())).abs()
+            };
+            fragment_added += self.tuning.balance_weight * (imbalance(&next) - imbalance(node));
         }
         AllotScore { fragment_added, breaks_free_gpu, idle_left: next.idle_milli() }
     }
@@ -717,6 +742,29 @@ mod tests {
         let mut packer = Packer::new(PackingPolicy::Allot, mix);
         let (score, _) = packer.allot_best(&tight, &shape).expect("fits");
         assert!(score.fragment_added > 0.0);
+    }
+
+    #[test]
+    fn allot_balance_term_charges_leaving_gpus_without_the_cpu_the_mix_asks_for() {
+        // The mix asks 8 CPUs per GPU. Node 0 has exactly that (2 GPUs, 16 CPUs);
+        // node 1 has CPU to spare (64). A CPU-only task of 8 CPUs on node 0 leaves
+        // one GPU's worth of idle GPU without CPU: 1000 milli-GPU of imbalance,
+        // charged at the balance weight. On node 1 it uses spare CPU: a credit.
+        let mix = ShapeMix::from_weights([(task(8000, 1, 1000), 1.0)]);
+        let nodes = [node(&[1000, 1000], 16_000), node(&[1000, 1000], 64_000)];
+        let cpu_only = task(8000, 0, 0);
+        let without = AllotTuning { balance_weight: 0.0, ..AllotTuning::default() };
+        let weight = AllotTuning::default().balance_weight;
+        for (index, expected) in [(0, 1000.0 * weight), (1, -1000.0 * weight)] {
+            let mut plain = Packer::with_tuning(PackingPolicy::Allot, mix.clone(), without);
+            let mut balanced = Packer::new(PackingPolicy::Allot, mix.clone());
+            plain.allot_prepare(&nodes);
+            balanced.allot_prepare(&nodes);
+            let plain = plain.allot_score(&nodes[index], &cpu_only, GpuPick::NoGpu).fragment_added;
+            let balanced = balanced.allot_score(&nodes[index], &cpu_only, GpuPick::NoGpu).fragment_added;
+            assert!((balanced - plain - expected).abs() < 1e-9, "node {index}: {balanced} - {plain} vs {expected}");
+        }
+        assert_eq!(choose(PackingPolicy::Allot, mix, &nodes, &cpu_only), Some((1, GpuPick::NoGpu)));
     }
 
     #[test]
