@@ -24,10 +24,11 @@ fn head(path: &Path, lines: usize) -> String {
 
 #[test]
 fn sim_writes_curves_summary_and_plot() {
-    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-v2023");
+    // A synthetic list in the trace's format (tools/sim/tests/data/generate.py).
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/tests/data");
     let dir = scratch("files");
-    std::fs::write(dir.join("nodes.csv"), head(&trace.join("openb_node_list_gpu_node.csv"), 31)).expect("write");
-    std::fs::write(dir.join("tasks.csv"), head(&trace.join("openb_pod_list_gpuspec20.csv"), 151)).expect("write");
+    std::fs::write(dir.join("nodes.csv"), head(&data.join("nodes.csv"), 31)).expect("write");
+    std::fs::write(dir.join("tasks.csv"), head(&data.join("tasks.csv"), 151)).expect("write");
     let out = dir.join("out");
     let output = allotctl()
         .args(["sim", "--policy", "all", "--seeds", "42..43", "--nodes"])

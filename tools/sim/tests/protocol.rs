@@ -10,18 +10,19 @@ use allot_sim::protocol::{RunConfig, alibaba_schedule, run};
 use allot_sim::trace::{Cluster, TaskList, parse_cluster, parse_tasks};
 use proptest::prelude::*;
 
-fn trace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-v2023")
+/// A synthetic cluster and task list in the Alibaba trace's format, made by
+/// `tests/data/generate.py`, so the tests need nothing outside the repository.
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-/// The first `nodes` nodes and `tasks` tasks of the published default list: small
-/// enough for a debug build.
+/// The first `nodes` nodes and `tasks` tasks of the synthetic list: small enough
+/// for a debug build.
 fn slice(nodes: usize, tasks: usize) -> (Cluster, TaskList, String, String) {
-    let dir = trace_dir();
-    let node_text =
-        std::fs::read_to_string(dir.join("openb_node_list_gpu_node.csv")).expect("the trace is in ../shared");
+    let dir = data_dir();
+    let node_text = std::fs::read_to_string(dir.join("nodes.csv")).expect("tools/sim/tests/data/nodes.csv");
     let node_text: String = node_text.lines().take(nodes + 1).map(|line| format!("{line}\n")).collect();
-    let task_text = std::fs::read_to_string(dir.join("openb_pod_list_default.csv")).expect("the trace is in ../shared");
+    let task_text = std::fs::read_to_string(dir.join("tasks.csv")).expect("tools/sim/tests/data/tasks.csv");
     let task_text: String = task_text.lines().take(tasks + 1).map(|line| format!("{line}\n")).collect();
     let cluster = parse_cluster(Path::new("nodes.csv"), &node_text).expect("nodes");
     let list = parse_tasks(Path::new("tasks.csv"), &task_text, &cluster).expect("tasks");
