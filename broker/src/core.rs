@@ -269,7 +269,7 @@ pub(crate) enum Pending {
     /// Answered with the allocation as it stands when the batch is stored (a
     /// queued request may have been admitted by the batch's scheduling round).
     Allocation(oneshot::Sender<Result<(Allocation, String), BrokerError>>, AllocationId, String),
-    Released(oneshot::Sender<Result<Allocation, BrokerError>>, Allocation),
+    Released(oneshot::Sender<Result<Allocation, BrokerError>>, Box<Allocation>),
     /// An answer that needs nothing from the state after the write.
     Done(Box<dyn Deliver>),
     Registered(oneshot::Sender<Result<u64, BrokerError>>, u64, Vec<Allocation>),
@@ -369,7 +369,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 state.recompute_usage(&node);
             }
             state.round_wanted = !state.queue.is_empty() || state.reclaiming().next().is_some();
-            Some(Pending::Released(reply, released))
+            Some(Pending::Released(reply, Box::new(released)))
         }
         Command::Team(command) => teams::apply(state, command, writes, now),
         Command::Schedule => {
@@ -884,7 +884,7 @@ fn finish(core: &Core, pending: Vec<Pending>) {
                 Pending::Released(reply, allocation) => {
                     notify.insert(allocation.id);
                     replies.push(Box::new(move || {
-                        let _ = reply.send(Ok(allocation));
+                        let _ = reply.send(Ok(*allocation));
                     }));
                 }
                 Pending::Done(answer) => replies.push(Box::new(move || answer.deliver())),

@@ -184,7 +184,7 @@ fn weights_one_one_two_converge_to_four_four_eight() {
     let mut sim = Sim::new(tree(&[(1, 0, None), (1, 0, None), (2, 0, None)]), 16, 1000);
     let teams = [name(0), name(1), name(2)];
     let mut started: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut samples = vec![0u64; 3];
+    let mut samples = [0u64; 3];
     for step in 0..400u64 {
         sim.now = 1 + step * 1000;
         // Jobs run 10 steps; each team always has work queued.
