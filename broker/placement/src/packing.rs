@@ -233,6 +233,11 @@ pub struct AllotTuning {
     /// its idle GPU needs at the mix's CPU per GPU, in GPU terms (see
     /// [`Packer::allot_score`]); 0 turns it off.
     pub balance_weight: f64,
+    /// Charge, in milli-GPU per GPU of the node that its free CPU can carry, for
+    /// a share that opens a node whose GPUs are all whole, while GPU (not CPU)
+    /// is what the cluster runs out of first; 0 turns it off. It keeps whole
+    /// nodes for whole-GPU and multi-GPU tasks on share-heavy mixes.
+    pub open_weight: f64,
 }
 
 impl Default for AllotTuning {
@@ -244,6 +249,7 @@ impl Default for AllotTuning {
             waste_lookahead: false,
             capacity_weight: 0.15,
             balance_weight: 0.6,
+            open_weight: 60.0,
         }
     }
 }
@@ -258,6 +264,9 @@ pub struct Packer {
     /// Milli-CPU per milli-GPU the mix asks, CPU-only tasks included (Allot's
     /// balance term).
     cpu_per_gpu: f64,
+    /// Whether the cluster's free CPU can carry its idle GPU (set by
+    /// [`Packer::allot_prepare`]); the open-node charge applies only then.
+    gpu_bound: bool,
     decision_memo: FastMap<NodeState, Option<(AllotScore, GpuPick)>>,
     fragment_memo: FastMap<NodeState, f64>,
     /// Allot only: the expected milli-GPU a GPU with `r` free never gets used
@@ -287,6 +296,7 @@ impl Packer {
             tuning,
             scarcity: None,
             cpu_per_gpu: 0.0,
+            gpu_bound: true,
             decision_memo: FastMap::default(),
             fragment_memo: FastMap::default(),
             gpu_waste: Vec::new(),
@@ -443,6 +453,22 @@ impl Packer {
             };
             fragment_added += self.tuning.balance_weight * (imbalance(&next) - imbalance(node));
         }
+        if self.tuning.open_weight > 0.0
+            && self.gpu_bound
+            && task.gpu_count == 1
+            && task.gpu_milli < WHOLE_GPU_MILLI
+            && node.gpus().iter().all(|free| *free >= WHOLE_GPU_MILLI)
+        {
+            // Only the GPUs the node's free CPU can carry at the mix's CPU per
+            // GPU count: a node whose CPU is taken is no whole node to keep.
+            let carried = if self.cpu_per_gpu > 0.0 {
+                (f64::from(node.cpu_free_milli) / (self.cpu_per_gpu * f64::from(WHOLE_GPU_MILLI)))
+                    .min(node.gpus().len() as f64)
+            } else {
+                node.gpus().len() as f64
+            };
+            fragment_added += self.tuning.open_weight * carried;
+        }
         AllotScore { fragment_added, breaks_free_gpu, idle_left: next.idle_milli() }
     }
 
@@ -450,6 +476,13 @@ impl Packer {
     /// `nodes` (every node of the cluster, in a stable order) before scoring one
     /// decision.
     pub fn allot_prepare(&mut self, nodes: &[NodeState]) {
+        if self.tuning.open_weight > 0.0 {
+            // GPU is what runs out first when the free CPU could carry all the
+            // idle GPU at the mix's CPU per GPU.
+            let cpu: f64 = nodes.iter().map(|node| f64::from(node.cpu_free_milli)).sum();
+            let gpu: f64 = nodes.iter().map(|node| f64::from(node.idle_milli())).sum();
+            self.gpu_bound = self.cpu_per_gpu <= 0.0 || cpu / self.cpu_per_gpu >= gpu;
+        }
         if let Some(scarcity) = self.scarcity.as_mut() {
             scarcity.sync(nodes);
         }
@@ -742,6 +775,30 @@ mod tests {
         let mut packer = Packer::new(PackingPolicy::Allot, mix);
         let (score, _) = packer.allot_best(&tight, &shape).expect("fits");
         assert!(score.fragment_added > 0.0);
+    }
+
+    #[test]
+    fn allot_charges_a_share_that_opens_a_whole_node_only_while_gpu_runs_out_first() {
+        // The mix asks 16 CPUs per GPU. A share on an idle 2-GPU node with 64 CPUs
+        // (room for both GPUs' CPU) is charged the open weight per GPU.
+        let mix = ShapeMix::from_weights([(task(8000, 1, 500), 1.0)]);
+        let share = task(8000, 1, 500);
+        let charge = |nodes: &[NodeState]| {
+            let off = AllotTuning { open_weight: 0.0, ..AllotTuning::default() };
+            let mut with = Packer::with_tuning(PackingPolicy::Allot, mix.clone(), AllotTuning::default());
+            let mut without = Packer::with_tuning(PackingPolicy::Allot, mix.clone(), off);
+            with.allot_prepare(nodes);
+            without.allot_prepare(nodes);
+            let pick = GpuPick::Share(0);
+            with.allot_score(&nodes[0], &share, pick).fragment_added
+                - without.allot_score(&nodes[0], &share, pick).fragment_added
+        };
+        let weight = AllotTuning::default().open_weight;
+        assert!((charge(&[node(&[1000, 1000], 64_000)]) - 2.0 * weight).abs() < 1e-9);
+        // A node already shared is not opened.
+        assert!(charge(&[node(&[500, 1000], 64_000)]).abs() < 1e-9);
+        // With 16 CPUs for 2 idle GPUs the cluster runs out of CPU first: no charge.
+        assert!(charge(&[node(&[1000, 1000], 16_000)]).abs() < 1e-9);
     }
 
     #[test]

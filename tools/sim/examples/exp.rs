@@ -1,6 +1,6 @@
 //! Experiment driver for tuning Allot's policy: runs FGD and Allot on several
 //! lists and seeds and prints medians. Knobs come from the environment
-//! (ALLOT_FW, ALLOT_H, ALLOT_MEASURE, ALLOT_CW, ALLOT_BW, ALLOT_WASTE); lists are published names or
+//! (ALLOT_FW, ALLOT_H, ALLOT_MEASURE, ALLOT_CW, ALLOT_BW, ALLOT_OPEN, ALLOT_WASTE); lists are published names or
 //! `KIND=PCT@SEED` resamples of default.
 
 use std::path::Path;
@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         capacity_weight: env_f("ALLOT_CW", AllotTuning::default().capacity_weight),
         balance_weight: env_f("ALLOT_BW", AllotTuning::default().balance_weight),
+        open_weight: env_f("ALLOT_OPEN", AllotTuning::default().open_weight),
         waste_lookahead: env_f("ALLOT_WASTE", f64::from(u8::from(AllotTuning::default().waste_lookahead))) > 0.0,
     };
     let dir = Path::new("../shared/traces/alibaba-gpu-v2023");
