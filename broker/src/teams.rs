@@ -162,6 +162,32 @@ fn put_team(record: &TeamRecord, writes: &mut Vec<Op>) -> Result<(), BrokerError
     Ok(())
 }
 
+/// Checks a new or changed team record against the whole tree, then writes it
+/// and takes it into memory; a record the tree refuses changes nothing.
+fn store_team(
+    state: &mut ClusterState,
+    record: TeamRecord,
+    families: &BTreeSet<String>,
+    writes: &mut Vec<Op>,
+    reply: Reply<TeamRecord>,
+) -> Option<Pending> {
+    let tree = match state.tree.with(record.spec(), families) {
+        Ok(tree) => tree,
+        Err(problems) => {
+            let _ = reply.send(Err(invalid(problems)));
+            return None;
+        }
+    };
+    if let Err(error) = put_team(&record, writes) {
+        let _ = reply.send(Err(error));
+        return None;
+    }
+    state.teams.insert(record.name.clone(), record.clone());
+    state.tree = tree;
+    state.round_wanted = !state.queue.is_empty();
+    done(reply, record)
+}
+
 /// Applies a team command: checks, changes memory, adds the writes.
 pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut Vec<Op>, now: u64) -> Option<Pending> {
     let families = named_families(state);
@@ -180,22 +206,8 @@ pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut
                 ))));
                 return None;
             }
-            let record = TeamRecord { name: name.clone(), created_at_ms: now, parent, quota };
-            let tree = match state.tree.with(record.spec(), &families) {
-                Ok(tree) => tree,
-                Err(problems) => {
-                    let _ = reply.send(Err(invalid(problems)));
-                    return None;
-                }
-            };
-            if let Err(error) = put_team(&record, writes) {
-                let _ = reply.send(Err(error));
-                return None;
-            }
-            state.teams.insert(name, record.clone());
-            state.tree = tree;
-            state.round_wanted = !state.queue.is_empty();
-            done(reply, record)
+            let record = TeamRecord { name, created_at_ms: now, parent, quota };
+            store_team(state, record, &families, writes, reply)
         }
         TeamCommand::SetQuota { name, quota, reply } => {
             let Some(mut record) = state.teams.get(&name).cloned() else {
@@ -203,21 +215,7 @@ pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut
                 return None;
             };
             record.quota = quota;
-            let tree = match state.tree.with(record.spec(), &families) {
-                Ok(tree) => tree,
-                Err(problems) => {
-                    let _ = reply.send(Err(invalid(problems)));
-                    return None;
-                }
-            };
-            if let Err(error) = put_team(&record, writes) {
-                let _ = reply.send(Err(error));
-                return None;
-            }
-            state.teams.insert(name, record.clone());
-            state.tree = tree;
-            state.round_wanted = !state.queue.is_empty();
-            done(reply, record)
+            store_team(state, record, &families, writes, reply)
         }
         TeamCommand::Delete { name, reply } => {
             if !state.teams.contains_key(&name) {

@@ -166,26 +166,11 @@ pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Proce
     spawn_broker(store, dir, name, "3s", "127.0.0.1:0", &[])
 }
 
-/// Starts a node daemon for a fixture under a name.
+/// Starts a node daemon for a fixture under a name. Broker tests run fixture
+/// nodes whose CPUs this machine lacks, so it does not enforce; enforcement has
+/// its own tests (tests/enforcement.rs, `start_enforcing_node`).
 pub fn start_node(broker: &Broker, fixture: &str, name: &str, dir: &Path) -> Process {
-    let mut command = Command::new(binary("allot-node"));
-    command.args([
-        "run",
-        "--broker",
-        &broker.grpc,
-        "--fixture",
-        fixture,
-        "--name",
-        name,
-        "--heartbeat-interval",
-        "0.2",
-        "--token-file",
-        &broker.node_token.display().to_string(),
-        // Broker tests run fixture nodes whose CPUs this machine lacks; enforcement
-        // has its own tests (tests/enforcement.rs, start_enforcing_node).
-        "--no-enforce",
-    ]);
-    Process::spawn(name, &mut command, dir)
+    start_enforcing_node(broker, fixture, name, dir, &["--no-enforce"], &[])
 }
 
 /// Runs allotctl against a broker as its platform admin; returns the raw output.
