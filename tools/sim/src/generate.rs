@@ -32,7 +32,7 @@ impl MixTarget {
     pub fn parse(text: &str) -> Result<MixTarget, SimError> {
         let usage = || {
             SimError::Usage(format!(
-                "--resample {text:?}: expected KIND=PERCENT with KIND one of gpushare, multigpu, gpuspec, cpu and PERCENT from 0 to 100 (multigpu and gpushare below 100), like gpushare=60"
+                "--resample {text:?}: expected KIND=PERCENT with KIND one of gpushare, multigpu, gpuspec, cpu and PERCENT from 0 to 100 (cpu below 100), like gpushare=60"
             ))
         };
         let (kind, value) = text.split_once('=').ok_or_else(usage)?;
@@ -41,8 +41,8 @@ impl MixTarget {
             return Err(usage());
         }
         match kind.trim() {
-            "gpushare" if percent < 100.0 => Ok(MixTarget::GpuShare(percent)),
-            "multigpu" if percent < 100.0 => Ok(MixTarget::MultiGpu(percent)),
+            "gpushare" => Ok(MixTarget::GpuShare(percent)),
+            "multigpu" => Ok(MixTarget::MultiGpu(percent)),
             "gpuspec" => Ok(MixTarget::GpuSpec(percent)),
             "cpu" if percent < 100.0 => Ok(MixTarget::Cpu(percent)),
             _ => Err(usage()),
@@ -256,6 +256,12 @@ mod tests {
             again.tasks.iter().map(|task| task.shape).collect::<Vec<_>>(),
             spec.tasks.iter().map(|task| task.shape).collect::<Vec<_>>()
         );
+        // The published family includes gpushare100: every GPU task a share.
+        let all_shares =
+            resample(&base, &cluster, MixTarget::parse("gpushare=100").expect("100 parses"), 7).expect("gpushare=100");
+        let gpu_tasks: Vec<&Task> = all_shares.tasks.iter().filter(|task| task.shape.gpu_count > 0).collect();
+        assert!(!gpu_tasks.is_empty() && gpu_tasks.iter().all(|task| task.shape.is_share()));
         assert!(MixTarget::parse("gpushare=101").is_err() && MixTarget::parse("colour=3").is_err());
+        assert!(MixTarget::parse("cpu=100").is_err(), "a list with no GPU task never reaches 100% arrived");
     }
 }
