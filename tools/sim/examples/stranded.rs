@@ -120,7 +120,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: stranded LIST SEEDS [POLICY], like: stranded gpushare=80@11 42,43,44 allot";
     let list = args.first().ok_or(usage)?;
-    let seeds: Vec<u64> = args.get(1).ok_or(usage)?.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let seeds: Vec<u64> = args
+        .get(1)
+        .ok_or(usage)?
+        .split(',')
+        .map(|seed| seed.trim().parse().map_err(|_| format!("seed {seed:?} is not a whole number; {usage}")))
+        .collect::<Result<_, _>>()?;
     let policy = match args.get(2) {
         Some(name) => PackingPolicy::from_name(name).ok_or(usage)?,
         None => PackingPolicy::Allot,
@@ -128,11 +133,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let refuse = match std::env::var("STRAND_REFUSE") {
         Ok(text) => {
             let (milli, at) = text.split_once('@').ok_or("STRAND_REFUSE: expected MILLI@PCT, like 810@75")?;
-            Some((milli.parse()?, at.parse()?))
+            let bad = || format!("STRAND_REFUSE={text:?}: expected MILLI@PCT with numbers, like 810@75");
+            Some((milli.parse().map_err(|_| bad())?, at.parse().map_err(|_| bad())?))
         }
         Err(_) => None,
     };
-    let open_at = std::env::var("STRAND_OPEN").ok().map(|text| text.parse()).transpose()?;
+    let open_at = std::env::var("STRAND_OPEN")
+        .ok()
+        .map(|text| text.parse::<f64>().map_err(|_| format!("STRAND_OPEN={text:?}: expected a percentage, like 70")))
+        .transpose()?;
     let variant = Variant { refuse, open_at };
     let dir = Path::new("../shared/traces/alibaba-gpu-v2023");
     let cluster = read_cluster(&dir.join("openb_node_list_gpu_node.csv"))?;
