@@ -3,10 +3,14 @@
 # Idempotent: it installs only what is missing. Run as root (or with sudo).
 set -euo pipefail
 
-# Build: hwloc headers and libudev for hwlocality, protoc for etcd-client's build.
-# Tests: hwloc's command-line tools (the oracle for topology tests), GNU time for
-# the benchmarks, etcd for the store and broker tests.
-packages=(libhwloc-dev pkg-config libudev-dev protobuf-compiler hwloc time etcd-server)
+# The packages, and a file each must provide, are listed once, in
+# scripts/system-packages.txt; check-system.sh verifies those files afterwards.
+setup_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+packages=()
+while read -r package _; do
+    case "$package" in ''|'#'*) continue ;; esac
+    packages+=("$package")
+done < "$setup_dir/system-packages.txt"
 
 missing=()
 for package in "${packages[@]}"; do
@@ -20,6 +24,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get update -qq
     "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# A package can be marked installed while a file of it is gone (removed by
+# hand, a broken install); say which, rather than failing deep in a build.
+"$setup_dir/check-system.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
