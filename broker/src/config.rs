@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Half-life of past usage in fair share (`24h`); `off` orders by current usage only.
     #[arg(long, default_value = "24h")]
     pub usage_half_life: String,
+    /// How long released and preempted allocations stay listed (and stored) after
+    /// they finished (`7d`, `12h`); older ones are deleted, live ones never.
+    #[arg(long, default_value = crate::retention::DEFAULT_RETENTION)]
+    pub released_retention: String,
     /// On first start (no token in the store yet) create an admin token and write it
     /// here, readable only by its owner. Default with the embedded store:
     /// `$HOME/.config/allot/admin.token`, where allotctl looks for it.
@@ -87,7 +91,10 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`.
+/// The longest duration any flag takes (400 days).
+const MAX_DURATION_S: f64 = 400.0 * 86_400.0;
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
@@ -98,11 +105,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => number,
         "m" => number * 60.0,
         "h" => number * 3600.0,
-        "" => return Err("add a unit: ms, s, m or h".to_owned()),
-        other => return Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+        "d" => number * 86_400.0,
+        "" => return Err("add a unit: ms, s, m, h or d".to_owned()),
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
     };
-    if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e7) {
+    if !(seconds.is_finite() && seconds > 0.0) {
         return Err("must be positive".to_owned());
+    }
+    if seconds > MAX_DURATION_S {
+        return Err("must be at most 400d".to_owned());
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -151,13 +162,15 @@ impl ServeArgs {
             parse_duration(&self.usage_half_life)
                 .map_err(|problem| error("usage-half-life", &self.usage_half_life, format!("{problem} (or off)")))?
         };
+        let released_retention = parse_duration(&self.released_retention)
+            .map_err(|problem| error("released-retention", &self.released_retention, problem))?;
         let admin_token_file = match (&self.admin_token_file, &store) {
             (Some(path), _) => Some(path.clone()),
             (None, StoreSpec::Embedded(_)) => allot_api::bearer::default_admin_token_file(),
             (None, StoreSpec::Etcd(_)) => None,
         };
         Ok(ServeConfig {
-            policy: crate::sharing::PolicySettings { grace, half_life },
+            policy: crate::sharing::PolicySettings { grace, half_life, released_retention },
             admin_token_file,
             node_token_file: self.node_token_file.clone(),
             store,
@@ -179,9 +192,29 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("400d"), Ok(Duration::from_secs(400 * 86_400)));
+        assert_eq!(parse_duration("401d"), Err("must be at most 400d".to_owned()));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn released_retention_defaults_to_a_week_and_names_its_flag() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["allot-broker", "serve", "--store", "embedded:/tmp/x"];
+            args.extend_from_slice(extra);
+            match Cli::parse_from(args).command {
+                Command::Serve(args) => args.validate(),
+            }
+        };
+        let config = serve(&[]).expect("defaults are valid");
+        assert_eq!(config.policy.released_retention, Duration::from_secs(7 * 86_400));
+        let config = serve(&["--released-retention", "90s"]).expect("valid");
+        assert_eq!(config.policy.released_retention, Duration::from_secs(90));
+        let error = serve(&["--released-retention", "forever"]).expect_err("not a duration").to_string();
+        assert!(error.starts_with("--released-retention \"forever\""), "{error}");
     }
 
     #[test]

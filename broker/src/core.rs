@@ -20,6 +20,7 @@ use allot_store::{Compare, Op, Store, Txn, layout};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::BrokerError;
+use crate::retention;
 use crate::sharing::{self, PolicySettings};
 use crate::state::{ClusterState, NodeEntry, NodeRecord, TeamRecord};
 use crate::teams::{self, TeamCommand};
@@ -30,6 +31,9 @@ pub const MAX_BATCH: usize = 512;
 /// Store operations per transaction: etcd's default limit is 128; keep room for
 /// the leadership fence and the id counter.
 const OPS_PER_TXN: usize = 120;
+
+// A tick's deletions stay within the half transaction after which a batch closes.
+const _: () = assert!(retention::PRUNE_LIMIT <= OPS_PER_TXN / 2);
 
 /// The largest record the broker writes; larger requests or inventories are
 /// refused on their own, before they can fail anyone else's batch.
@@ -54,8 +58,14 @@ pub enum Command {
     },
     /// Teams, quotas, GPU values and grants (see `teams.rs`).
     Team(TeamCommand),
-    /// Preempt what is due, age the usage history.
+    /// Preempt what is due, age the usage history, prune a few expired finished
+    /// allocations.
     Tick,
+    /// Prune up to `retention::PRUNE_LIMIT` expired finished allocations; answers
+    /// how many (the broker's start repeats it until none are left).
+    Prune {
+        reply: oneshot::Sender<Result<usize, BrokerError>>,
+    },
     /// Something placement looks at changed outside the writer (a GPU's health or
     /// throttling, from a heartbeat): try the queue again.
     Schedule,
@@ -126,6 +136,26 @@ impl Core {
             fenced: tokio::sync::Notify::new(),
         });
         tokio::spawn(writer(Arc::clone(&core), store, leadership, receiver));
+        // What expired while no broker ran is deleted before anyone is served.
+        let mut pruned = 0;
+        loop {
+            match core.ask(|reply| Command::Prune { reply }).await {
+                Ok(removed) => {
+                    pruned += removed;
+                    if removed < retention::PRUNE_LIMIT {
+                        break;
+                    }
+                }
+                // Not fatal: the ticker prunes the rest.
+                Err(error) => {
+                    tracing::warn!(%error, "could not prune finished allocations at start; the ticker will");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, retention_s = policy.released_retention.as_secs(), "pruned finished allocations");
+        }
         Ok(core)
     }
 
@@ -379,7 +409,12 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
         Command::Tick => {
             let (changed, round) = sharing::tick(state, writes, now, policy);
             state.round_wanted |= round;
+            retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
             (!changed.is_empty()).then_some(Pending::Changed(changed))
+        }
+        Command::Prune { reply } => {
+            let value = retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
+            Some(Pending::Done(Box::new(Answer { reply, value })))
         }
         Command::RegisterNode { name, inventory, reply } => {
             if let Err(problem) = bindings_still_fit(state, &name, &inventory) {
@@ -798,6 +833,9 @@ fn refuse(command: Command, error: BrokerError) {
             let _ = reply.send(Err(error));
         }
         Command::Release { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::Prune { reply } => {
             let _ = reply.send(Err(error));
         }
         Command::RegisterNode { reply, .. } => {

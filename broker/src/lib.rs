@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod leader;
+pub mod retention;
 pub mod sharing;
 pub mod state;
 pub mod teams;
@@ -171,7 +172,8 @@ async fn detect_lost_nodes(core: Arc<Core>) {
     }
 }
 
-/// Drives reclaim deadlines and the usage history.
+/// Drives reclaim deadlines, the usage history and the pruning of finished
+/// allocations (`retention`).
 async fn tick(core: Arc<Core>) {
     let period = (core.policy.grace / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {

@@ -20,18 +20,24 @@ use allot_store::{Op, layout};
 use crate::core::{Decided, decide, encode};
 use crate::state::ClusterState;
 
-/// How reclaim and fair share behave.
+/// How reclaim, fair share and the ticker's housekeeping behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicySettings {
     /// How long a reclaimed allocation keeps running before it is preempted.
     pub grace: Duration,
     /// Half-life of the usage history; zero turns history off.
     pub half_life: Duration,
+    /// How long a finished allocation is kept after its last change (see `retention`).
+    pub released_retention: Duration,
 }
 
 impl Default for PolicySettings {
     fn default() -> Self {
-        PolicySettings { grace: Duration::from_secs(30), half_life: Duration::from_secs(24 * 3600) }
+        PolicySettings {
+            grace: Duration::from_secs(30),
+            half_life: Duration::from_secs(24 * 3600),
+            released_retention: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 

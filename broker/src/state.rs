@@ -12,6 +12,13 @@ use allot_placement::{NodeStatus, NodeUsage, NodeView};
 use allot_policy::{Quota, QuotaTree, Resources, TeamSpec, UsageHistory};
 use serde::{Deserialize, Serialize};
 
+/// Whether an allocation is finished: released or preempted, it holds nothing,
+/// waits for nothing and never changes again. Only finished allocations are
+/// ever forgotten (see `retention`).
+pub fn is_finished(state: AllocationState) -> bool {
+    matches!(state, AllocationState::Released | AllocationState::Preempted)
+}
+
 /// A node's registration, as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -153,6 +160,9 @@ pub struct ClusterState {
     /// Allocations holding capacity, by node: keeps per-node work proportional to
     /// the node's own allocations, not to the history of the cluster.
     live_by_node: BTreeMap<NodeName, BTreeSet<AllocationId>>,
+    /// Finished allocations (released, preempted) by the time of their last
+    /// change, oldest first: what `retention` prunes, without a scan.
+    pub(crate) finished: BTreeSet<(u64, AllocationId)>,
     /// The task mix learned from the requests that arrived (each allocation
     /// counted once, when it is first put), which Allot's share placement packs
     /// against. Not persisted: after a restart it starts again from the
@@ -178,6 +188,12 @@ impl ClusterState {
         {
             usage.subtract(&charge);
         }
+        if let Some(previous) = self.allocations.get(&allocation.id) {
+            self.finished.remove(&(previous.updated_at_ms, previous.id));
+        }
+        if is_finished(allocation.state) {
+            self.finished.insert((allocation.updated_at_ms, allocation.id));
+        }
         if allocation.state.holds_capacity()
             && let Some(binding) = &allocation.binding
         {
@@ -198,6 +214,20 @@ impl ClusterState {
             self.queue_info.remove(&allocation.id);
         }
         self.allocations.insert(allocation.id, allocation);
+    }
+
+    /// Forgets a finished allocation (see `retention`). An allocation that is not
+    /// finished is never removed: the answer is then `None` and nothing changes.
+    pub fn remove_finished(&mut self, id: AllocationId) -> Option<Allocation> {
+        let allocation = self.allocations.get(&id)?;
+        if !is_finished(allocation.state) {
+            return None;
+        }
+        // A finished allocation holds no capacity and waits in no queue, so
+        // `put_allocation` keeps it in no other index.
+        self.finished.remove(&(allocation.updated_at_ms, id));
+        self.node_reports.remove(&id);
+        self.allocations.remove(&id)
     }
 
     /// What an allocation is charged against its team's quota: GPU units (and its
@@ -276,10 +306,14 @@ impl ClusterState {
         self.charges.clear();
         self.queue.clear();
         self.reclaiming.clear();
+        self.finished.clear();
         let mut charged = Vec::new();
         for allocation in self.allocations.values() {
             if allocation.state == AllocationState::Pending {
                 self.queue.insert(allocation.id);
+            }
+            if is_finished(allocation.state) {
+                self.finished.insert((allocation.updated_at_ms, allocation.id));
             }
             if !allocation.state.holds_capacity() {
                 continue;
