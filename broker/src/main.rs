@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(allot_broker::serve(config, allot_broker::shutdown_signal())) {
+    match runtime.block_on(allot_broker::serve(config, allot_api::shutdown::signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("allot-broker: error: {error:#}");

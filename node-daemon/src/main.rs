@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(error) => fail(&error),
                     },
-                    _ = shutdown_signal() => ExitCode::SUCCESS,
+                    _ = allot_api::shutdown::signal() => ExitCode::SUCCESS,
                 }
             })
         }
@@ -108,21 +108,6 @@ fn prepare(hardware: &HardwareArgs) -> Result<DiscoveryPlan, allot_node::discove
         unsafe { std::env::set_var(name, value) };
     }
     Ok(plan)
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = interrupt.await;
 }
 
 /// Writes the result; a reader that went away early (`| head`) is not an error.

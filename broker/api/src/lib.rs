@@ -6,6 +6,7 @@
 
 pub mod allocation;
 pub mod bearer;
+pub mod shutdown;
 pub mod topology;
 pub mod units;
 pub mod wire;
