@@ -673,7 +673,15 @@ pub(crate) struct Decided {
 /// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`)
 /// and says in the explanation which identical idle nodes it did not list.
 pub(crate) fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
-    let (views, twins) = state.distinct_node_views();
+    let (views, twins) = match &request.pin {
+        // A pinned request looks at its node only, even when it is an idle twin
+        // that the distinct views would have left out.
+        Some(pin) => (
+            state.node_views().into_iter().filter(|view| view.name == &pin.node).collect(),
+            std::collections::BTreeMap::new(),
+        ),
+        None => state.distinct_node_views(),
+    };
     let note = || -> String {
         if twins.is_empty() {
             return String::new();

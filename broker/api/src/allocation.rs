@@ -247,6 +247,47 @@ pub struct ValidatedRequest {
     /// Who the allocation is for, in the words of the caller (a pod, a container):
     /// lets an external scheduler find its allocation again. Free text, at most 253 bytes.
     pub owner: Option<String>,
+    /// Where it must land, when a scheduler outside Allot has already chosen the
+    /// node (the kubelet, which asks the device plugin on its own node). Set
+    /// with [`ValidatedRequest::pinned`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
+}
+
+/// A request's node, and the devices on it among which placement may choose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub node: NodeName,
+    /// Empty: any device of the node. Otherwise only these GPUs (and, for a MIG
+    /// request, only these start slots where a selector names one).
+    pub devices: Vec<DeviceSelector>,
+}
+
+/// One GPU by UUID, or one MIG slot on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceSelector {
+    pub gpu_uuid: String,
+    /// For a MIG request: the instance's first memory slice. `None` allows any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_start: Option<u32>,
+}
+
+impl Pin {
+    /// Whether a request pinned here may use this GPU (by UUID).
+    pub fn allows_gpu(&self, uuid: Option<&str>) -> bool {
+        self.devices.is_empty()
+            || uuid.is_some_and(|uuid| self.devices.iter().any(|selector| selector.gpu_uuid == uuid))
+    }
+
+    /// Whether a MIG instance may start at `start` on this GPU.
+    pub fn allows_mig_start(&self, uuid: Option<&str>, start: u32) -> bool {
+        self.devices.is_empty()
+            || uuid.is_some_and(|uuid| {
+                self.devices
+                    .iter()
+                    .any(|selector| selector.gpu_uuid == uuid && selector.mig_start.is_none_or(|allowed| allowed == start))
+            })
+    }
 }
 
 /// Why a request was refused before placement.
@@ -331,7 +372,37 @@ impl ValidatedRequest {
         {
             return error("owner", "at most 253 bytes without control characters".into());
         }
-        Ok(ValidatedRequest { team, gpus, cpus, memory, interconnect, rdma, min_gpu_memory, owner })
+        Ok(ValidatedRequest { team, gpus, cpus, memory, interconnect, rdma, min_gpu_memory, owner, pin: None })
+    }
+
+    /// The same request, allowed only on `pin.node` and its listed devices.
+    pub fn pinned(mut self, pin: Pin) -> Result<Self, RequestError> {
+        let error = |problem: String| Err(RequestError { field: "pin", problem });
+        if pin.devices.len() > 4096 {
+            return error(format!("{} devices: list at most 4096", pin.devices.len()));
+        }
+        if let Some(bad) = pin.devices.iter().find(|selector| selector.gpu_uuid.is_empty() || selector.gpu_uuid.len() > 96)
+        {
+            return error(format!("GPU UUID {:?}: give a GPU's UUID, like GPU-<36 characters>", bad.gpu_uuid));
+        }
+        let mig = matches!(self.gpus, GpuDemand::Mig { .. });
+        if !mig && pin.devices.iter().any(|selector| selector.mig_start.is_some()) {
+            return error("a MIG start slot is allowed only in a MIG request".into());
+        }
+        if matches!(self.gpus, GpuDemand::None) && !pin.devices.is_empty() {
+            return error("a request without GPUs cannot name devices".into());
+        }
+        if let GpuDemand::Whole { count, .. } = &self.gpus
+            && !pin.devices.is_empty()
+        {
+            let distinct: std::collections::BTreeSet<&str> =
+                pin.devices.iter().map(|selector| selector.gpu_uuid.as_str()).collect();
+            if distinct.len() < *count as usize {
+                return error(format!("asks for {count} GPUs but allows only {} distinct GPUs", distinct.len()));
+            }
+        }
+        self.pin = Some(pin);
+        Ok(self)
     }
 }
 

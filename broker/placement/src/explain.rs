@@ -29,6 +29,8 @@ pub struct GpuExclusions {
     /// No free slot for the MIG profile, or too little compute or memory left for
     /// the share.
     pub full: u32,
+    /// Not among the devices a pinned request allows.
+    pub not_listed: u32,
 }
 
 impl GpuExclusions {
@@ -41,6 +43,7 @@ impl GpuExclusions {
             + self.mig_enabled
             + self.no_mig_profile
             + self.full
+            + self.not_listed
     }
 }
 
@@ -55,6 +58,7 @@ impl fmt::Display for GpuExclusions {
             (self.mig_enabled, "MIG enabled"),
             (self.no_mig_profile, "without the profile"),
             (self.full, "full"),
+            (self.not_listed, "not among the allowed devices"),
         ];
         let mut first = true;
         for (count, words) in parts.into_iter().filter(|(count, _)| *count > 0) {
@@ -75,6 +79,8 @@ pub enum NodeRefusal {
     Lost,
     /// An administrator cordoned the node.
     Cordoned,
+    /// The request is pinned to another node.
+    NotPinned,
     /// Too few GPUs pass the request's filters and are free.
     TooFewGpus {
         requested: u32,
@@ -117,6 +123,7 @@ impl NodeRefusal {
         match self {
             NodeRefusal::Lost => "lost",
             NodeRefusal::Cordoned => "cordoned",
+            NodeRefusal::NotPinned => "not the pinned node",
             NodeRefusal::TooFewGpus { .. } => "too few free GPUs",
             NodeRefusal::NoConnectedSet { .. } => "no connected set",
             NodeRefusal::NoMigProfile { .. } => "no such MIG profile",
@@ -142,6 +149,7 @@ impl fmt::Display for NodeRefusal {
         match self {
             NodeRefusal::Lost => f.write_str("lost: the node stopped heartbeating"),
             NodeRefusal::Cordoned => f.write_str("cordoned by an administrator"),
+            NodeRefusal::NotPinned => f.write_str("the request is pinned to another node"),
             NodeRefusal::TooFewGpus { requested, eligible, excluded } => {
                 write!(f, "not enough free GPUs: {eligible} usable, {requested} asked")?;
                 if excluded.total() > 0 {

@@ -21,6 +21,8 @@ pub(crate) struct GpuFilter<'r> {
     pub models: &'r [String],
     pub min_memory: Option<allot_api::units::MiB>,
     pub rdma: bool,
+    /// The devices a pinned request may use (see `allot_api::allocation::Pin`).
+    pub pin: Option<&'r allot_api::allocation::Pin>,
 }
 
 /// Whether `model` contains one of `wanted`, ignoring ASCII case; an empty list
@@ -57,6 +59,10 @@ pub(crate) fn mig_active(gpu: &Gpu, usage: &NodeUsage) -> bool {
 /// find, so callers check [`has_rdma_nic`] last): model, memory and health. Counts
 /// the reason in `excluded` and returns false when one fails.
 pub(crate) fn passes_filter(gpu: &Gpu, filter: &GpuFilter<'_>, mode: Mode, excluded: &mut GpuExclusions) -> bool {
+    if filter.pin.is_some_and(|pin| !pin.allows_gpu(gpu.uuid.as_deref())) {
+        excluded.not_listed += 1;
+        return false;
+    }
     if !model_matches(&gpu.model, filter.models) {
         excluded.wrong_model += 1;
         return false;

@@ -72,6 +72,9 @@ pub(crate) fn evaluate(node: &NodeCtx<'_>, ask: &MigAsk<'_>) -> Result<MigOffer,
         };
         let mut fitted = false;
         for start in sorted_starts(profile) {
+            if ask.filter.pin.is_some_and(|pin| !pin.allows_mig_start(gpu.uuid.as_deref(), start)) {
+                continue;
+            }
             let Some(after) = layout.place(profile, start) else { continue };
             fitted = true;
             let offer = candidate(node, ask, gpu, position, profile, start, &layout, &after, &orphans, owned);

@@ -45,7 +45,12 @@ pub(crate) fn evaluate_node(
     share_costs: Option<&[Option<f64>]>,
 ) -> Result<Offer, NodeRefusal> {
     let node = NodeCtx::new(inventory, usage, mode);
-    let filter = GpuFilter { models: &[], min_memory: request.min_gpu_memory, rdma: request.rdma };
+    let filter = GpuFilter {
+        models: &[],
+        min_memory: request.min_gpu_memory,
+        rdma: request.rdma,
+        pin: request.pin.as_ref(),
+    };
     let offer = match &request.gpus {
         GpuDemand::None => {
             let free = total_free(node.free_cores_by_numa());
@@ -123,7 +128,9 @@ pub(crate) fn place_with(
     let mut best: Option<(usize, Offer)> = None;
     for index in order {
         let view = &nodes[index];
+        let pinned_elsewhere = request.pin.as_ref().is_some_and(|pin| &pin.node != view.name);
         let outcome = match view.status {
+            _ if pinned_elsewhere => Err(NodeRefusal::NotPinned),
             NodeStatus::Lost => Err(NodeRefusal::Lost),
             NodeStatus::Cordoned => Err(NodeRefusal::Cordoned),
             NodeStatus::Ready => {

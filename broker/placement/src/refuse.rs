@@ -27,12 +27,19 @@ pub(crate) fn refusal(
     let mut never: Vec<(usize, NodeRefusal)> = Vec::new();
     for (index, _) in &outcomes {
         let view = &nodes[*index];
+        if request.pin.as_ref().is_some_and(|pin| &pin.node != view.name) {
+            never.push((*index, NodeRefusal::NotPinned));
+            continue;
+        }
         match evaluate_node(request, view.inventory, &idle, Mode::Ever, options, None) {
             Ok(_) => could.push(*index),
             Err(reason) => never.push((*index, reason)),
         }
     }
-    let reason = if nodes.is_empty() {
+    let pinned_absent = request.pin.as_ref().filter(|pin| !nodes.iter().any(|view| view.name == &pin.node));
+    let reason = if let Some(pin) = pinned_absent {
+        RefusalReason::Impossible { detail: format!("the request is pinned to node {}, which is not registered", pin.node) }
+    } else if nodes.is_empty() {
         RefusalReason::Impossible { detail: "the cluster has no nodes; register a node first".to_owned() }
     } else if could.is_empty() {
         RefusalReason::Impossible { detail: impossible_detail(request, nodes, &never) }
@@ -229,7 +236,8 @@ fn largest_domain(
     interconnect: Interconnect,
 ) -> u32 {
     let idle = NodeUsage::default();
-    let filter = GpuFilter { models, min_memory: request.min_gpu_memory, rdma: request.rdma };
+    let filter =
+        GpuFilter { models, min_memory: request.min_gpu_memory, rdma: request.rdma, pin: request.pin.as_ref() };
     never
         .iter()
         .map(|(index, _)| {
@@ -250,6 +258,7 @@ fn add(total: &mut GpuExclusions, more: &GpuExclusions) {
     total.mig_enabled += more.mig_enabled;
     total.no_mig_profile += more.no_mig_profile;
     total.full += more.full;
+    total.not_listed += more.not_listed;
 }
 
 #[cfg(test)]

@@ -476,7 +476,7 @@ mod tests {
                             let ask = WholeAsk {
                                 count,
                                 interconnect,
-                                filter: GpuFilter { models: &[], min_memory: None, rdma },
+                                filter: GpuFilter { models: &[], min_memory: None, rdma, pin: None },
                                 cpus: 24,
                             };
                             let (usable, _) = usable_gpus(&node, &ask);

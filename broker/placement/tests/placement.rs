@@ -434,3 +434,74 @@ fn explanations_of_big_clusters_summarise_the_refused_nodes() {
     "#]]
     .assert_eq(&text);
 }
+
+/// A request pinned to a node and a device list (the kubelet's device plugin).
+fn pinned(cluster: &Cluster, spec: &str, node: &str, devices: &[(usize, Option<u32>)], fixture_name: &str) -> String {
+    use allot_api::allocation::{DeviceSelector, Pin};
+    let inventory = fixture(fixture_name);
+    let devices = devices
+        .iter()
+        .map(|(gpu, mig_start)| DeviceSelector {
+            gpu_uuid: inventory.gpus[*gpu].uuid.clone().expect("fixture GPUs have UUIDs"),
+            mig_start: *mig_start,
+        })
+        .collect();
+    let request = request(spec).pinned(Pin { node: node.parse().expect("node"), devices }).expect("a valid pin");
+    let usages = cluster.usages();
+    let views: Vec<allot_placement::NodeView<'_>> = cluster
+        .nodes
+        .iter()
+        .zip(&usages)
+        .map(|(node, usage)| allot_placement::NodeView {
+            name: &node.name,
+            inventory: &node.inventory,
+            status: node.status,
+            usage,
+        })
+        .collect();
+    summary(&allot_placement::place_with(&request, &views, &PlacementOptions::default()))
+}
+
+#[test]
+fn pinned_requests_choose_only_among_the_devices_and_the_node_they_name() {
+    let cluster = two_dgx();
+    // Unpinned, 2 GPUs go to dgx-a's first pair; pinned to dgx-b's GPUs 4-7 they stay there.
+    let on_b = pinned(&cluster, "whole 2", "dgx-b", &[(4, None), (5, None), (6, None), (7, None)], "dgx-h100");
+    assert!(on_b.starts_with("dgx-b: gpus 4,5 "), "{on_b}");
+    // Exactly as many devices as asked: those devices.
+    let exact = pinned(&cluster, "whole 2", "dgx-a", &[(3, None), (6, None)], "dgx-h100");
+    assert!(exact.starts_with("dgx-a: gpus 3,6 "), "{exact}");
+    // A listed GPU in use leaves too few: refused, naming the devices not listed.
+    let busy = cluster.clone().take("dgx-a", "gpu=3");
+    let refused = pinned(&busy, "whole 2", "dgx-a", &[(3, None), (6, None)], "dgx-h100");
+    assert!(refused.contains("E-NO-CAPACITY") && refused.contains("too few free GPUs"), "{refused}");
+    // A share lands on the one GPU allowed.
+    let share = pinned(&cluster, "share 250 10g", "dgx-b", &[(5, None)], "dgx-h100");
+    assert!(share.starts_with("dgx-b: gpus 5 share 250/"), "{share}");
+    // A node that is not registered.
+    let absent = pinned(&cluster, "whole 1", "dgx-z", &[], "dgx-h100");
+    assert!(absent.contains("pinned to node dgx-z, which is not registered"), "{absent}");
+}
+
+#[test]
+fn a_pinned_mig_request_takes_the_slot_it_allows() {
+    let cluster = Cluster::new().node("a100", "dgx-a100-mig");
+    let inventory = fixture("dgx-a100-mig");
+    let gpu = inventory
+        .gpus
+        .iter()
+        .position(|gpu| gpu.mig.as_ref().is_some_and(|mig| mig.profiles.iter().any(|p| p.name == "3g.40gb")))
+        .expect("a GPU with 3g.40gb");
+    // Left to itself the broker may choose slot 0 or 4; pinned to 4 it takes 4.
+    let at_four = pinned(&cluster, "mig 3g.40gb", "a100", &[(gpu, Some(4))], "dgx-a100-mig");
+    assert!(at_four.contains(&format!("gpus {gpu} mig 3g.40gb@4")), "{at_four}");
+    // A start the profile does not allow is never chosen.
+    let nowhere = pinned(&cluster, "mig 3g.40gb", "a100", &[(gpu, Some(2))], "dgx-a100-mig");
+    assert!(!nowhere.starts_with("a100:"), "{nowhere}");
+    // Validation: MIG starts only for MIG requests; a whole request needs enough GPUs listed.
+    use allot_api::allocation::{DeviceSelector, Pin};
+    let selector = |start| DeviceSelector { gpu_uuid: "GPU-x".into(), mig_start: start };
+    let pin = |devices| Pin { node: "a100".parse().expect("node"), devices };
+    assert_eq!(request("whole 1").pinned(pin(vec![selector(Some(0))])).map_err(|e| e.field), Err("pin"));
+    assert_eq!(request("whole 2").pinned(pin(vec![selector(None)])).map_err(|e| e.field), Err("pin"));
+}

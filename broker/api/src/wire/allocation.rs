@@ -2,8 +2,8 @@
 
 use super::{WireError, wire_error};
 use crate::allocation::{
-    Allocation, AllocationId, AllocationState, Binding, GpuDemand, GpuGrant, Interconnect, MigGrant, MilliGpu,
-    QuotaStanding, ShareGrant, ValidatedRequest,
+    Allocation, AllocationId, AllocationState, Binding, DeviceSelector, GpuDemand, GpuGrant, Interconnect, MigGrant,
+    MilliGpu, Pin, QuotaStanding, ShareGrant, ValidatedRequest,
 };
 use crate::proto;
 use crate::units::MiB;
@@ -43,6 +43,17 @@ impl From<&ValidatedRequest> for proto::AllocationSpec {
             rdma: request.rdma,
             min_gpu_memory_mib: request.min_gpu_memory.map(|memory| memory.0),
             owner: request.owner.clone(),
+            pin: request.pin.as_ref().map(|pin| proto::Pin {
+                node: pin.node.to_string(),
+                devices: pin
+                    .devices
+                    .iter()
+                    .map(|selector| proto::DeviceSelector {
+                        gpu_uuid: selector.gpu_uuid.clone(),
+                        mig_start: selector.mig_start,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -69,7 +80,7 @@ impl TryFrom<proto::AllocationSpec> for ValidatedRequest {
             Ok(proto::Interconnect::Numa) => Interconnect::Numa,
             Err(_) => return Err(wire_error("interconnect", format!("unknown value {}", spec.interconnect))),
         };
-        ValidatedRequest::new(
+        let request = ValidatedRequest::new(
             team,
             gpus,
             spec.cpus,
@@ -79,7 +90,15 @@ impl TryFrom<proto::AllocationSpec> for ValidatedRequest {
             spec.min_gpu_memory_mib.map(MiB),
             spec.owner.filter(|owner| !owner.is_empty()),
         )
-        .map_err(|error| wire_error(error.field, error.problem))
+        .map_err(|error| wire_error(error.field, error.problem))?;
+        let Some(pin) = spec.pin else { return Ok(request) };
+        let node = pin.node.parse().map_err(|error| wire_error("pin.node", error))?;
+        let devices = pin
+            .devices
+            .into_iter()
+            .map(|selector| DeviceSelector { gpu_uuid: selector.gpu_uuid, mig_start: selector.mig_start })
+            .collect();
+        request.pinned(Pin { node, devices }).map_err(|error| wire_error(error.field, error.problem))
     }
 }
 
