@@ -4,6 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# The Kubernetes tests run allot-node against the kubelet's own device manager,
+# built from Kubernetes' Go packages (cached by Go's build cache after the first
+# build), and the peer's own check against the upstream stub plugin.
+plugins/kubernetes/kubelet-peer/build.sh --test
+
 # The fixture tests load the fake NVML library (a cdylib) that a plain
 # `cargo test` of another crate does not build, so build the workspace first.
 cargo build --workspace --all-targets

@@ -27,6 +27,7 @@ use crate::enforce::cgroup::{self, DriverChoice};
 use crate::enforce::health::HealthTracker;
 use crate::enforce::mig::MigDriver;
 use crate::enforce::{Enforcer, Report};
+use crate::publish::Publisher;
 
 /// How the agent behaves; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct AgentConfig {
     pub xid_quiet_period: Duration,
     /// The node's credentials, sent with every call to the broker.
     pub bearer: Bearer,
+    /// Where the node's state is published for the kubelet's device plugin.
+    pub publish: Option<Publisher>,
 }
 
 /// Where and how allocations are enforced.
@@ -165,6 +168,11 @@ pub async fn run(plan: DiscoveryPlan, config: AgentConfig) -> Result<(), AgentEr
         changed: tokio::sync::Notify::new(),
         started: Instant::now(),
     });
+    if let Some(publisher) = &config.publish {
+        let mut seen = inventory.clone();
+        health.overlay(&mut seen);
+        publisher.inventory(&seen);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let health = Arc::clone(&health);
@@ -252,11 +260,12 @@ async fn session(
         plan.hostname.clone(),
         enforcer.cloned(),
         reconcile_interval,
+        config.publish.clone(),
     ));
     // If the assignment stream ends (the broker restarted, or this node fell behind),
     // start over: register again and follow from a fresh snapshot.
     let result = tokio::select! {
-        result = heartbeat_loop(plan, &mut client, epoch, &mut interval, health) => result,
+        result = heartbeat_loop(plan, &mut client, epoch, &mut interval, health, config.publish.as_ref()) => result,
         _ = &mut watcher => Err(SessionEnd::Retry("the assignment stream ended".to_owned())),
     };
     watcher.abort();
@@ -269,6 +278,7 @@ async fn heartbeat_loop(
     epoch: u64,
     interval: &mut Duration,
     health: &Arc<Health>,
+    publish: Option<&Publisher>,
 ) -> Result<(), SessionEnd> {
     loop {
         tokio::select! {
@@ -279,6 +289,9 @@ async fn heartbeat_loop(
         let gpus = match discover(plan).await {
             Ok(mut inventory) => {
                 health.overlay(&mut inventory);
+                if let Some(publisher) = publish {
+                    publisher.inventory(&inventory);
+                }
                 inventory
                     .gpus
                     .iter()
@@ -361,7 +374,20 @@ async fn follow_assignments(
     node: String,
     enforcer: Option<SharedEnforcer>,
     reconcile_interval: Duration,
+    publish: Option<Publisher>,
 ) {
+    // Publishes the live allocations and what enforcement made of them.
+    let published = |desired: &BTreeMap<AllocationId, Allocation>| {
+        if let Some(publisher) = &publish {
+            match &enforcer {
+                Some(enforcer) => {
+                    let guard = enforcer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    publisher.allocations(desired, Some(&guard));
+                }
+                None => publisher.allocations(desired, None),
+            }
+        }
+    };
     let mut client = NodeServiceClient::with_interceptor(channel, bearer);
     let stream = client.watch_assignments(proto::WatchAssignmentsRequest { node_name: node.clone() }).await;
     let mut stream = match stream {
@@ -410,6 +436,7 @@ async fn follow_assignments(
                     report(&mut client, &node, item).await;
                 }
             }
+            published(&desired);
             continue;
         }
         let Some(wire) = event.allocation else { continue };
@@ -429,6 +456,12 @@ async fn follow_assignments(
             continue;
         }
         let Some(enforcer) = &enforcer else {
+            if allocation.state.holds_capacity() {
+                desired.insert(allocation.id, allocation.clone());
+            } else {
+                desired.remove(&allocation.id);
+            }
+            published(&desired);
             let message = "received; enforcement is off on this node (--no-enforce)".to_owned();
             let item = Report { allocation: allocation.id, generation: allocation.generation, applied: false, message };
             report(&mut client, &node, item).await;
@@ -451,6 +484,7 @@ async fn follow_assignments(
                 })
             })
             .await;
+            published(&desired);
             if let Some(Some(item)) = outcome {
                 report(&mut client, &node, item).await;
             }
@@ -465,6 +499,7 @@ async fn follow_assignments(
                 }
                 None => {}
             }
+            published(&desired);
         }
     }
 }

@@ -30,7 +30,7 @@ pub enum Command {
     /// Show what this machine (or a fixture, or an hwloc export) is made of.
     Inventory(InventoryArgs),
     /// Register with the broker, heartbeat, and enforce this node's assignments.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command inside an allocation's cgroup with its devices' environment.
     Exec(ExecArgs),
 }
@@ -103,6 +103,38 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub enforce: EnforceArgs,
+    #[command(flatten)]
+    pub kubelet: KubeletArgs,
+}
+
+/// The kubelet's device plugin API (see docs/kubernetes.md).
+#[derive(Debug, Clone, Args)]
+pub struct KubeletArgs {
+    /// Serve the kubelet's device plugin API and register with the kubelet at
+    /// this socket (plugin sockets go in its directory). Without a value: the
+    /// kubelet's default.
+    #[arg(long, value_name = "PATH", num_args = 0..=1,
+        default_missing_value = "/var/lib/kubelet/device-plugins/kubelet.sock")]
+    pub kubelet_socket: Option<PathBuf>,
+    /// The kubelet's pod resources socket, read to release the allocations of pods that ended.
+    #[arg(long, value_name = "PATH", default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+    pub pod_resources_socket: PathBuf,
+    /// The domain of the resource names: <domain>/gpu, <domain>/mig-<profile>, <domain>/gpu-share.
+    #[arg(long, value_name = "DOMAIN", default_value = "allot.io")]
+    pub resource_domain: String,
+    /// The team whose quota pods count against (the node's token needs the
+    /// member role in it).
+    #[arg(long, value_name = "TEAM", default_value = "kubernetes")]
+    pub kubelet_team: String,
+    /// Where the CDI spec of this node's GPUs is written; "none" writes none.
+    #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
+    pub cdi_dir: String,
+    /// Seconds between reads of the pod resources API.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub release_poll: f64,
+    /// Seconds an allocation may go unclaimed by any pod before it is released.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub release_grace: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,4 +7,6 @@ pub mod discovery;
 pub mod enforce;
 pub mod exec;
 pub mod fixtures;
+pub mod kubelet;
+pub mod publish;
 pub mod render;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use allot_node::agent::{self, AgentConfig, EnforceConfig};
 use allot_node::cli::{CgroupDriverArg, Cli, Command, DiscoveryPlan, HardwareArgs};
 use allot_node::enforce::cgroup::DriverChoice;
+use allot_node::kubelet;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -45,9 +46,12 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .init();
             let enforce = &args.enforce;
-            for (flag, value) in
-                [("--reconcile-interval", enforce.reconcile_interval), ("--xid-quiet-period", enforce.xid_quiet_period)]
-            {
+            for (flag, value) in [
+                ("--reconcile-interval", enforce.reconcile_interval),
+                ("--xid-quiet-period", enforce.xid_quiet_period),
+                ("--release-poll", args.kubelet.release_poll),
+                ("--release-grace", args.kubelet.release_grace),
+            ] {
                 if !(value > 0.0 && value.is_finite()) {
                     eprintln!("allot-node: error: {flag} must be a positive number of seconds");
                     return ExitCode::FAILURE;
@@ -63,7 +67,16 @@ fn main() -> ExitCode {
                 },
                 None => allot_api::bearer::Bearer::default(),
             };
-            let config = AgentConfig {
+            let kubelet = match kubelet::Settings::from_args(&args.kubelet, &plan.hostname, &enforce.state_dir) {
+                Ok(settings) => settings,
+                Err(problem) => {
+                    eprintln!("allot-node: error: {problem}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let publish = kubelet.as_ref().map(|_| allot_node::publish::Publisher::new());
+            let mut config = AgentConfig {
+                publish: publish.as_ref().map(|(publisher, _)| publisher.clone()),
                 bearer,
                 broker: args.broker,
                 heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
@@ -82,18 +95,50 @@ fn main() -> ExitCode {
                     reconcile_interval: Duration::from_secs_f64(enforce.reconcile_interval),
                 }),
             };
+            if kubelet.is_some()
+                && let Some(enforce) = &mut config.enforce
+            {
+                // In Kubernetes the container runtime owns cgroups; allot-node
+                // makes MIG instances and the device environment.
+                enforce.cgroup_driver = DriverChoice::Runtime;
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => return fail(&error),
             };
+            let broker = config.broker.clone();
+            let bearer = config.bearer.clone();
             runtime.block_on(async {
-                tokio::select! {
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let mut plugins = match (kubelet, publish) {
+                    (Some(settings), Some((_, snapshot))) => {
+                        Some(tokio::spawn(kubelet::run(settings, snapshot, broker, bearer, stopped)))
+                    }
+                    _ => None,
+                };
+                let plugins_ended = async {
+                    match &mut plugins {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let code = tokio::select! {
                     result = agent::run(plan, config) => match result {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(error) => fail(&error),
                     },
+                    ended = plugins_ended => match ended {
+                        Ok(Err(problem)) => { eprintln!("allot-node: error: {problem}"); ExitCode::FAILURE }
+                        _ => ExitCode::FAILURE,
+                    },
                     _ = allot_api::shutdown::signal() => ExitCode::SUCCESS,
+                };
+                // Let the device plugins unregister (remove their sockets).
+                let _ = stop.send(true);
+                if let Some(handle) = plugins {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
                 }
+                code
             })
         }
     }

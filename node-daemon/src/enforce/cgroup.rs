@@ -32,6 +32,9 @@ pub const CONTROLLERS: [&str; 3] = ["cpuset", "memory", "pids"];
 pub enum CgroupVersion {
     V1,
     V2,
+    /// Not Allot's: the container runtime makes the cgroups (in Kubernetes, the
+    /// kubelet's CPU and memory managers decide them).
+    Runtime,
 }
 
 impl fmt::Display for CgroupVersion {
@@ -39,6 +42,7 @@ impl fmt::Display for CgroupVersion {
         f.write_str(match self {
             CgroupVersion::V1 => "v1",
             CgroupVersion::V2 => "v2",
+            CgroupVersion::Runtime => "container runtime",
         })
     }
 }
@@ -283,7 +287,8 @@ impl RootedHierarchy {
     fn controller_dir(&self, controller: &str) -> PathBuf {
         match self.version {
             CgroupVersion::V1 => self.root.join(controller),
-            CgroupVersion::V2 => self.root.clone(),
+            // Only the v1 and v2 drivers build a hierarchy.
+            CgroupVersion::V2 | CgroupVersion::Runtime => self.root.clone(),
         }
     }
 }
@@ -578,6 +583,51 @@ pub enum DriverChoice {
     Auto,
     V1,
     V2,
+    /// Leave cgroups to the container runtime (see [`RuntimeOwned`]).
+    Runtime,
+}
+
+/// The driver for nodes whose container runtime owns cgroups (Kubernetes): it
+/// makes none, and remembers which allocations it was asked for so the
+/// enforcer's bookkeeping (applied, exists, removed) still holds.
+#[derive(Debug, Default)]
+pub struct RuntimeOwned {
+    applied: std::sync::Mutex<std::collections::BTreeSet<AllocationId>>,
+}
+
+impl RuntimeOwned {
+    fn applied(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<AllocationId>> {
+        self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl CgroupDriver for RuntimeOwned {
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::Runtime
+    }
+
+    fn apply(&self, spec: &CgroupSpec) -> Result<AppliedCgroup, CgroupError> {
+        self.applied().insert(spec.allocation);
+        Ok(AppliedCgroup {
+            version: CgroupVersion::Runtime,
+            paths: Vec::new(),
+            procs_files: Vec::new(),
+            name: "(the container runtime's)".to_owned(),
+        })
+    }
+
+    fn remove(&self, allocation: AllocationId) -> Result<(), CgroupError> {
+        self.applied().remove(&allocation);
+        Ok(())
+    }
+
+    fn list(&self) -> Result<(Vec<AllocationId>, Vec<String>), CgroupError> {
+        Ok((self.applied().iter().copied().collect(), Vec::new()))
+    }
+
+    fn exists(&self, allocation: AllocationId) -> bool {
+        self.applied().contains(&allocation)
+    }
 }
 
 /// Where the kernel mounts cgroups, from `/proc/self/mountinfo` text: the v2
@@ -606,13 +656,16 @@ pub fn detect_root(mountinfo: &str) -> Option<(CgroupVersion, PathBuf)> {
 /// Builds the driver: an explicit version, or one decided from the root (a
 /// `cgroup.controllers` file means v2), or from this machine's mounts.
 pub fn driver(choice: DriverChoice, root: Option<&Path>, parent: &str) -> Result<Box<dyn CgroupDriver>, CgroupError> {
+    if choice == DriverChoice::Runtime {
+        return Ok(Box::new(RuntimeOwned::default()));
+    }
     let (version, root) = match root {
         Some(root) => {
             let version = match choice {
                 DriverChoice::V1 => CgroupVersion::V1,
                 DriverChoice::V2 => CgroupVersion::V2,
                 DriverChoice::Auto if root.join("cgroup.controllers").is_file() => CgroupVersion::V2,
-                DriverChoice::Auto => CgroupVersion::V1,
+                DriverChoice::Auto | DriverChoice::Runtime => CgroupVersion::V1,
             };
             (version, root.to_owned())
         }
@@ -624,7 +677,7 @@ pub fn driver(choice: DriverChoice, root: Option<&Path>, parent: &str) -> Result
                 )
             })?;
             let version = match choice {
-                DriverChoice::Auto => detected,
+                DriverChoice::Auto | DriverChoice::Runtime => detected,
                 DriverChoice::V1 => CgroupVersion::V1,
                 DriverChoice::V2 => CgroupVersion::V2,
             };
@@ -633,7 +686,7 @@ pub fn driver(choice: DriverChoice, root: Option<&Path>, parent: &str) -> Result
     };
     Ok(match version {
         CgroupVersion::V1 => Box::new(V1Driver::new(root, parent)?),
-        CgroupVersion::V2 => Box::new(V2Driver::new(root, parent)?),
+        CgroupVersion::V2 | CgroupVersion::Runtime => Box::new(V2Driver::new(root, parent)?),
     })
 }
 
