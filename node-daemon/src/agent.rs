@@ -17,7 +17,7 @@ use allot_api::allocation::{Allocation, AllocationId, AllocationState};
 use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::proto::node_service_client::NodeServiceClient;
-use allot_api::topology::NodeInventory;
+use allot_api::topology::{GpuHealth, NodeInventory, NvmlStatus};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -93,15 +93,32 @@ impl Health {
     }
 
     /// Overlays event-based health on freshly discovered GPUs; the uncorrectable
-    /// ECC count is an event source too (growth marks the GPU).
+    /// ECC count is an event source too (growth marks the GPU), and so is a GPU NVML
+    /// cannot reach (lost): discovery lists it without telemetry, unhealthy.
     fn overlay(&self, inventory: &mut NodeInventory) {
         let now = self.now_ms();
+        let nvml_present = matches!(inventory.nvml, NvmlStatus::Present { .. });
         let Ok(mut tracker) = self.tracker.lock() else { return };
+        let mut changed = false;
         for gpu in &mut inventory.gpus {
             if let Some(count) = gpu.telemetry.as_ref().and_then(|telemetry| telemetry.ecc_uncorrected_volatile) {
                 tracker.ecc_count(gpu.index, count, now);
             }
+            if nvml_present
+                && gpu.telemetry.is_none()
+                && let GpuHealth::Unhealthy { reasons } = &gpu.health
+            {
+                let reason = reasons.first().map(String::as_str).unwrap_or("NVML cannot reach the GPU");
+                if tracker.unreachable(gpu.index, reason, now) {
+                    tracing::warn!(gpu = gpu.index, reason, "GPU unreachable through NVML");
+                    changed = true;
+                }
+            }
             gpu.health = tracker.health(gpu.index, now);
+        }
+        drop(tracker);
+        if changed {
+            self.changed.notify_one();
         }
     }
 

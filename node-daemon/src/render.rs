@@ -119,6 +119,22 @@ pub fn table(inventory: &NodeInventory) -> String {
             );
         }
     }
+    if !inventory.nvswitches.is_empty() {
+        let _ = writeln!(out, "\nNVSwitches:");
+        for switch in &inventory.nvswitches {
+            if switch.pci_bus_id.is_not_visible() {
+                let _ = writeln!(
+                    out,
+                    "  not PCI-visible: NVML reports NVLinks into an NVSwitch fabric this host cannot address (a VM, or switches the baseboard manages)"
+                );
+            } else if !switch.pci_visible {
+                let _ = writeln!(out, "  {} (named by NVML; not in this host's PCIe tree)", switch.pci_bus_id);
+            } else {
+                let numa = switch.numa_node.map(|n| n.to_string()).unwrap_or_else(|| "N/A".into());
+                let _ = writeln!(out, "  {} [{}] NUMA {numa}", switch.pci_bus_id, switch.pci_id);
+            }
+        }
+    }
     if !inventory.nvme.is_empty() {
         let _ = writeln!(out, "\nNVMe drives:");
         for drive in &inventory.nvme {

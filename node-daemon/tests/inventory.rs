@@ -69,7 +69,7 @@ fn expected(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
-const FIXTURES: [&str; 3] = ["dgx-h100", "dgx-a100-mig", "pcie-l40s"];
+const FIXTURES: [&str; 4] = ["dgx-h100", "dgx-a100-mig", "pcie-l40s", "cloud-h100-vm"];
 
 #[test]
 fn dgx_h100_has_8_nvlinked_gpus_4_per_numa_node_each_beside_a_nic() {
@@ -329,8 +329,9 @@ fn scratch_fixture(name: &str, edit: impl Fn(&str, String) -> String) -> tempfil
 }
 
 #[test]
-fn a_fixture_that_contradicts_itself_is_refused() {
-    // NVML reports GPU 0 at a bus id that the hwloc XML does not have.
+fn a_fixture_whose_nvml_and_hwloc_disagree_is_refused_naming_both() {
+    // NVML reports GPU 0 at a bus id that the hwloc XML does not have: the error is a
+    // disagreement between two sources, named as such, not a file contradicting itself.
     let machine = nvml_machine("dgx-h100");
     let first_bus = machine["gpu"][0]["pci_bus_id"].as_str().expect("bus id").to_owned();
     let moved = scratch_fixture("dgx-h100", |file, text| {
@@ -339,7 +340,7 @@ fn a_fixture_that_contradicts_itself_is_refused() {
     check_rejected(
         &["inventory", "--fixture", "dgx-h100"],
         &[("ALLOT_FIXTURES_DIR", moved.path())],
-        &["contradicts itself", "0000:fe:00.0"],
+        &["NVML (", "libnvidia_ml_fake.so", "dgx-h100/topology.xml", "disagree", "0000:fe:00.0"],
     );
 
     // A malformed description: the fake NVML library refuses to initialise and says why.

@@ -34,6 +34,9 @@ impl fmt::Display for MiB {
 ///
 /// Parsed from both spellings in use: hwloc's and sysfs' `0000:1b:00.0` and NVML's
 /// `00000000:1B:00.0`. Always printed in the sysfs spelling, lowercase.
+///
+/// One value is not an address: [`PciBusId::NOT_VISIBLE`], all bits set, which NVML
+/// answers for an NVLink peer that is not on this host's PCI bus (an NVSwitch in a VM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PciBusId {
     pub domain: u32,
@@ -49,12 +52,42 @@ pub struct PciBusIdError {
     pub input: String,
 }
 
+impl PciBusId {
+    /// What NVML's `nvmlDeviceGetNvLinkRemotePciInfo` answers when the peer is not visible
+    /// on this host's PCI bus: every field all ones (`FFFFFFFF:FF:FF.0`, or `FFFF:FF:FF.0` in
+    /// the legacy spelling). NCCL's topology code reads it as "an NVSwitch we cannot see".
+    pub const NOT_VISIBLE: PciBusId = PciBusId { domain: u32::MAX, bus: u8::MAX, device: u8::MAX, function: 0 };
+
+    /// Whether this is [`PciBusId::NOT_VISIBLE`] rather than an address.
+    pub fn is_not_visible(&self) -> bool {
+        *self == PciBusId::NOT_VISIBLE
+    }
+
+    /// Recognises NVML's all-ones bus id in any width it is printed in: the domain as 4 or 8
+    /// hex digits (`FFFF`, `0000FFFF`, `FFFFFFFF`), bus and device `FF`, any function digit.
+    fn parse_not_visible(text: &str) -> bool {
+        let Some((rest, function)) = text.rsplit_once('.') else { return false };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let all_f = |part: &str| !part.is_empty() && part.chars().all(|c| c.eq_ignore_ascii_case(&'f'));
+        let domain_ok = |part: &str| {
+            let trimmed = part.trim_start_matches('0');
+            part.len() <= 8 && (trimmed.len() == 4 || trimmed.len() == 8) && all_f(trimmed)
+        };
+        matches!(parts.as_slice(), [domain, bus, device] if domain_ok(domain) && bus.len() == 2 && all_f(bus) && device.len() == 2 && all_f(device))
+            && function.len() == 1
+            && function.chars().all(|c| c.is_ascii_hexdigit())
+    }
+}
+
 impl FromStr for PciBusId {
     type Err = PciBusIdError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let error = || PciBusIdError { input: input.to_owned() };
         let trimmed = input.trim();
+        if PciBusId::parse_not_visible(trimmed) {
+            return Ok(PciBusId::NOT_VISIBLE);
+        }
         let (rest, function) = trimmed.rsplit_once('.').ok_or_else(error)?;
         let mut parts = rest.split(':');
         let (domain, bus, device) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -240,6 +273,13 @@ mod tests {
         check_bus_id("0000:1b:20.0", None);
         check_bus_id("0000:1b:00.8", None);
         check_bus_id("0000:100:00.0", None);
+        // NVML's "peer not visible" value, in each width NVML prints it, is one value.
+        for spelling in ["FFFFFFFF:FF:FF.0", "ffff:ff:ff.0", "0000FFFF:FF:FF.0", " FFFFFFFF:FF:FF.F "] {
+            assert_eq!(spelling.parse::<PciBusId>().ok(), Some(PciBusId::NOT_VISIBLE), "{spelling:?}");
+        }
+        check_bus_id("FFFFFFFF:FF:FF.0", Some("ffffffff:ff:ff.0"));
+        check_bus_id("FFFFFFF:FF:FF.0", None);
+        check_bus_id("FFFF:FE:FF.0", None);
         check_bus_id("zz", None);
         check_bus_id("", None);
         check_bus_id("0000:1b:00", None);

@@ -62,6 +62,7 @@ impl From<&NodeInventory> for proto::NodeInventory {
                     pci_bus_id: switch.pci_bus_id.to_string(),
                     pci_id: switch.pci_id.clone(),
                     numa_node: switch.numa_node,
+                    not_pci_visible: !switch.pci_visible,
                 })
                 .collect(),
             pci_nodes: inventory.pci.nodes.iter().map(Into::into).collect(),
@@ -111,6 +112,7 @@ impl TryFrom<proto::NodeInventory> for NodeInventory {
                     pci_bus_id: bus_id(&format!("nvswitches[{index}].pci_bus_id"), &switch.pci_bus_id)?,
                     pci_id: switch.pci_id,
                     numa_node: switch.numa_node,
+                    pci_visible: !switch.not_pci_visible,
                 })
             })
             .collect::<Result<_, WireError>>()?;
@@ -635,11 +637,20 @@ mod tests {
             }],
             nics: vec![],
             nvme: vec![],
-            nvswitches: vec![NvSwitch {
-                pci_bus_id: bus("0000:05:00.0"),
-                pci_id: "10de:22a3".into(),
-                numa_node: Some(0),
-            }],
+            nvswitches: vec![
+                NvSwitch {
+                    pci_bus_id: bus("0000:05:00.0"),
+                    pci_id: "10de:22a3".into(),
+                    numa_node: Some(0),
+                    pci_visible: true,
+                },
+                NvSwitch {
+                    pci_bus_id: PciBusId::NOT_VISIBLE,
+                    pci_id: String::new(),
+                    numa_node: None,
+                    pci_visible: false,
+                },
+            ],
             pci: PciTree {
                 nodes: vec![
                     PciNode {

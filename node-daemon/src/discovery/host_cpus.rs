@@ -53,6 +53,8 @@ pub fn combine(host: HostTopology, devices: HostTopology) -> HostTopology {
         cpu: host.cpu,
         pci,
         devices: pci_devices,
+        nvlinks: devices.nvlinks,
+        warnings: devices.warnings,
         origin: format!("{} on the CPUs of {}", devices.origin, host.origin),
     }
 }

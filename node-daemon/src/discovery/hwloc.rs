@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use allot_api::topology::{CacheKind, CacheLevel, Core, CpuTopology, NumaNode, Package, PciNode, PciNodeKind, PciTree};
+use allot_api::topology::{
+    CacheKind, CacheLevel, Core, CpuTopology, NumaNode, NvLinkPeer, Package, PciNode, PciNodeKind, PciTree,
+};
 use allot_api::units::{CpuSet, MiB, PciBusId};
 use hwlocality::object::TopologyObject;
 use hwlocality::object::attributes::{ObjectAttributes, UpstreamAttributes};
@@ -12,7 +14,7 @@ use hwlocality::object::types::{BridgeType, OSDeviceType, ObjectType};
 use hwlocality::topology::Topology;
 use hwlocality::topology::builder::TypeFilter;
 
-use super::{DiscoveryError, HostTopology, OsDevice, OsDeviceKind, PciDevice, TopologySource};
+use super::{DiscoveryError, HostTopology, HwlocNvLink, OsDevice, OsDeviceKind, PciDevice, TopologySource, pci_class};
 
 /// Where hwloc reads the machine from.
 #[derive(Debug, Clone)]
@@ -115,7 +117,86 @@ fn info(object: &TopologyObject, key: &str) -> Option<String> {
 fn read_topology(topology: &Topology) -> HostTopology {
     let cpu = read_cpu(topology);
     let (pci, devices) = read_pci(topology);
-    HostTopology { cpu, pci, devices, origin: String::new() }
+    let (nvlinks, warnings) = read_nvlinks(topology);
+    HostTopology { cpu, pci, devices, nvlinks, warnings, origin: String::new() }
+}
+
+/// The name hwloc's NVML plugin gives its NVLink matrix.
+const NVLINK_BANDWIDTH: &str = "NVLinkBandwidth";
+
+/// Unidirectional MB/s per link hwloc's NVML plugin (2.x) records: 25000 for NVLink 2 to
+/// 4, 20000 for NVLink 1. It sums the links between two objects.
+const BANDWIDTH_PER_LINK: [u64; 2] = [25_000, 20_000];
+
+/// The link count behind a recorded bandwidth, when it is a whole number of links.
+fn links_from_bandwidth(bandwidth: u64) -> Option<u32> {
+    BANDWIDTH_PER_LINK
+        .iter()
+        .find(|per_link| bandwidth.is_multiple_of(**per_link))
+        .and_then(|per_link| u32::try_from(bandwidth / per_link).ok())
+}
+
+/// What one row or column of the NVLink matrix is: a GPU (hwloc's `nvmlN` OS device, below
+/// its PCI function) or an NVSwitch (a PCI device). Anything else (the POWER9 CPUs of an
+/// AC922) is not something Allot places on.
+fn nvlink_end(object: &TopologyObject) -> Option<(PciBusId, NvLinkPeer)> {
+    let pci_of = |object: &TopologyObject| match object.attributes() {
+        Some(ObjectAttributes::PCIDevice(pci)) => Some((
+            pci_bus_id(pci.domain(), pci.bus_id(), pci.bus_device(), pci.function()),
+            pci.class_id(),
+            pci.vendor_id(),
+        )),
+        _ => None,
+    };
+    match object.object_type() {
+        ObjectType::OSDevice => {
+            let (bus_id, class, vendor) = pci_of(object.parent()?)?;
+            let is_gpu = vendor == pci_class::NVIDIA && matches!(class, pci_class::VGA | pci_class::DISPLAY_3D);
+            is_gpu.then_some((bus_id, NvLinkPeer::Gpu))
+        }
+        ObjectType::PCIDevice => {
+            let (bus_id, class, vendor) = pci_of(object)?;
+            (vendor == pci_class::NVIDIA && class == pci_class::BRIDGE_OTHER).then_some((bus_id, NvLinkPeer::NvSwitch))
+        }
+        _ => None,
+    }
+}
+
+/// NVLinks from hwloc's `NVLinkBandwidth` distances: one entry per GPU and peer with a
+/// non-zero bandwidth, plus warnings for values that are no whole number of links.
+fn read_nvlinks(topology: &Topology) -> (Vec<HwlocNvLink>, Vec<String>) {
+    let mut links = Vec::new();
+    let mut warnings = Vec::new();
+    let Ok(matrices) = topology.distances_with_name(NVLINK_BANDWIDTH) else { return (links, warnings) };
+    for matrix in &matrices {
+        let ends: Vec<Option<(PciBusId, NvLinkPeer)>> =
+            matrix.objects().map(|object| object.and_then(nvlink_end)).collect();
+        let values = matrix.distances();
+        let count = ends.len();
+        if values.len() != count * count {
+            continue;
+        }
+        for (row, end) in ends.iter().enumerate() {
+            let Some((gpu, NvLinkPeer::Gpu)) = end else { continue };
+            for (column, peer) in ends.iter().enumerate() {
+                let (Some((peer_bus_id, peer_kind)), false) = (peer, row == column) else { continue };
+                let bandwidth = values[row * count + column];
+                match links_from_bandwidth(bandwidth) {
+                    Some(0) => {}
+                    Some(link_count) => links.push(HwlocNvLink {
+                        gpu: *gpu,
+                        peer: *peer_bus_id,
+                        peer_kind: *peer_kind,
+                        links: link_count,
+                    }),
+                    None => warnings.push(format!(
+                        "hwloc's {NVLINK_BANDWIDTH} between {gpu} and {peer_bus_id} is {bandwidth} MB/s, no whole number of NVLinks (25000 or 20000 MB/s each); that link is left out"
+                    )),
+                }
+            }
+        }
+    }
+    (links, warnings)
 }
 
 fn read_cpu(topology: &Topology) -> CpuTopology {

@@ -5,8 +5,13 @@ use allot_api::topology::{
     Gpu, GpuHealth, Nic, NicKind, NodeInventory, NvLink, NvLinkPeer, NvSwitch, NvmeDrive, NvmlStatus,
 };
 
-use super::models::gpu_model;
-use super::{DeviceDetails, DiscoveryError, GpuReport, HostTopology, OsDeviceKind, PciDevice, pci_class};
+use allot_api::units::PciBusId;
+
+use super::models::{contradicting_family, gpu_model};
+use super::{
+    DeviceDetails, DiscoveryError, DriverGpu, GpuReport, HostTopology, OsDeviceKind, PciDevice, UnreachableGpu,
+    pci_class,
+};
 
 fn is_gpu(device: &PciDevice) -> bool {
     device.vendor == pci_class::NVIDIA && matches!(device.class, pci_class::VGA | pci_class::DISPLAY_3D)
@@ -31,6 +36,59 @@ fn natural_key(name: &str) -> (String, u64) {
     (stem.to_owned(), number.parse().unwrap_or(0))
 }
 
+/// The NVLinks hwloc recorded for one GPU, in the inventory's terms.
+fn hwloc_nvlinks(host: &HostTopology, gpu: PciBusId) -> Vec<NvLink> {
+    host.nvlinks
+        .iter()
+        .filter(|link| link.gpu == gpu)
+        .map(|link| NvLink { peer: link.peer_kind, peer_pci_bus_id: link.peer, links: link.links })
+        .collect()
+}
+
+fn sorted_links(links: &[NvLink]) -> Vec<(PciBusId, u32)> {
+    let mut pairs: Vec<(PciBusId, u32)> = links.iter().map(|link| (link.peer_pci_bus_id, link.links)).collect();
+    pairs.sort();
+    pairs
+}
+
+fn describe_links(links: &[NvLink]) -> String {
+    if links.is_empty() {
+        return "none".to_owned();
+    }
+    sorted_links(links).iter().map(|(peer, count)| format!("{count} to {peer}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The PCI device of a GPU NVML cannot read. Its own bus id when NVML gave one; else, when
+/// NVML enumerates the GPUs in PCI bus order (as it does by default, and as every GPU it
+/// could read confirms) and counts exactly the GPUs hwloc sees, the one at its index.
+fn locate_unreachable<'a>(
+    lost: &UnreachableGpu,
+    readable: &[DriverGpu],
+    unreachable: &[UnreachableGpu],
+    hwloc_gpus: &[&'a PciDevice],
+    nvml_count: usize,
+) -> Option<&'a PciDevice> {
+    if let Some(bus_id) = lost.pci_bus_id {
+        return hwloc_gpus.iter().find(|device| device.bus_id == bus_id).copied();
+    }
+    if nvml_count != hwloc_gpus.len() {
+        return None;
+    }
+    let mut by_bus = hwloc_gpus.to_vec();
+    by_bus.sort_by_key(|device| device.bus_id);
+    let in_bus_order = readable
+        .iter()
+        .map(|gpu| (gpu.index, gpu.pci_bus_id))
+        .chain(unreachable.iter().filter_map(|other| other.pci_bus_id.map(|bus_id| (other.index, bus_id))));
+    let order_holds = in_bus_order
+        .clone()
+        .all(|(index, bus_id)| by_bus.get(index as usize).is_some_and(|device| device.bus_id == bus_id));
+    if !order_holds {
+        return None;
+    }
+    by_bus.get(lost.index as usize).copied()
+}
+
 /// Builds the inventory. `details` fills what hwloc lacks (link speed, capacity).
 pub fn merge(
     hostname: &str,
@@ -39,13 +97,18 @@ pub fn merge(
     details: &dyn DeviceDetails,
 ) -> Result<NodeInventory, DiscoveryError> {
     let inconsistent = |problem: String| DiscoveryError::Inconsistent { origin: host.origin.clone(), problem };
-    let mut warnings = Vec::new();
+    let mut warnings = host.warnings.clone();
 
     let mut nvswitches: Vec<NvSwitch> = host
         .devices
         .iter()
         .filter(|device| is_nvswitch(device))
-        .map(|device| NvSwitch { pci_bus_id: device.bus_id, pci_id: device.pci_id(), numa_node: device.numa_node() })
+        .map(|device| NvSwitch {
+            pci_bus_id: device.bus_id,
+            pci_id: device.pci_id(),
+            numa_node: device.numa_node(),
+            pci_visible: true,
+        })
         .collect();
 
     let hwloc_gpus: Vec<&PciDevice> = host.devices.iter().filter(|device| is_gpu(device)).collect();
@@ -67,7 +130,7 @@ pub fn merge(
                     pci_id: device.pci_id(),
                     numa_node: device.numa_node(),
                     cpus: device.cpus.clone(),
-                    nvlinks: vec![],
+                    nvlinks: hwloc_nvlinks(&host, device.bus_id),
                     mig: None,
                     telemetry: None,
                     health: GpuHealth::Unknown,
@@ -80,14 +143,21 @@ pub fn merge(
             driver_version,
             cuda_driver_version,
             gpus: driver_gpus,
+            unreachable,
             warnings: nvml_warnings,
         } => {
             warnings.extend(nvml_warnings);
+            let disagree = |problem: String| DiscoveryError::NvmlDisagrees {
+                library: library.clone(),
+                origin: host.origin.clone(),
+                problem,
+            };
+            let hwloc_has_nvlinks = !host.nvlinks.is_empty();
             let mut gpus = Vec::new();
             for driver_gpu in &driver_gpus {
                 let Some(device) = hwloc_gpus.iter().find(|device| device.bus_id == driver_gpu.pci_bus_id) else {
-                    return Err(inconsistent(format!(
-                        "NVML reports GPU {} at PCI bus id {}, but the PCIe tree has no NVIDIA GPU there",
+                    return Err(disagree(format!(
+                        "NVML reports GPU {} at PCI bus id {}, but hwloc's PCIe tree has no NVIDIA GPU there",
                         driver_gpu.index, driver_gpu.pci_bus_id
                     )));
                 };
@@ -99,24 +169,39 @@ pub fn merge(
                         driver_gpu.index
                     ));
                 }
+                if let Some(name) = &driver_gpu.name
+                    && let Some(family) = contradicting_family(device.device, name)
+                {
+                    warnings.push(format!(
+                        "GPU {} ({}): NVML names it {name:?}, but hwloc's PCI device id {} is an {family}'s; using NVML's name (check the driver, or whether the topology was exported on this machine)",
+                        driver_gpu.index,
+                        driver_gpu.pci_bus_id,
+                        device.pci_id()
+                    ));
+                }
                 let mut nvlinks = Vec::new();
                 for link in &driver_gpu.nvlinks {
                     let remote_is_gpu = driver_gpus.iter().any(|other| other.pci_bus_id == link.remote_pci_bus_id);
                     let remote_is_switch = nvswitches.iter().any(|switch| switch.pci_bus_id == link.remote_pci_bus_id);
+                    let not_visible = link.remote_pci_bus_id.is_not_visible();
                     let peer = match link.remote_kind {
                         Some(NvLinkPeer::Gpu) if remote_is_gpu => NvLinkPeer::Gpu,
                         Some(NvLinkPeer::NvSwitch) => {
                             if !remote_is_switch {
                                 // NVSwitches are not always visible on the PCI bus (in a
-                                // VM, or managed by the baseboard); NVML's word will do.
-                                warnings.push(format!(
-                                    "NVSwitch {} (NVLink peer of GPU {}) is not in the PCIe tree",
-                                    link.remote_pci_bus_id, driver_gpu.index
-                                ));
+                                // VM, or managed by the baseboard); NVML's word will do. The
+                                // all-ones id is NVML saying so itself: no warning for it.
+                                if !not_visible {
+                                    warnings.push(format!(
+                                        "NVSwitch {} (NVLink peer of GPU {}) is not in the PCIe tree",
+                                        link.remote_pci_bus_id, driver_gpu.index
+                                    ));
+                                }
                                 nvswitches.push(NvSwitch {
                                     pci_bus_id: link.remote_pci_bus_id,
                                     pci_id: String::new(),
                                     numa_node: None,
+                                    pci_visible: false,
                                 });
                             }
                             NvLinkPeer::NvSwitch
@@ -124,13 +209,24 @@ pub fn merge(
                         None if remote_is_gpu => NvLinkPeer::Gpu,
                         None if remote_is_switch => NvLinkPeer::NvSwitch,
                         _ => {
-                            return Err(inconsistent(format!(
-                                "GPU {} has {} NVLink link(s) to {}, which is neither a GPU nor an NVSwitch of this machine",
-                                driver_gpu.index, link.links, link.remote_pci_bus_id
+                            return Err(disagree(format!(
+                                "NVML reports {} NVLink link(s) from GPU {} to {}, which hwloc's PCIe tree has neither as a GPU nor as an NVSwitch",
+                                link.links, driver_gpu.index, link.remote_pci_bus_id
                             )));
                         }
                     };
                     nvlinks.push(NvLink { peer, peer_pci_bus_id: link.remote_pci_bus_id, links: link.links });
+                }
+                if hwloc_has_nvlinks {
+                    let from_hwloc = hwloc_nvlinks(&host, driver_gpu.pci_bus_id);
+                    if sorted_links(&from_hwloc) != sorted_links(&nvlinks) {
+                        warnings.push(format!(
+                            "GPU {}: NVML reports NVLinks {}, hwloc's NVLinkBandwidth distances {}; using NVML's",
+                            driver_gpu.index,
+                            describe_links(&nvlinks),
+                            describe_links(&from_hwloc)
+                        ));
+                    }
                 }
                 gpus.push(Gpu {
                     index: driver_gpu.index,
@@ -150,8 +246,38 @@ pub fn merge(
                     health: driver_gpu.health.clone(),
                 });
             }
+            let total = driver_gpus.len() + unreachable.len();
+            for lost in &unreachable {
+                let Some(device) = locate_unreachable(lost, &driver_gpus, &unreachable, &hwloc_gpus, total) else {
+                    warnings.push(format!(
+                        "GPU {}: {}; NVML gives no PCI address for it and its place cannot be inferred, so it is not listed",
+                        lost.index, lost.reason
+                    ));
+                    continue;
+                };
+                warnings.push(format!(
+                    "GPU {} ({}): {}; it is unhealthy and not offered until NVML answers for it again",
+                    lost.index, device.bus_id, lost.reason
+                ));
+                gpus.push(Gpu {
+                    index: lost.index,
+                    uuid: None,
+                    model: gpu_model(device.device, device.device_name.as_deref()),
+                    memory_mib: None,
+                    pci_bus_id: device.bus_id,
+                    pci_id: device.pci_id(),
+                    numa_node: device.numa_node(),
+                    cpus: device.cpus.clone(),
+                    nvlinks: vec![],
+                    mig: None,
+                    // No telemetry while NVML is present marks a GPU NVML cannot reach.
+                    telemetry: None,
+                    health: GpuHealth::Unhealthy { reasons: vec![lost.reason.clone()] },
+                });
+            }
+            gpus.sort_by_key(|gpu| gpu.index);
             for device in &hwloc_gpus {
-                if !driver_gpus.iter().any(|gpu| gpu.pci_bus_id == device.bus_id) {
+                if !gpus.iter().any(|gpu| gpu.pci_bus_id == device.bus_id) {
                     warnings.push(format!(
                         "NVIDIA GPU {} is on the PCI bus but NVML does not report it (bound to another driver, or excluded); it is not offered",
                         device.bus_id
@@ -245,7 +371,7 @@ mod tests {
     use allot_api::units::{CpuSet, PciBusId};
 
     use super::*;
-    use crate::discovery::{DriverGpu, DriverNvLink, OsDevice};
+    use crate::discovery::{DriverNvLink, HwlocNvLink, OsDevice};
 
     fn bus(text: &str) -> PciBusId {
         text.parse().expect("valid bus id")
@@ -319,6 +445,7 @@ mod tests {
             driver_version: None,
             cuda_driver_version: None,
             gpus,
+            unreachable: vec![],
             warnings: vec![],
         }
     }
@@ -369,7 +496,138 @@ mod tests {
             DriverNvLink { remote_pci_bus_id: bus("0000:99:00.0"), remote_kind: Some(NvLinkPeer::Gpu), links: 4 };
         let report = present(vec![driver_gpu(0, "0000:1b:00.0", vec![link])]);
         let error = merge("n", host, report, &NoDetails).expect_err("contradiction");
-        assert!(error.to_string().contains("neither a GPU nor an NVSwitch"), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("neither as a GPU nor as an NVSwitch"), "{message}");
+        assert!(message.contains("NVML (fake) and the hwloc topology test.xml disagree"), "{message}");
+        assert!(!message.contains("contradicts itself"), "{message}");
+    }
+
+    fn link(remote: &str, kind: Option<NvLinkPeer>, links: u32) -> DriverNvLink {
+        DriverNvLink { remote_pci_bus_id: bus(remote), remote_kind: kind, links }
+    }
+
+    #[test]
+    fn nvswitches_nvml_cannot_address_are_one_fabric_without_warnings() {
+        let host = host(&[("0000:1b:00.0", 0x0302, 0x2330, 0, vec![]), ("0000:43:00.0", 0x0302, 0x2330, 1, vec![])]);
+        let hidden = || link("FFFFFFFF:FF:FF.0", Some(NvLinkPeer::NvSwitch), 18);
+        let report =
+            present(vec![driver_gpu(0, "0000:1b:00.0", vec![hidden()]), driver_gpu(1, "0000:43:00.0", vec![hidden()])]);
+        let inventory = merge("n", host, report, &NoDetails).expect("merges");
+        assert_eq!(inventory.link_matrices().gpu_gpu[0][1].to_string(), "NV18");
+        assert_eq!(inventory.nvswitches.len(), 1, "{:?}", inventory.nvswitches);
+        assert!(!inventory.nvswitches[0].pci_visible);
+        assert!(inventory.nvswitches[0].pci_bus_id.is_not_visible());
+        assert_eq!(inventory.warnings, Vec::<String>::new());
+    }
+
+    fn unreachable(index: u32, bus_id: Option<&str>) -> UnreachableGpu {
+        UnreachableGpu { index, pci_bus_id: bus_id.map(bus), reason: "NVML reports the GPU lost".into() }
+    }
+
+    fn with_unreachable(report: GpuReport, lost: Vec<UnreachableGpu>) -> GpuReport {
+        match report {
+            GpuReport::Present { library, driver_version, cuda_driver_version, gpus, warnings, .. } => {
+                GpuReport::Present { library, driver_version, cuda_driver_version, gpus, unreachable: lost, warnings }
+            }
+            absent => absent,
+        }
+    }
+
+    #[test]
+    fn a_lost_gpu_is_listed_unhealthy_without_telemetry_at_its_place_in_bus_order() {
+        let gpus = [("0000:1b:00.0", 0), ("0000:43:00.0", 0), ("0000:52:00.0", 1)];
+        let devices: Vec<_> = gpus.iter().map(|(bus_id, numa)| (*bus_id, 0x0302, 0x2330, *numa, vec![])).collect();
+        // NVML could not even give GPU 1's address: its place follows from NVML's bus order.
+        let report = with_unreachable(
+            present(vec![driver_gpu(0, "0000:1b:00.0", vec![]), driver_gpu(2, "0000:52:00.0", vec![])]),
+            vec![unreachable(1, None)],
+        );
+        let inventory = merge("n", host(&devices), report, &NoDetails).expect("merges");
+        let lost = &inventory.gpus[1];
+        assert_eq!((lost.index, lost.pci_bus_id), (1, bus("0000:43:00.0")));
+        assert_eq!((lost.telemetry.as_ref(), lost.uuid.as_ref()), (None, None));
+        assert!(matches!(&lost.health, GpuHealth::Unhealthy { reasons } if reasons[0].contains("lost")));
+        assert!(inventory.warnings.iter().any(|w| w.contains("GPU 1 (0000:43:00.0)") && w.contains("not offered")));
+        assert!(!inventory.warnings.iter().any(|w| w.contains("does not report it")), "{:?}", inventory.warnings);
+
+        // When NVML's order is not bus order, the place cannot be inferred: said, not guessed.
+        let report = with_unreachable(
+            present(vec![driver_gpu(0, "0000:43:00.0", vec![]), driver_gpu(2, "0000:52:00.0", vec![])]),
+            vec![unreachable(1, None)],
+        );
+        let inventory = merge("n", host(&devices), report, &NoDetails).expect("merges");
+        assert_eq!(inventory.gpus.len(), 2);
+        assert!(inventory.warnings.iter().any(|w| w.contains("cannot be inferred")), "{:?}", inventory.warnings);
+
+        // A lost GPU whose address NVML did give is placed by it.
+        let report = with_unreachable(
+            present(vec![driver_gpu(0, "0000:1b:00.0", vec![])]),
+            vec![unreachable(2, Some("0000:52:00.0"))],
+        );
+        let inventory = merge("n", host(&devices), report, &NoDetails).expect("merges");
+        assert_eq!(inventory.gpus.iter().map(|gpu| gpu.index).collect::<Vec<_>>(), [0, 2]);
+    }
+
+    #[test]
+    fn a_driver_name_that_contradicts_the_pci_id_is_warned_about_naming_both() {
+        let host = host(&[("0000:1b:00.0", 0x0302, 0x2330, 0, vec![])]);
+        let mut gpu = driver_gpu(0, "0000:1b:00.0", vec![]);
+        gpu.name = Some("NVIDIA GB200".into());
+        let inventory = merge("n", host, present(vec![gpu]), &NoDetails).expect("merges");
+        assert_eq!(inventory.gpus[0].model, "NVIDIA GB200");
+        assert!(
+            inventory
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"NVIDIA GB200\"") && w.contains("10de:2330") && w.contains("H100")),
+            "{:?}",
+            inventory.warnings
+        );
+    }
+
+    fn with_hwloc_links(mut host: HostTopology, links: &[(&str, &str, NvLinkPeer, u32)]) -> HostTopology {
+        host.nvlinks = links
+            .iter()
+            .map(|(gpu, peer, peer_kind, links)| HwlocNvLink {
+                gpu: bus(gpu),
+                peer: bus(peer),
+                peer_kind: *peer_kind,
+                links: *links,
+            })
+            .collect();
+        host
+    }
+
+    #[test]
+    fn hwloc_nvlinks_serve_without_nvml_and_lose_to_nvml_with_a_warning() {
+        let devices = [("0000:1b:00.0", 0x0302, 0x2321, 0, vec![]), ("0000:43:00.0", 0x0302, 0x2321, 0, vec![])];
+        let pair = [
+            ("0000:1b:00.0", "0000:43:00.0", NvLinkPeer::Gpu, 12),
+            ("0000:43:00.0", "0000:1b:00.0", NvLinkPeer::Gpu, 12),
+        ];
+        let inventory = merge(
+            "n",
+            with_hwloc_links(host(&devices), &pair),
+            GpuReport::Absent { reason: "none".into() },
+            &NoDetails,
+        )
+        .expect("merges");
+        assert_eq!(inventory.link_matrices().gpu_gpu[0][1].to_string(), "NV12");
+
+        let report = present(vec![
+            driver_gpu(0, "0000:1b:00.0", vec![link("0000:43:00.0", Some(NvLinkPeer::Gpu), 8)]),
+            driver_gpu(1, "0000:43:00.0", vec![link("0000:1b:00.0", Some(NvLinkPeer::Gpu), 8)]),
+        ]);
+        let inventory = merge("n", with_hwloc_links(host(&devices), &pair), report, &NoDetails).expect("merges");
+        assert_eq!(inventory.link_matrices().gpu_gpu[0][1].to_string(), "NV8");
+        assert!(
+            inventory.warnings.iter().any(|w| w.contains("GPU 0")
+                && w.contains("8 to 0000:43:00.0")
+                && w.contains("12 to 0000:43:00.0")
+                && w.contains("using NVML's")),
+            "{:?}",
+            inventory.warnings
+        );
     }
 
     #[test]

@@ -26,8 +26,22 @@ pub struct HostTopology {
     pub cpu: CpuTopology,
     pub pci: PciTree,
     pub devices: Vec<PciDevice>,
+    /// NVLinks hwloc recorded (its `NVLinkBandwidth` distances, present in exports made
+    /// where hwloc's NVML plugin ran), one entry per GPU and peer.
+    pub nvlinks: Vec<HwlocNvLink>,
+    /// What hwloc recorded that could not be used, for the inventory's warnings.
+    pub warnings: Vec<String>,
     /// Where this view came from (a file, or "this machine"), for error messages.
     pub origin: String,
+}
+
+/// NVLink links from a GPU to a peer, as hwloc's `NVLinkBandwidth` matrix records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HwlocNvLink {
+    pub gpu: PciBusId,
+    pub peer: PciBusId,
+    pub peer_kind: NvLinkPeer,
+    pub links: u32,
 }
 
 /// A PCI function (not a bridge) and the OS devices the kernel made for it.
@@ -124,8 +138,20 @@ pub enum GpuReport {
         driver_version: Option<String>,
         cuda_driver_version: Option<String>,
         gpus: Vec<DriverGpu>,
+        /// GPUs NVML counts but cannot read: lost (fallen off the bus), or failing a query
+        /// every GPU answers. They are listed unhealthy, never offered.
+        unreachable: Vec<UnreachableGpu>,
         warnings: Vec<String>,
     },
+}
+
+/// A GPU NVML enumerates but cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreachableGpu {
+    pub index: u32,
+    /// `None` when even its PCI address could not be read (a lost GPU answers nothing).
+    pub pci_bus_id: Option<PciBusId>,
+    pub reason: String,
 }
 
 /// One GPU as the driver reports it.
@@ -169,6 +195,10 @@ pub enum DiscoveryError {
     Nvml { call: String, problem: String },
     #[error("{origin} contradicts itself: {problem}")]
     Inconsistent { origin: String, problem: String },
+    #[error(
+        "NVML ({library}) and the hwloc topology {origin} disagree: {problem}; export the topology on the machine whose driver answers (or pass the fixture's own NVML description)"
+    )]
+    NvmlDisagrees { library: String, origin: String, problem: String },
     #[error("fixture {name:?}: {problem}")]
     Fixture { name: String, problem: String },
 }

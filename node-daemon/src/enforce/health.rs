@@ -1,5 +1,6 @@
-//! GPU health from events: critical Xids and uncorrectable ECC errors make a GPU
-//! unhealthy; it is healthy again once a quiet period passes without another.
+//! GPU health from events: critical Xids, uncorrectable ECC errors and NVML losing
+//! the GPU make it unhealthy; it is healthy again once a quiet period passes without
+//! another.
 //!
 //! Pure: time is an argument (milliseconds on any monotonic clock), so the rules
 //! are tested without sleeping.
@@ -78,6 +79,15 @@ impl HealthTracker {
         was_healthy
     }
 
+    /// NVML cannot reach the GPU now (it is lost, or fails the queries every GPU
+    /// answers). Reported at every discovery while it lasts, so the GPU stays unhealthy
+    /// until NVML answers again and the quiet period has passed since.
+    pub fn unreachable(&mut self, gpu: u32, reason: &str, now_ms: u64) -> bool {
+        let was_healthy = self.is_healthy(gpu, now_ms);
+        self.mark(gpu, now_ms, reason.to_owned());
+        was_healthy
+    }
+
     fn is_healthy(&self, gpu: u32, now_ms: u64) -> bool {
         matches!(self.health(gpu, now_ms), GpuHealth::Healthy)
     }
@@ -150,6 +160,22 @@ mod tests {
         assert!(fresh.ecc_count(1, 5, 0));
         assert!(!fresh.ecc_count(1, 5, 11_000));
         assert_eq!(fresh.health(1, 11_000), GpuHealth::Healthy);
+    }
+
+    #[test]
+    fn a_lost_gpu_heals_only_a_quiet_period_after_nvml_answers_again() {
+        let mut tracker = HealthTracker::new(Duration::from_secs(10));
+        let lost = "NVML reports the GPU lost (fallen off the bus) when reading its handle";
+        assert!(tracker.unreachable(4, lost, 1_000), "healthy to unhealthy is a change");
+        // Still lost at every beat: each sighting restarts the quiet period.
+        for now in (1..=8).map(|beat| 1_000 + beat * 5_000) {
+            assert!(!tracker.unreachable(4, lost, now));
+            assert!(unhealthy(&tracker.health(4, now)).is_some_and(|reason| reason.contains("lost")));
+        }
+        // NVML answers again after 41 s: unhealthy until 10 s after the last sighting.
+        assert!(unhealthy(&tracker.health(4, 50_999)).is_some());
+        assert_eq!(tracker.health(4, 51_000), GpuHealth::Healthy);
+        assert_eq!(tracker.health(3, 1_000), GpuHealth::Healthy, "other GPUs are untouched");
     }
 
     #[test]

@@ -29,15 +29,22 @@ pub(crate) enum EventKind {
     Xid(u64),
     EccSingleBit,
     EccDoubleBit,
+    /// The GPU fell off the bus: from this line on its calls answer `NVML_ERROR_GPU_IS_LOST`,
+    /// and event sets listening for Xids get Xid 79, as the driver reports it.
+    FallenOffBus,
+    /// The GPU answers again (as after a reset or a reboot); no event is delivered.
+    BackOnBus,
 }
 
 impl EventKind {
     /// The `nvmlEventType*` bit.
     pub(crate) fn nvml_type(self) -> u64 {
         u64::from(match self {
-            EventKind::Xid(_) => nvmlEventTypeXidCriticalError,
+            EventKind::Xid(_) | EventKind::FallenOffBus => nvmlEventTypeXidCriticalError,
             EventKind::EccSingleBit => nvmlEventTypeSingleBitEccError,
             EventKind::EccDoubleBit => nvmlEventTypeDoubleBitEccError,
+            // No event set listens for it, so it is never delivered.
+            EventKind::BackOnBus => 0,
         })
     }
 
@@ -45,10 +52,14 @@ impl EventKind {
     pub(crate) fn data(self) -> u64 {
         match self {
             EventKind::Xid(xid) => xid,
-            EventKind::EccSingleBit | EventKind::EccDoubleBit => 0,
+            EventKind::FallenOffBus => XID_FALLEN_OFF_BUS,
+            EventKind::EccSingleBit | EventKind::EccDoubleBit | EventKind::BackOnBus => 0,
         }
     }
 }
+
+/// "GPU has fallen off the bus", in NVIDIA's Xid catalogue.
+const XID_FALLEN_OFF_BUS: u64 = 79;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Event {
@@ -66,8 +77,12 @@ pub(crate) fn parse_line(line: &str) -> Result<Event, String> {
         ("xid", None) => return Err("an xid event needs a \"value\"".to_owned()),
         ("ecc_single_bit", _) => EventKind::EccSingleBit,
         ("ecc_double_bit", _) => EventKind::EccDoubleBit,
+        ("fallen_off_bus", _) => EventKind::FallenOffBus,
+        ("back_on_bus", _) => EventKind::BackOnBus,
         (other, _) => {
-            return Err(format!("unknown kind {other:?} (expected xid, ecc_single_bit or ecc_double_bit)"));
+            return Err(format!(
+                "unknown kind {other:?} (expected xid, ecc_single_bit, ecc_double_bit, fallen_off_bus or back_on_bus)"
+            ));
         }
     };
     Ok(Event { gpu: raw.gpu, kind, gpu_instance_id: raw.gpu_instance_id, compute_instance_id: raw.compute_instance_id })
@@ -135,10 +150,25 @@ pub(crate) fn ecc_counts(path: &Path, gpu: u32) -> (u64, u64) {
         match event.kind {
             EventKind::EccSingleBit => corrected += 1,
             EventKind::EccDoubleBit => uncorrected += 1,
-            EventKind::Xid(_) => {}
+            EventKind::Xid(_) | EventKind::FallenOffBus | EventKind::BackOnBus => {}
         }
     }
     (corrected, uncorrected)
+}
+
+/// Whether the events file has GPU `gpu` lost: its last `fallen_off_bus` or `back_on_bus`
+/// line decides; `None` when it has neither (the description decides).
+pub(crate) fn lost_state(path: &Path, gpu: u32) -> Option<bool> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let complete = text.rsplit_once('\n').map_or("", |(complete, _)| complete);
+    complete.lines().filter_map(|line| parse_line(line).ok()).filter(|event| event.gpu == gpu).fold(
+        None,
+        |state, event| match event.kind {
+            EventKind::FallenOffBus => Some(true),
+            EventKind::BackOnBus => Some(false),
+            _ => state,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -167,5 +197,19 @@ mod tests {
         assert_eq!((end, none), (cursor, None));
         assert_eq!(ecc_counts(&path, 1), (0, 1));
         assert_eq!(ecc_counts(&path, 0), (0, 0));
+    }
+
+    #[test]
+    fn the_last_bus_line_decides_whether_a_gpu_is_lost() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"gpu\": 3, \"kind\": \"fallen_off_bus\"}\n").expect("write");
+        assert_eq!(lost_state(&path, 3), Some(true));
+        assert_eq!(lost_state(&path, 2), None);
+        let (_, event) = next_event(&path, 0, |_| true).expect("reads");
+        assert_eq!(event.map(|event| (event.kind.nvml_type() != 0, event.kind.data())), Some((true, 79)));
+        std::fs::write(&path, "{\"gpu\": 3, \"kind\": \"fallen_off_bus\"}\n{\"gpu\": 3, \"kind\": \"back_on_bus\"}\n")
+            .expect("write");
+        assert_eq!(lost_state(&path, 3), Some(false));
     }
 }

@@ -41,6 +41,8 @@ struct RawMachine {
 struct RawNvSwitch {
     pci_bus_id: String,
     pci_device_id: Option<u32>,
+    #[serde(default = "yes")]
+    pci_visible: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +73,10 @@ struct RawGpu {
     ecc_enabled: Option<bool>,
     mig_geometry: Option<String>,
     mig_mode: Option<String>,
+    #[serde(default)]
+    lost: bool,
+    #[serde(default = "yes")]
+    mig_profile_info_supported: bool,
     #[serde(default)]
     nvlink: Vec<RawNvLink>,
     #[serde(default)]
@@ -115,8 +121,12 @@ pub(crate) struct Machine {
 
 #[derive(Debug)]
 pub(crate) struct NvSwitch {
+    /// Its address on the host (the baseboard); what the GPUs' links name only when visible.
     pub(crate) pci: PciAddress,
     pub(crate) pci_device_id: u32,
+    /// Whether the switch is on the PCI bus NVML sees. A VM's guest (or a baseboard that
+    /// manages its NVSwitches itself) does not see it: NVLink remote PCI info is all ones.
+    pub(crate) pci_visible: bool,
 }
 
 #[derive(Debug)]
@@ -146,6 +156,12 @@ pub(crate) struct Gpu {
     pub(crate) throttle_reasons: u64,
     pub(crate) ecc_enabled: Option<bool>,
     pub(crate) mig: Option<MigConfig>,
+    /// Fallen off the bus from the start; the events file may change it (`fallen_off_bus`,
+    /// `back_on_bus`).
+    pub(crate) lost: bool,
+    /// Whether `nvmlDeviceGetGpuInstanceProfileInfo(V)` answers; false makes it
+    /// `NVML_ERROR_NOT_SUPPORTED` for every profile, as some virtualised GPUs do.
+    pub(crate) mig_profile_info_supported: bool,
     /// One entry per link, in link-number order.
     pub(crate) nvlinks: Vec<NvLink>,
 }
@@ -235,6 +251,7 @@ impl Machine {
             nvswitches.push(NvSwitch {
                 pci,
                 pci_device_id: raw_switch.pci_device_id.unwrap_or(DEFAULT_NVSWITCH_PCI_DEVICE_ID),
+                pci_visible: raw_switch.pci_visible,
             });
         }
 
@@ -379,6 +396,8 @@ fn validate_gpu(
         throttle_reasons,
         ecc_enabled: raw.ecc_enabled,
         mig,
+        lost: raw.lost,
+        mig_profile_info_supported: raw.mig_profile_info_supported,
         nvlinks,
     })
 }

@@ -216,10 +216,27 @@ impl Runtime {
 
     /// Resolves a device handle, physical or MIG. A MIG device handle is valid while its
     /// compute instance exists.
+    /// Whether GPU `position` has fallen off the bus: the events file's last
+    /// `fallen_off_bus`/`back_on_bus` line for it, else the description's `lost`.
+    pub(crate) fn is_lost(&self, position: usize) -> bool {
+        let gpu = self.gpu(position);
+        self.events_path.as_deref().and_then(|path| crate::events::lost_state(path, gpu.index)).unwrap_or(gpu.lost)
+    }
+
+    /// `NVML_ERROR_GPU_IS_LOST` for a GPU that has fallen off the bus: nvml.h lists it for
+    /// every device query, handle lookups included.
+    pub(crate) fn reachable(&self, position: usize) -> NvmlResult<()> {
+        if self.is_lost(position) { Err(codes::GPU_IS_LOST) } else { Ok(()) }
+    }
+
     pub(crate) fn device(&mut self, handle: *const c_void) -> NvmlResult<DeviceRef> {
         match self.handles.resolve(handle) {
-            Some(Target::Device(gpu)) => Ok(DeviceRef::Gpu(gpu)),
+            Some(Target::Device(gpu)) => {
+                self.reachable(gpu)?;
+                Ok(DeviceRef::Gpu(gpu))
+            }
             Some(Target::MigDevice { gpu, gpu_instance, compute_instance }) => {
+                self.reachable(gpu)?;
                 let exists = self.mig_state(gpu)?.compute_instance(gpu_instance, compute_instance).is_some();
                 if exists {
                     Ok(DeviceRef::Mig { gpu, gpu_instance, compute_instance })

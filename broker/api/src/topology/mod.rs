@@ -293,9 +293,20 @@ pub struct NvmeDrive {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NvSwitch {
+    /// [`PciBusId::NOT_VISIBLE`] when NVML names no address: the NVSwitches of a VM or of a
+    /// baseboard that hides them. One such entry stands for all of them, and the GPUs' link
+    /// counts to it are their links into the NVSwitch fabric.
     pub pci_bus_id: PciBusId,
+    /// `vendor:device`; empty when the switch is not on this host's PCI bus.
     pub pci_id: String,
     pub numa_node: Option<u32>,
+    /// Whether the switch is in this host's PCIe tree. NVLink works either way.
+    #[serde(default = "visible")]
+    pub pci_visible: bool,
+}
+
+fn visible() -> bool {
+    true
 }
 
 /// Whether NVML could be used, and if so which driver answered.

@@ -18,7 +18,7 @@ use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, TemperatureSe
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper_sys::bindings::{self as sys, NVML_NVLINK_MAX_LINKS};
 
-use super::{DiscoveryError, DriverGpu, DriverNvLink, GpuReport, GpuSource};
+use super::{DiscoveryError, DriverGpu, DriverNvLink, GpuReport, GpuSource, UnreachableGpu};
 
 /// The library nvml-wrapper loads when none is named; the driver installs it.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -95,11 +95,25 @@ impl GpuSource for NvmlSource {
             .device_count()
             .map_err(|error| DiscoveryError::Nvml { call: "nvmlDeviceGetCount".into(), problem: error.to_string() })?;
         let mut gpus = Vec::new();
+        let mut unreachable = Vec::new();
         for index in 0..count {
-            match read_gpu(&nvml, index, &mut warnings) {
-                Ok(gpu) => gpus.push(gpu),
+            let mut probe = Probe { index, warnings: Vec::new(), lost: None };
+            let result = read_gpu(&nvml, &mut probe);
+            // A GPU found lost half-way through is lost, whatever its other calls said;
+            // their failures are its symptoms, not separate problems.
+            match (result, probe.lost) {
+                (Ok(gpu), None) => {
+                    warnings.extend(probe.warnings);
+                    gpus.push(gpu);
+                }
+                (Ok(gpu), Some(reason)) => {
+                    unreachable.push(UnreachableGpu { index, pci_bus_id: Some(gpu.pci_bus_id), reason })
+                }
                 // One sick GPU does not hide the others.
-                Err(problem) => warnings.push(format!("GPU {index}: skipped: {problem}")),
+                (Err(failure), _) => {
+                    warnings.extend(probe.warnings);
+                    unreachable.push(failure);
+                }
             }
         }
         let cuda_driver_version = nvml.sys_cuda_driver_version().ok().map(|version| {
@@ -111,48 +125,89 @@ impl GpuSource for NvmlSource {
             driver_version: nvml.sys_driver_version().ok(),
             cuda_driver_version,
             gpus,
+            unreachable,
             warnings,
         })
     }
 }
 
+/// What reading one GPU noticed besides its values: warnings, and whether any call said
+/// the GPU is lost (`NVML_ERROR_GPU_IS_LOST`: it fell off the bus).
+struct Probe {
+    index: u32,
+    warnings: Vec<String>,
+    lost: Option<String>,
+}
+
+impl Probe {
+    fn note(&mut self, what: &str, error: &NvmlError) {
+        if matches!(error, NvmlError::GpuLost) {
+            if self.lost.is_none() {
+                self.lost = Some(lost_reason(what));
+            }
+        } else {
+            self.warnings.push(format!("GPU {}: cannot read {what}: {error}", self.index));
+        }
+    }
+}
+
+fn lost_reason(what: &str) -> String {
+    format!("NVML reports the GPU lost (fallen off the bus) when reading its {what}")
+}
+
+/// Why a query that every GPU answers failed; a lost GPU says so.
+fn essential_failure(what: &str, error: &NvmlError) -> String {
+    match error {
+        NvmlError::GpuLost => lost_reason(what),
+        other => format!("NVML cannot read its {what}: {other}"),
+    }
+}
+
 /// An optional value: NOT_SUPPORTED is an answer (`None`), other failures are
-/// noted as warnings and also give `None`.
-fn optional<T>(result: Result<T, NvmlError>, what: &str, index: u32, warnings: &mut Vec<String>) -> Option<T> {
+/// noted (a warning, or the GPU lost) and also give `None`.
+fn optional<T>(result: Result<T, NvmlError>, what: &str, probe: &mut Probe) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => None,
         Err(error) => {
-            warnings.push(format!("GPU {index}: cannot read {what}: {error}"));
+            probe.note(what, &error);
             None
         }
     }
 }
 
-fn read_gpu(nvml: &Nvml, index: u32, warnings: &mut Vec<String>) -> Result<DriverGpu, String> {
-    let device = nvml.device_by_index(index).map_err(|error| format!("no handle: {error}"))?;
-    let pci = device.pci_info().map_err(|error| format!("cannot read its PCI address: {error}"))?;
-    let pci_bus_id: PciBusId =
-        pci.bus_id.parse().map_err(|error| format!("NVML reported an unusable PCI bus id: {error}"))?;
+fn read_gpu(nvml: &Nvml, probe: &mut Probe) -> Result<DriverGpu, UnreachableGpu> {
+    let index = probe.index;
+    let unreachable = |pci_bus_id: Option<PciBusId>, reason: String| UnreachableGpu { index, pci_bus_id, reason };
+    let device = nvml.device_by_index(index).map_err(|error| unreachable(None, essential_failure("handle", &error)))?;
+    let pci = device.pci_info().map_err(|error| unreachable(None, essential_failure("PCI address", &error)))?;
+    let pci_bus_id: PciBusId = pci
+        .bus_id
+        .parse()
+        .map_err(|error| unreachable(None, format!("NVML reported an unusable PCI bus id: {error}")))?;
+    // Every GPU has a UUID and memory; a GPU that cannot say either is not one to offer.
+    let uuid = device.uuid().map_err(|error| unreachable(Some(pci_bus_id), essential_failure("UUID", &error)))?;
+    let memory_mib = device
+        .memory_info()
+        .map(|memory| MiB::from_bytes(memory.total))
+        .map_err(|error| unreachable(Some(pci_bus_id), essential_failure("memory size", &error)))?;
 
     let telemetry = GpuTelemetry {
-        temperature_c: optional(device.temperature(TemperatureSensor::Gpu), "temperature", index, warnings),
+        temperature_c: optional(device.temperature(TemperatureSensor::Gpu), "temperature", probe),
         slowdown_temperature_c: optional(
             device.temperature_threshold(TemperatureThreshold::Slowdown),
             "slowdown temperature",
-            index,
-            warnings,
+            probe,
         ),
-        power_draw_mw: optional(device.power_usage(), "power draw", index, warnings),
-        power_limit_mw: optional(device.enforced_power_limit(), "power limit", index, warnings),
-        throttle_reasons: optional(device.current_throttle_reasons(), "throttle reasons", index, warnings)
+        power_draw_mw: optional(device.power_usage(), "power draw", probe),
+        power_limit_mw: optional(device.enforced_power_limit(), "power limit", probe),
+        throttle_reasons: optional(device.current_throttle_reasons(), "throttle reasons", probe)
             .map(|reasons| throttle_reasons(reasons.bits()))
             .unwrap_or_default(),
         ecc_uncorrected_volatile: optional(
             device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
             "ECC error count",
-            index,
-            warnings,
+            probe,
         ),
     };
     let health = match telemetry.ecc_uncorrected_volatile {
@@ -175,17 +230,38 @@ fn read_gpu(nvml: &Nvml, index: u32, warnings: &mut Vec<String>) -> Result<Drive
             // Links past the GPU's count answer INVALID_ARGUMENT or NOT_SUPPORTED.
             _ => continue,
         }
-        let Some(remote) = optional(wrapper.remote_pci_info(), "NVLink remote PCI info", index, warnings) else {
+        let Some(remote) = optional(wrapper.remote_pci_info(), "NVLink remote PCI info", probe) else {
             continue;
         };
         let Ok(remote_pci_bus_id) = remote.bus_id.parse::<PciBusId>() else {
-            warnings.push(format!("GPU {index}: NVLink {link}: unusable remote bus id {:?}", remote.bus_id));
+            probe.warnings.push(format!(
+                "GPU {index}: NVLink {link}: unusable remote bus id {:?}; the link is left out",
+                remote.bus_id
+            ));
             continue;
         };
-        let remote_kind = match raw::nvlink_remote_device_type(nvml, handle, link) {
+        let remote_type = raw::nvlink_remote_device_type(nvml, handle, link);
+        let remote_kind = match remote_type {
             Ok(raw::RemoteDeviceType::Gpu) => Some(NvLinkPeer::Gpu),
             Ok(raw::RemoteDeviceType::Switch) => Some(NvLinkPeer::NvSwitch),
             _ => None,
+        };
+        // All ones is NVML's "peer not on this PCI bus": an NVSwitch a VM guest (or a
+        // host whose baseboard manages the switches) cannot see. NCCL assumes an NVSwitch
+        // there; so do we, unless the remote device type says otherwise.
+        let remote_kind = if remote_pci_bus_id.is_not_visible() {
+            match remote_type {
+                Ok(raw::RemoteDeviceType::Switch) | Err(_) => Some(NvLinkPeer::NvSwitch),
+                Ok(other) => {
+                    probe.warnings.push(format!(
+                        "GPU {index}: NVLink {link} goes to a {} NVML gives no PCI address for; the link is left out",
+                        if other == raw::RemoteDeviceType::Gpu { "GPU" } else { "device" }
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            remote_kind
         };
         match links_by_peer.iter_mut().find(|entry| entry.remote_pci_bus_id == remote_pci_bus_id) {
             Some(entry) => entry.links += 1,
@@ -194,21 +270,20 @@ fn read_gpu(nvml: &Nvml, index: u32, warnings: &mut Vec<String>) -> Result<Drive
     }
 
     let mig = match device.mig_mode() {
-        Ok(mode) => Some(read_mig(nvml, handle, mode, index, warnings)),
+        Ok(mode) => Some(read_mig(nvml, handle, mode, index, &mut probe.warnings)),
         Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => None,
         Err(error) => {
-            warnings.push(format!("GPU {index}: cannot read MIG mode: {error}"));
+            probe.note("MIG mode", &error);
             None
         }
     };
 
     Ok(DriverGpu {
         index,
-        uuid: optional(device.uuid(), "UUID", index, warnings),
-        name: optional(device.name(), "name", index, warnings),
+        uuid: Some(uuid),
+        name: optional(device.name(), "name", probe),
         pci_bus_id,
-        memory_mib: optional(device.memory_info(), "memory", index, warnings)
-            .map(|memory| MiB::from_bytes(memory.total)),
+        memory_mib: Some(memory_mib),
         numa_node: device.numa_node_id().ok(),
         nvlinks: links_by_peer,
         mig,
@@ -252,7 +327,10 @@ fn read_mig(
     let pending = mig_mode(mode.pending);
     let mut profiles = Vec::new();
     let infos = raw::gpu_instance_profiles(nvml, handle).unwrap_or_else(|error| {
-        warnings.push(format!("GPU {index}: cannot list MIG profiles: {error}"));
+        let mode = if current == MigMode::Enabled { "enabled" } else { "disabled" };
+        warnings.push(format!(
+            "GPU {index}: MIG is {mode} but its profiles cannot be read ({error}); no MIG instance is offered on it"
+        ));
         Vec::new()
     });
     for info in infos {

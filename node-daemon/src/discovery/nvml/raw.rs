@@ -93,13 +93,16 @@ pub fn gpu_instance_profiles(nvml: &Nvml, device: nvmlDevice_t) -> Result<Vec<Pr
     let plain = lib.nvmlDeviceGetGpuInstanceProfileInfo.as_ref().map_err(|_| missing(CALL))?;
     let versioned = lib.nvmlDeviceGetGpuInstanceProfileInfoV.as_ref().ok();
     let mut profiles = Vec::new();
+    let mut first_failure = None;
     for profile_enum in 0..NVML_GPU_INSTANCE_PROFILE_COUNT {
         // SAFETY: the struct is plain old data; all-zero is a valid value.
         let mut info: nvmlGpuInstanceProfileInfo_t = unsafe { mem::zeroed() };
         // SAFETY: live device handle, in-range enum, valid out-pointer.
         let code = unsafe { plain(device, profile_enum, &mut info) };
         if code != nvmlReturn_enum_NVML_SUCCESS {
-            // Profiles a GPU does not support answer NOT_SUPPORTED or INVALID_ARGUMENT.
+            // Profiles a GPU does not support answer NOT_SUPPORTED or INVALID_ARGUMENT;
+            // only when none answers is that a failure to read them.
+            first_failure = first_failure.or(check(CALL, code).err());
             continue;
         }
         let name = versioned.and_then(|function| {
@@ -126,7 +129,10 @@ pub fn gpu_instance_profiles(nvml: &Nvml, device: nvmlDevice_t) -> Result<Vec<Pr
             memory_mib: info.memorySizeMB,
         });
     }
-    Ok(profiles)
+    match first_failure {
+        Some(failure) if profiles.is_empty() => Err(failure),
+        _ => Ok(profiles),
+    }
 }
 
 /// A start slot and the number of memory slices it covers.

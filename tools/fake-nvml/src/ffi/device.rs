@@ -119,6 +119,25 @@ pub(crate) fn pci_info(pci: PciAddress, device_id: u32, subsystem_id: u32) -> nv
     info
 }
 
+/// What NVML answers for an NVLink peer it cannot address (an NVSwitch outside a VM's PCI
+/// bus): every field all ones, `FFFFFFFF:FF:FF.0` (legacy `FFFF:FF:FF.0`). NCCL's topology
+/// code treats this value as "NVSwitch not visible". The device ids are all ones too: an
+/// assumption, since nothing documents them for this case.
+fn not_visible_pci_info() -> nvmlPciInfo_t {
+    let mut info = nvmlPciInfo_t {
+        busIdLegacy: [0; 16],
+        domain: u32::MAX,
+        bus: 0xFF,
+        device: 0xFF,
+        pciDeviceId: u32::MAX,
+        pciSubSystemId: u32::MAX,
+        busId: [0; 32],
+    };
+    fill_c_array(&mut info.busIdLegacy, "FFFF:FF:FF.0");
+    fill_c_array(&mut info.busId, "FFFFFFFF:FF:FF.0");
+    info
+}
+
 fn gpu_pci_info(gpu: &Gpu) -> nvmlPciInfo_t {
     pci_info(gpu.pci, gpu.pci_device_id, gpu.pci_subsystem_id)
 }
@@ -440,7 +459,7 @@ fn remote_pci_info(device: nvmlDevice_t, link: c_uint, pci: *mut nvmlPciInfo_t) 
         NvLinkRemote::Gpu(remote) => gpu_pci_info(runtime.gpu(remote)),
         NvLinkRemote::NvSwitch(remote) => {
             let switch = &runtime.machine.nvswitches[remote];
-            pci_info(switch.pci, switch.pci_device_id, 0)
+            if switch.pci_visible { pci_info(switch.pci, switch.pci_device_id, 0) } else { not_visible_pci_info() }
         }
     })?;
     // SAFETY: NVML's contract: `pci` is null or points to a writable nvmlPciInfo_t.

@@ -97,7 +97,10 @@ fn profile_by_enum(
         return Err(codes::INVALID_ARGUMENT);
     }
     with_runtime(|runtime| {
-        let (_, geometry) = mig_gpu(runtime, device)?;
+        let (gpu, geometry) = mig_gpu(runtime, device)?;
+        if !runtime.gpu(gpu).mig_profile_info_supported {
+            return Err(codes::NOT_SUPPORTED);
+        }
         let found = geometry.profile_by_enum(profile).ok_or(codes::NOT_SUPPORTED)?;
         Ok((geometry, found))
     })

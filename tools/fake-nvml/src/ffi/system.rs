@@ -105,6 +105,7 @@ nvml_export! {
             if position >= runtime.machine.gpus.len() {
                 return Err(codes::INVALID_ARGUMENT);
             }
+            runtime.reachable(position)?;
             Ok(runtime.handle(Target::Device(position)))
         })?;
         // SAFETY: NVML's contract: `device` is null or points to a writable handle.
@@ -125,6 +126,7 @@ nvml_export! {
                 .iter()
                 .position(|gpu| gpu.pci == pci)
                 .ok_or(codes::NOT_FOUND)?;
+            runtime.reachable(position)?;
             Ok(runtime.handle(Target::Device(position)))
         })?;
         // SAFETY: NVML's contract: `device` is null or points to a writable handle.
@@ -139,6 +141,7 @@ nvml_export! {
         let text = unsafe { read_str(uuid) }?;
         let handle = with_runtime(|runtime| {
             if let Some(position) = runtime.machine.gpu_by_uuid(&text) {
+                runtime.reachable(position)?;
                 return Ok(runtime.handle(Target::Device(position)));
             }
             if text.starts_with("MIG-") {

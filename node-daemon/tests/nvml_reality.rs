@@ -1,0 +1,163 @@
+//! `allot-node inventory` on NVML as real drivers behave, through the fake NVML library
+//! made to behave that way: NVSwitches a VM guest cannot address (NVLink remote bus id
+//! all ones), GPUs that fell off the bus (`NVML_ERROR_GPU_IS_LOST`), MIG profile queries
+//! that are not supported, and a driver name that contradicts the PCI device id.
+//!
+//! Needs `target/<profile>/libnvidia_ml_fake.so` (`cargo build -p allot-fake-nvml`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(name)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// Runs `allot-node inventory -o json` with extra arguments and environment.
+fn inventory_of(args: &[&str], env: &[(&str, &Path)]) -> Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_allot-node"));
+    command.args(["inventory", "--output", "json"]).args(args);
+    command.env_remove("ALLOT_FAKE_NVML_MACHINE").env_remove("ALLOT_FIXTURES_DIR").env_remove("ALLOT_FAKE_NVML_EVENTS");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("allot-node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "allot-node {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{args:?}: not JSON ({error}):\n{stdout}"))
+}
+
+/// A copy of a fixture in a scratch fixtures directory, its `nvml.toml` edited.
+fn scratch_fixture(name: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("temp dir");
+    let target = root.path().join(name);
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::fs::write(target.join("topology.xml"), read(&fixture_dir(name).join("topology.xml"))).expect("write");
+    let edited = edit(read(&fixture_dir(name).join("nvml.toml")));
+    std::fs::write(target.join("nvml.toml"), edited).expect("write");
+    root
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn gpu_gpu(inventory: &Value) -> Vec<Vec<String>> {
+    inventory["links"]["gpu_gpu"].as_array().expect("links.gpu_gpu").iter().map(strings).collect()
+}
+
+#[test]
+fn nvswitches_a_vm_cannot_address_still_give_nv18_between_every_gpu_pair() {
+    let inventory = inventory_of(&["--fixture", "cloud-h100-vm"], &[]);
+    let expected: Value =
+        serde_json::from_str(&read(&fixture_dir("cloud-h100-vm").join("expected.json"))).expect("json");
+    let matrix = gpu_gpu(&inventory);
+    assert_eq!(matrix.len(), 8);
+    for (row, cells) in matrix.iter().enumerate() {
+        for (column, cell) in cells.iter().enumerate() {
+            assert_eq!(cell, if row == column { "X" } else { "NV18" }, "GPU{row} x GPU{column}");
+        }
+    }
+    // The generator's own answer, derived from its model of the machine.
+    let from_model: Vec<Vec<String>> =
+        expected["matrices"]["gpu_gpu"].as_array().expect("matrix").iter().map(strings).collect();
+    assert_eq!(matrix, from_model);
+
+    let warnings = strings(&inventory["warnings"]);
+    assert!(warnings.iter().all(|w| !w.contains("bus id") && !w.contains("NVSwitch")), "{warnings:?}");
+    let switches = inventory["nvswitches"].as_array().expect("nvswitches");
+    assert_eq!(switches.len(), 1, "one entry stands for the fabric: {switches:?}");
+    assert_eq!(switches[0]["pci_visible"], Value::Bool(false));
+    assert_eq!(switches[0]["pci_bus_id"], "ffffffff:ff:ff.0");
+    for gpu in inventory["gpus"].as_array().expect("gpus") {
+        assert_eq!(gpu["nvlinks"][0]["links"], 18, "{gpu}");
+    }
+}
+
+#[test]
+fn the_table_says_the_nvswitches_are_not_pci_visible() {
+    let output = Command::new(env!("CARGO_BIN_EXE_allot-node"))
+        .args(["inventory", "--fixture", "cloud-h100-vm"])
+        .env_remove("ALLOT_FIXTURES_DIR")
+        .output()
+        .expect("runs");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("not PCI-visible"), "{table}");
+    assert!(!table.contains("Warnings:"), "{table}");
+}
+
+#[test]
+fn a_gpu_that_fell_off_the_bus_is_listed_unhealthy_without_telemetry_and_not_offered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"gpu\": 3, \"kind\": \"fallen_off_bus\"}\n").expect("write");
+    let inventory = inventory_of(&["--fixture", "dgx-h100"], &[("ALLOT_FAKE_NVML_EVENTS", &events)]);
+    let gpus = inventory["gpus"].as_array().expect("gpus");
+    assert_eq!(gpus.len(), 8, "the lost GPU is still listed");
+    let lost = &gpus[3];
+    // The fake answers GPU_IS_LOST even for the handle, so the address comes from NVML's
+    // bus order over hwloc's GPUs: GPU 3 of the DGX H100 is at 61:00.0.
+    assert_eq!(lost["pci_bus_id"], "0000:61:00.0");
+    assert_eq!((&lost["uuid"], &lost["telemetry"]), (&Value::Null, &Value::Null));
+    assert_eq!(lost["health"]["state"], "unhealthy");
+    assert!(strings(&lost["health"]["reasons"])[0].contains("lost (fallen off the bus)"), "{lost}");
+    for (index, gpu) in gpus.iter().enumerate().filter(|(index, _)| *index != 3) {
+        assert_eq!(gpu["health"]["state"], "healthy", "GPU {index}");
+    }
+    let warnings = strings(&inventory["warnings"]);
+    assert!(warnings.iter().any(|w| w.contains("GPU 3 (0000:61:00.0)") && w.contains("not offered")), "{warnings:?}");
+
+    // Back on the bus: NVML answers, and discovery reports it as any other GPU.
+    std::fs::write(&events, "{\"gpu\": 3, \"kind\": \"fallen_off_bus\"}\n{\"gpu\": 3, \"kind\": \"back_on_bus\"}\n")
+        .expect("write");
+    let inventory = inventory_of(&["--fixture", "dgx-h100"], &[("ALLOT_FAKE_NVML_EVENTS", &events)]);
+    assert_eq!(inventory["gpus"][3]["health"]["state"], "healthy");
+    assert!(inventory["gpus"][3]["uuid"].is_string());
+}
+
+#[test]
+fn mig_profiles_that_cannot_be_read_are_warned_about() {
+    // GPU 5 of the DGX A100 has MIG enabled and no instances; now its profile queries
+    // answer NOT_SUPPORTED, as on some virtualised GPUs.
+    let scratch = scratch_fixture("dgx-a100-mig", |text| {
+        let fifth = text.match_indices("[[gpu]]").nth(5).map(|(at, _)| at).expect("six GPUs");
+        let (head, tail) = text.split_at(fifth);
+        format!(
+            "{head}{}",
+            tail.replacen("ecc_enabled = true", "ecc_enabled = true\nmig_profile_info_supported = false", 1)
+        )
+    });
+    let inventory = inventory_of(&["--fixture", "dgx-a100-mig"], &[("ALLOT_FIXTURES_DIR", scratch.path())]);
+    let warnings = strings(&inventory["warnings"]);
+    assert!(
+        warnings.iter().any(|w| w.starts_with("GPU 5: MIG is enabled but its profiles cannot be read")
+            && w.contains("nvmlDeviceGetGpuInstanceProfileInfo")
+            && w.contains("not available")),
+        "{warnings:?}"
+    );
+    assert_eq!(inventory["gpus"][5]["mig"]["profiles"], Value::Array(vec![]));
+    assert!(warnings.iter().all(|w| !w.starts_with("GPU 4:")), "other GPUs read fine: {warnings:?}");
+}
+
+#[test]
+fn a_driver_name_that_contradicts_the_pci_device_id_is_warned_about_naming_both() {
+    let scratch = scratch_fixture("dgx-h100", |text| text.replacen("NVIDIA H100 80GB HBM3", "NVIDIA GB200", 1));
+    let inventory = inventory_of(&["--fixture", "dgx-h100"], &[("ALLOT_FIXTURES_DIR", scratch.path())]);
+    let warnings = strings(&inventory["warnings"]);
+    assert!(
+        warnings.iter().any(|w| w.contains("GPU 0 (0000:1b:00.0)")
+            && w.contains("\"NVIDIA GB200\"")
+            && w.contains("10de:2330")
+            && w.contains("H100")),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
