@@ -161,3 +161,67 @@ fn a_driver_name_that_contradicts_the_pci_device_id_is_warned_about_naming_both(
     );
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
+
+/// hwloc's own reading of a file's NVLinkBandwidth matrix (`lstopo-no-graphics
+/// --distances`): for each `nvmlN` GPU, its peers (an NVSwitch by bus id, or `nvmlM`) and
+/// the link count, at 25000 MB/s per link as hwloc 2.x records NVLink 2 to 4.
+fn lstopo_nvlinks(file: &Path) -> Vec<(String, String, u64)> {
+    let output = Command::new("lstopo-no-graphics")
+        .arg("-i")
+        .arg(file)
+        .args(["--whole-io", "--distances"])
+        .output()
+        .unwrap_or_else(|error| panic!("`lstopo-no-graphics` cannot run ({error}): install Debian's hwloc package"));
+    assert!(output.status.success(), "lstopo failed: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines().skip_while(|line| !line.contains("name NVLinkBandwidth"));
+    assert!(lines.next().is_some(), "lstopo reports no NVLinkBandwidth matrix:\n{text}");
+    let header: Vec<String> = lines.next().expect("header").split_whitespace().skip(1).map(str::to_owned).collect();
+    let mut links = Vec::new();
+    for line in lines.take(header.len()) {
+        let mut cells = line.split_whitespace();
+        let row = cells.next().expect("row name").to_owned();
+        for (column, value) in header.iter().zip(cells) {
+            let value: u64 = value.parse().expect("bandwidth");
+            if row.starts_with("nvml") && *column != row && value > 0 {
+                links.push((row.clone(), column.clone(), value / 25_000));
+            }
+        }
+    }
+    links
+}
+
+#[test]
+fn nvlink_from_hwloc_distances_alone_matches_what_lstopo_reads_in_the_same_file() {
+    for fixture in ["dgx-h100", "dgx-a100-mig"] {
+        let file = fixture_dir(fixture).join("topology-nvml.xml");
+        let inventory = inventory_of(&["--hwloc-xml", file.to_str().expect("utf-8 path")], &[]);
+        assert_eq!(inventory["nvml"]["state"], "absent", "{fixture}: no NVML was consulted");
+        let gpus = inventory["gpus"].as_array().expect("gpus");
+        let mut from_allot = Vec::new();
+        for gpu in gpus {
+            let name = format!("nvml{}", gpu["index"]);
+            for link in gpu["nvlinks"].as_array().expect("nvlinks") {
+                let peer = link["peer_pci_bus_id"].as_str().expect("peer").to_owned();
+                let peer = match gpus.iter().find(|other| other["pci_bus_id"] == peer.as_str()) {
+                    Some(other) => format!("nvml{}", other["index"]),
+                    None => peer,
+                };
+                from_allot.push((name.clone(), peer, link["links"].as_u64().expect("links")));
+            }
+        }
+        let mut from_hwloc = lstopo_nvlinks(&file);
+        from_allot.sort();
+        from_hwloc.sort();
+        assert!(!from_hwloc.is_empty(), "{fixture}");
+        assert_eq!(from_allot, from_hwloc, "{fixture}");
+        // And the matrix nvidia-smi would print: every pair through the switches.
+        let expected = if fixture == "dgx-h100" { "NV18" } else { "NV12" };
+        for (row, cells) in gpu_gpu(&inventory).iter().enumerate() {
+            for (column, cell) in cells.iter().enumerate() {
+                assert_eq!(cell, if row == column { "X" } else { expected }, "{fixture}: GPU{row} x GPU{column}");
+            }
+        }
+        assert_eq!(strings(&inventory["warnings"]), Vec::<String>::new(), "{fixture}");
+    }
+}
