@@ -355,12 +355,17 @@ fn a_mig_instance_is_carved_where_the_broker_chose_and_removed_with_its_pod() {
         "no instance {mig_uuid} at slot {start} on GPU {gpu}: {found:?}"
     );
     assert!(answer["containers"]["main"]["cdi_devices"].to_string().contains(&mig_uuid), "{answer}");
+    // The CDI spec names the new instance, and drops it when the instance goes.
+    let spec_path = world.dir.path().join("cdi/allot.io-gpu.json");
+    let spec_names = |path: &Path| std::fs::read_to_string(path).unwrap_or_default().contains(&mig_uuid);
+    wait_until("the CDI spec names the MIG instance", LONG, || spec_names(&spec_path));
 
     world.kubelet.remove_pod("mig-pod");
     wait_until("the allocation is released", LONG, || world.live_allocations().is_empty());
     wait_until("the MIG instance is destroyed", LONG, || {
         !instances(&world).iter().any(|instance| instance["uuid"] == mig_uuid.as_str())
     });
+    wait_until("the CDI spec forgets the MIG instance", LONG, || !spec_names(&spec_path));
 }
 
 #[test]
@@ -428,6 +433,12 @@ fn after_a_kubelet_restart_the_plugins_register_again() {
     // And it works as before: a pod is admitted through the new registration.
     let answer = world.kubelet.admit("after-restart", &[("allot.io/gpu", "2")]);
     assert_eq!(answer["admitted"], true, "{answer}");
+    // SIGTERM: allot-node stops cleanly and takes its plugin sockets with it.
+    let socket = world.plugin_socket("gpu");
+    assert!(socket.exists());
+    let status = world.node.terminate(Duration::from_secs(10)).expect("allot-node exits on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", world.node.log_text());
+    assert!(!socket.exists(), "the plugin socket is left behind");
 }
 
 /// Calls a plugin's gRPC service the way a misbehaving kubelet would.

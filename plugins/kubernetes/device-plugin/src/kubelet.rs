@@ -112,7 +112,12 @@ async fn supervise(plugins: &Plugins, directory: &Path) {
         }
         let _ = stop.send(true);
         for server in servers {
-            let _ = server.await;
+            // A graceful stop waits for open streams; a kubelet that went away
+            // without closing its ListAndWatch stream must not hold us here.
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+                abort.abort();
+            }
         }
         for socket in &sockets {
             let _ = std::fs::remove_file(socket);
