@@ -69,7 +69,7 @@ fn expected(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
-const FIXTURES: [&str; 4] = ["dgx-h100", "dgx-a100-mig", "pcie-l40s", "cloud-h100-vm"];
+const FIXTURES: [&str; 5] = ["dgx-h100", "dgx-a100-mig", "pcie-l40s", "cloud-h100-vm", "pcie-h100-nvl"];
 
 #[test]
 fn dgx_h100_has_8_nvlinked_gpus_4_per_numa_node_each_beside_a_nic() {

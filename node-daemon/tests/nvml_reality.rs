@@ -191,25 +191,32 @@ fn lstopo_nvlinks(file: &Path) -> Vec<(String, String, u64)> {
     links
 }
 
+/// Allot's NVLinks in `lstopo_nvlinks`'s terms: for each GPU (`nvmlN` by its index), its
+/// peers (another GPU as `nvmlM`, an NVSwitch by bus id) and the link count.
+fn allot_nvlinks(inventory: &Value) -> Vec<(String, String, u64)> {
+    let gpus = inventory["gpus"].as_array().expect("gpus");
+    let mut links = Vec::new();
+    for gpu in gpus {
+        let name = format!("nvml{}", gpu["index"]);
+        for link in gpu["nvlinks"].as_array().expect("nvlinks") {
+            let peer = link["peer_pci_bus_id"].as_str().expect("peer").to_owned();
+            let peer = match gpus.iter().find(|other| other["pci_bus_id"] == peer.as_str()) {
+                Some(other) => format!("nvml{}", other["index"]),
+                None => peer,
+            };
+            links.push((name.clone(), peer, link["links"].as_u64().expect("links")));
+        }
+    }
+    links
+}
+
 #[test]
 fn nvlink_from_hwloc_distances_alone_matches_what_lstopo_reads_in_the_same_file() {
     for fixture in ["dgx-h100", "dgx-a100-mig"] {
         let file = fixture_dir(fixture).join("topology-nvml.xml");
         let inventory = inventory_of(&["--hwloc-xml", file.to_str().expect("utf-8 path")], &[]);
         assert_eq!(inventory["nvml"]["state"], "absent", "{fixture}: no NVML was consulted");
-        let gpus = inventory["gpus"].as_array().expect("gpus");
-        let mut from_allot = Vec::new();
-        for gpu in gpus {
-            let name = format!("nvml{}", gpu["index"]);
-            for link in gpu["nvlinks"].as_array().expect("nvlinks") {
-                let peer = link["peer_pci_bus_id"].as_str().expect("peer").to_owned();
-                let peer = match gpus.iter().find(|other| other["pci_bus_id"] == peer.as_str()) {
-                    Some(other) => format!("nvml{}", other["index"]),
-                    None => peer,
-                };
-                from_allot.push((name.clone(), peer, link["links"].as_u64().expect("links")));
-            }
-        }
+        let mut from_allot = allot_nvlinks(&inventory);
         let mut from_hwloc = lstopo_nvlinks(&file);
         from_allot.sort();
         from_hwloc.sort();
@@ -224,4 +231,91 @@ fn nvlink_from_hwloc_distances_alone_matches_what_lstopo_reads_in_the_same_file(
         }
         assert_eq!(strings(&inventory["warnings"]), Vec::<String>::new(), "{fixture}");
     }
+}
+
+/// The four NVLink-bridged pairs of the H100 NVL server, by GPU index.
+const BRIDGED_PAIRS: [(usize, usize); 4] = [(0, 1), (2, 3), (4, 5), (6, 7)];
+
+fn bridged(row: usize, column: usize) -> bool {
+    BRIDGED_PAIRS.iter().any(|&(a, b)| (a, b) == (row, column) || (b, a) == (row, column))
+}
+
+#[test]
+fn nvlink_bridged_pairs_from_hwloc_distances_alone_are_nv12_and_pcie_elsewhere_as_lstopo_reads_them() {
+    let file = fixture_dir("pcie-h100-nvl").join("topology-nvml.xml");
+    let inventory = inventory_of(&["--hwloc-xml", file.to_str().expect("utf-8 path")], &[]);
+    assert_eq!(inventory["nvml"]["state"], "absent", "no NVML was consulted");
+
+    // hwloc's reading: bandwidth between the two GPUs of a pair, nothing else, 12 links each.
+    let mut from_hwloc = lstopo_nvlinks(&file);
+    from_hwloc.sort();
+    let mut want: Vec<(String, String, u64)> = BRIDGED_PAIRS
+        .iter()
+        .flat_map(|&(a, b)| {
+            [(format!("nvml{a}"), format!("nvml{b}"), 12), (format!("nvml{b}"), format!("nvml{a}"), 12)]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(from_hwloc, want, "what lstopo reads in the file");
+    let mut from_allot = allot_nvlinks(&inventory);
+    from_allot.sort();
+    assert_eq!(from_allot, from_hwloc, "what allot-node reads in the same file");
+
+    // The matrix: NV12 inside a pair, the PCIe level (from the generator's model) elsewhere.
+    let expected: Value =
+        serde_json::from_str(&read(&fixture_dir("pcie-h100-nvl").join("expected.json"))).expect("json");
+    let pcie: Vec<Vec<String>> =
+        expected["matrices"]["gpu_gpu_pcie"].as_array().expect("matrix").iter().map(strings).collect();
+    let matrix = gpu_gpu(&inventory);
+    assert_eq!(matrix.len(), 8);
+    for (row, cells) in matrix.iter().enumerate() {
+        for (column, cell) in cells.iter().enumerate() {
+            let want = if bridged(row, column) { "NV12" } else { pcie[row][column].as_str() };
+            assert!(!want.starts_with("NV") || bridged(row, column), "GPU{row} x GPU{column}");
+            assert_eq!(cell, want, "GPU{row} x GPU{column}");
+        }
+    }
+    // Pairs share a PCIe switch; pairs on one socket meet at NODE, across sockets at SYS.
+    assert_eq!((matrix[0][2].as_str(), matrix[1][3].as_str(), matrix[0][4].as_str()), ("NODE", "NODE", "SYS"));
+    assert_eq!(strings(&inventory["warnings"]), Vec::<String>::new());
+}
+
+#[test]
+fn nvlink_bridged_pairs_through_the_fake_nvml_are_nv12_and_agree_with_hwloc() {
+    let inventory = inventory_of(&["--fixture", "pcie-h100-nvl"], &[]);
+    assert_eq!(inventory["nvml"]["state"], "present");
+    let gpus = inventory["gpus"].as_array().expect("gpus");
+    for (index, gpu) in gpus.iter().enumerate() {
+        let peer = BRIDGED_PAIRS
+            .iter()
+            .find_map(|&(a, b)| {
+                if a == index {
+                    Some(b)
+                } else if b == index {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .expect("every GPU is in a pair");
+        let links = gpu["nvlinks"].as_array().expect("nvlinks");
+        assert_eq!(links.len(), 1, "GPU{index}: one peer, its bridge partner: {links:?}");
+        assert_eq!(links[0]["peer_pci_bus_id"], gpus[peer]["pci_bus_id"], "GPU{index}");
+        assert_eq!(links[0]["links"], 12, "GPU{index}");
+        // MIG-capable like every H100 NVL, but not enabled.
+        assert!(!gpu["mig"].is_null(), "GPU{index}: MIG-capable");
+    }
+    let matrix = gpu_gpu(&inventory);
+    for (row, cells) in matrix.iter().enumerate() {
+        for (column, cell) in cells.iter().enumerate() {
+            assert_eq!(cell == "NV12", bridged(row, column), "GPU{row} x GPU{column}: {cell}");
+        }
+    }
+    // NVML and hwloc's distances say the same, so there is nothing to warn about.
+    let from_xml = inventory_of(
+        &["--hwloc-xml", fixture_dir("pcie-h100-nvl").join("topology-nvml.xml").to_str().expect("utf-8 path")],
+        &[],
+    );
+    assert_eq!(matrix, gpu_gpu(&from_xml));
+    assert_eq!(strings(&inventory["warnings"]), Vec::<String>::new());
 }

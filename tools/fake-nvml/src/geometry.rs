@@ -203,6 +203,14 @@ static H200_141GB_PROFILES: [GpuInstanceProfile; 7] = seven_slice_profiles(
     [17152, 17152, 34816, 34816, 70400, 70400, 141056],
 );
 
+/// Assumption: H100 NVL (94 GB) sizes are the A100 80GB sizes scaled by the ratio of the two
+/// GPUs' total memory as NVML reports it (95830 MiB / 81920 MiB), rounded down to a multiple of
+/// 256 MiB, as for the H200; the names are those NVIDIA's MIG user guide lists for H100 94GB.
+static H100_94GB_PROFILES: [GpuInstanceProfile; 7] = seven_slice_profiles(
+    ["1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb"],
+    [11520, 11520, 23296, 23296, 46848, 46848, 93952],
+);
+
 const A30_ONE_SLICE_STARTS: &[u32] = &[0, 1, 2, 3];
 const A30_TWO_SLICE_STARTS: &[u32] = &[0, 2];
 
@@ -241,6 +249,14 @@ static H100_80GB: Geometry = Geometry {
     profiles: &H100_80GB_PROFILES,
 };
 
+static H100_94GB: Geometry = Geometry {
+    name: "h100-94gb",
+    memory_slices: 8,
+    compute_slices: 7,
+    multiprocessors_per_slice: 16,
+    profiles: &H100_94GB_PROFILES,
+};
+
 static H200_141GB: Geometry = Geometry {
     name: "h200-141gb",
     memory_slices: 8,
@@ -257,7 +273,7 @@ static A30_24GB: Geometry = Geometry {
     profiles: &A30_24GB_PROFILES,
 };
 
-static ALL: [&Geometry; 5] = [&A100_40GB, &A100_80GB, &H100_80GB, &H200_141GB, &A30_24GB];
+static ALL: [&Geometry; 6] = [&A100_40GB, &A100_80GB, &H100_80GB, &H100_94GB, &H200_141GB, &A30_24GB];
 
 #[cfg(test)]
 mod tests {

@@ -43,9 +43,9 @@ fn cases() -> Vec<(String, &'static str)> {
             "gpu[3].mig_instance: needs mig_geometry (this GPU is not MIG-capable)",
         ),
         (
-            four_gpus("mig_geometry = \"h100-94gb\"\n"),
-            "gpu[3].mig_geometry: unknown geometry \"h100-94gb\" (expected one of a100-40gb, \
-             a100-80gb, h100-80gb, h200-141gb, a30-24gb)",
+            four_gpus("mig_geometry = \"h100-96gb\"\n"),
+            "gpu[3].mig_geometry: unknown geometry \"h100-96gb\" (expected one of a100-40gb, \
+             a100-80gb, h100-80gb, h100-94gb, h200-141gb, a30-24gb)",
         ),
         ([gpu(0, 0x1b, ""), gpu(0, 0x2a, "")].concat(), "gpu[1]: index 0 is already used by gpu[0]"),
         (
