@@ -15,7 +15,7 @@ fn two_dgx() -> Cluster {
 
 #[test]
 fn fixtures_load_and_agree_with_themselves() {
-    for name in ["dgx-h100", "dgx-a100-mig", "pcie-l40s"] {
+    for name in ["dgx-h100", "dgx-a100-mig", "pcie-l40s", "pcie-h100-nvl"] {
         let inventory = fixture(name);
         assert_eq!(inventory.validate(), Ok(()), "{name}");
         assert!(!inventory.gpus.is_empty(), "{name}");
@@ -90,6 +90,44 @@ fn pcie_switch_requests_get_pix_pairs_or_a_reason() {
     // Any interconnect: the best pair is still PIX.
     check(&Cluster::new().node("l40s", "pcie-l40s"), "whole 2", "l40s: gpus 0,1 no cores numa 0");
     check(&Cluster::new().node("l40s", "pcie-l40s"), "whole 2 ic=numa", "l40s: gpus 0,1 no cores numa 0");
+}
+
+fn h100_nvl() -> Cluster {
+    Cluster::new().node("nvl", "pcie-h100-nvl")
+}
+
+#[test]
+fn nvlink_requests_on_bridged_pairs_take_whole_pairs_and_never_split_one() {
+    // GPUs 0-1, 2-3, 4-5, 6-7 are NVLink-bridged pairs (NV12); nothing else has NVLink.
+    let nvl = h100_nvl();
+    let first = nvl.place("whole 2 ic=nvlink");
+    assert_eq!(summary(&first), "nvl: gpus 0,1 no cores numa 0");
+    // With the first pair granted, the next request gets another whole pair.
+    let mut second = nvl.clone();
+    second.commit(first.expect("placed").binding);
+    check(&second, "whole 2 ic=nvlink", "nvl: gpus 2,3 no cores numa 0");
+    // Three NVLink-connected GPUs do not exist on this machine, however empty it is.
+    check(
+        &nvl,
+        "whole 3 ic=nvlink",
+        "E-IMPOSSIBLE: 3 NVLink-connected GPUs requested, the largest NVLink domain in the cluster has 2; ask for at \
+         most 2, or relax the interconnect (interconnect any)",
+    );
+    // One GPU of pair 0-1 taken: a free pair, not GPU 0 with a GPU of another pair.
+    let broken = nvl.clone().take("nvl", "gpu=1");
+    check(&broken, "whole 2 ic=nvlink", "nvl: gpus 2,3 no cores numa 0");
+    check(&broken, "whole 2", "nvl: gpus 2,3 no cores numa 0");
+    let greedy = PlacementOptions { exhaustive_limit: 0, ..PlacementOptions::default() };
+    assert_eq!(summary(&broken.place_with("whole 2 ic=nvlink", &greedy)), "nvl: gpus 2,3 no cores numa 0");
+    // A single GPU takes the broken pair's survivor, so the whole pairs stay whole.
+    check(&broken, "whole 1", "nvl: gpus 0 no cores numa 0");
+    // Only pair 0-1 broken and pair 2-3 taken: the other socket's pair, still never 0 with another.
+    check(&broken.clone().take("nvl", "gpu=2 gpu=3"), "whole 2 ic=nvlink", "nvl: gpus 4,5 no cores numa 1");
+    // Every pair broken: no NVLink pair is free, and that is a lack of capacity, not impossible.
+    let all_broken = nvl.take("nvl", "gpu=1 gpu=3 gpu=5 gpu=7");
+    let refusal = all_broken.place("whole 2 ic=nvlink").expect_err("no free pair");
+    assert!(!refusal.is_impossible(), "{refusal}");
+    assert!(matches!(refusal.reason, RefusalReason::NoCapacityNow { .. }), "{refusal}");
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub fn fixture(name: &str) -> NodeInventory {
         "dgx-h100" => include_str!("../data/dgx-h100.json"),
         "dgx-a100-mig" => include_str!("../data/dgx-a100-mig.json"),
         "pcie-l40s" => include_str!("../data/pcie-l40s.json"),
+        "pcie-h100-nvl" => include_str!("../data/pcie-h100-nvl.json"),
         other => panic!("no fixture {other}"),
     };
     serde_json::from_str(json).expect("fixture parses as a NodeInventory")
