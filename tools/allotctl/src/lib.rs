@@ -3,6 +3,7 @@
 mod admin;
 mod output;
 mod sim;
+mod size;
 
 use allot_api::allocation::{AllocationId, GpuDemand, Interconnect, MilliGpu, ValidatedRequest};
 use allot_api::bearer::Bearer;
@@ -62,6 +63,8 @@ pub enum Command {
     Alloc(AllocCommand),
     /// Replay a task trace against a cluster with Allot's placement policies (no broker needed).
     Sim(sim::SimArgs),
+    /// Size a GPU fleet for a demand trace: the cheapest catalog fleet that meets the targets (no broker needed).
+    Size(size::SizeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +291,9 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
     if let Command::Sim(args) = &cli.command {
         return sim::run(args, cli.output);
     }
+    if let Command::Size(args) = &cli.command {
+        return size::run(args, cli.output).await;
+    }
     // Validate what can be validated before connecting.
     let create_spec = match &cli.command {
         Command::Alloc(AllocCommand::Create(args)) => Some(spec(args)?),
@@ -299,6 +305,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
     let format = cli.output;
     match cli.command {
         Command::Sim(_) => Err(CtlError::Usage("sim runs without a broker".into())),
+        Command::Size(_) => Err(CtlError::Usage("size runs without a broker".into())),
         Command::Team(command) => admin::team(&clients, command, format).await,
         Command::Quota(command) => admin::quota(&clients, command, format).await,
         Command::Policy(command) => admin::policy(&clients, command, format).await,

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod generate;
 pub mod protocol;
 pub mod report;
+pub mod size;
 pub mod trace;
 
 use std::path::{Path, PathBuf};

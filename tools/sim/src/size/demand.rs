@@ -1,0 +1,192 @@
+//! The demand a fleet is sized for: GPU tasks with arrival times, run times and
+//! accepted GPU models, read from a native-format list (its own arrivals and
+//! departures) or an Alibaba list (its creation, scheduled and deletion times),
+//! optionally grown by a factor.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use allot_placement::fragment::{ModelSet, TaskShape};
+use allot_placement::packing::SplitMix64;
+use serde::Serialize;
+
+use super::SizeError;
+use crate::trace::{Cluster, TraceFormat, parse_tasks};
+
+/// One GPU task of the demand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemandTask {
+    pub arrival_s: f64,
+    /// How long it runs once started; `None`: until the end.
+    pub run_s: Option<f64>,
+    /// The shape, with `models` as ids into [`Demand::models`].
+    pub shape: TaskShape,
+}
+
+/// What was read, and what was left out and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DemandSummary {
+    pub path: String,
+    pub format: String,
+    pub tasks_read: usize,
+    pub gpu_tasks: usize,
+    pub cpu_only_left_out: usize,
+    pub growth: f64,
+    pub growth_seed: u64,
+    pub tasks_after_growth: usize,
+    /// Notes for people (model constraints dropped, ...).
+    pub notes: Vec<String>,
+}
+
+/// The GPU tasks in arrival order, and the GPU model names their model sets refer to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    pub tasks: Vec<DemandTask>,
+    pub models: Vec<String>,
+    pub summary: DemandSummary,
+}
+
+/// Reads a demand file. `models` are the catalog's GPU model names: a native
+/// task's `gpu_spec` entry accepts every model whose name contains it (H100
+/// accepts H100-SXM-80GB), and one that matches none is an error.
+pub fn read_demand(path: &Path, models: &[String], growth: f64, seed: u64) -> Result<Demand, SizeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SizeError::Io { path: path.to_owned(), source })?;
+    parse_demand(path, &text, models, growth, seed)
+}
+
+/// Parses a demand; `path` is only for messages.
+pub fn parse_demand(path: &Path, text: &str, models: &[String], growth: f64, seed: u64) -> Result<Demand, SizeError> {
+    if !(growth.is_finite() && growth > 0.0 && growth <= 100.0) {
+        return Err(SizeError::Usage(format!("--growth {growth}: expected a factor above 0 and at most 100, like 1.5")));
+    }
+    // Shapes and the checks of every column come from the simulator's reader.
+    let list = parse_tasks(path, text, &Cluster::default())?;
+    let at = |line: usize, message: String| SizeError::Input { path: path.to_owned(), line, message };
+    // The columns the simulator's reader does not keep: times and model names.
+    let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+    let header: HashMap<String, usize> = lines
+        .next()
+        .map(|(_, header)| {
+            header.split(',').enumerate().map(|(i, name)| (name.trim().trim_start_matches('\u{feff}').to_owned(), i)).collect()
+        })
+        .unwrap_or_default();
+    let rows: Vec<(usize, Vec<&str>)> = lines.map(|(index, line)| (index + 1, line.split(',').map(str::trim).collect())).collect();
+    fn field<'a>(header: &HashMap<String, usize>, row: &[&'a str], column: &str) -> &'a str {
+        header.get(column).and_then(|i| row.get(*i).copied()).unwrap_or_default()
+    }
+    let seconds = |line: usize, row: &[&str], column: &str| -> Result<Option<f64>, SizeError> {
+        let value = field(&header, row, column);
+        if value.is_empty() {
+            return Ok(None);
+        }
+        match value.parse::<f64>() {
+            Ok(number) if number.is_finite() && number >= 0.0 => Ok(Some(number)),
+            _ => Err(at(line, format!("column {column}: {value:?} is not a number of seconds (0 or more)"))),
+        }
+    };
+    let mut notes = Vec::new();
+    if list.format == TraceFormat::Alibaba {
+        for column in ["creation_time", "deletion_time"] {
+            if !header.contains_key(column) {
+                return Err(at(
+                    1,
+                    format!("missing column {column:?}; sizing replays the trace's own times (creation_time, scheduled_time, deletion_time)"),
+                ));
+            }
+        }
+        notes.push(
+            "Alibaba gpu_spec constraints name the trace's own GPU models (none of which are in the catalog), so they are ignored: every task accepts every catalog model"
+                .into(),
+        );
+    }
+    let mut tasks = Vec::new();
+    let mut cpu_only = 0;
+    for ((line, row), task) in rows.iter().zip(&list.tasks) {
+        let line = *line;
+        let mut shape = task.shape;
+        if shape.gpu_count == 0 {
+            cpu_only += 1;
+            continue;
+        }
+        shape.models = ModelSet::ANY;
+        let (arrival_s, run_s) = match list.format {
+            TraceFormat::Native => {
+                let arrival = task.arrival_s.unwrap_or_default();
+                for name in field(&header, row, "gpu_spec").split('|').map(str::trim).filter(|name| !name.is_empty()) {
+                    let lower = name.to_lowercase();
+                    let mut matched = false;
+                    for (id, model) in models.iter().enumerate() {
+                        if model.to_lowercase().contains(&lower) {
+                            shape.models = shape.models.with(id as u8);
+                            matched = true;
+                        }
+                    }
+                    if !matched {
+                        return Err(at(
+                            line,
+                            format!("column gpu_spec: {name:?} matches no GPU model of the catalog ({})", models.join(", ")),
+                        ));
+                    }
+                }
+                (arrival, task.departure_s.map(|departure| departure - arrival))
+            }
+            TraceFormat::Alibaba => {
+                let Some(created) = seconds(line, row, "creation_time")? else {
+                    return Err(at(line, "column creation_time: empty; sizing needs each task's arrival".into()));
+                };
+                let deleted = seconds(line, row, "deletion_time")?;
+                let started = seconds(line, row, "scheduled_time")?.filter(|started| *started >= created).unwrap_or(created);
+                if let Some(deleted) = deleted
+                    && deleted < started
+                {
+                    return Err(at(line, format!("column deletion_time: {deleted} is before the task started ({started})")));
+                }
+                (created, deleted.map(|deleted| deleted - started))
+            }
+        };
+        tasks.push(DemandTask { arrival_s, run_s, shape });
+    }
+    if tasks.is_empty() {
+        return Err(at(2, "no GPU tasks: every task is CPU-only, so there is nothing to size GPU servers for".into()));
+    }
+    if cpu_only > 0 {
+        notes.push(format!("{cpu_only} CPU-only tasks are left out: size CPU servers for them separately"));
+    }
+    let gpu_tasks = tasks.len();
+    let tasks = grow(tasks, growth, seed);
+    let summary = DemandSummary {
+        path: path.display().to_string(),
+        format: match list.format {
+            TraceFormat::Native => "native".into(),
+            TraceFormat::Alibaba => "alibaba".into(),
+        },
+        tasks_read: list.tasks.len(),
+        gpu_tasks,
+        cpu_only_left_out: cpu_only,
+        growth,
+        growth_seed: seed,
+        tasks_after_growth: tasks.len(),
+        notes,
+    };
+    Ok(Demand { tasks, models: models.to_vec(), summary })
+}
+
+/// Grows (or shrinks) the demand by `growth`: each task is kept `floor(growth)`
+/// times, plus once more with probability `growth - floor(growth)`, drawn with
+/// the seed. Copies arrive with their original.
+fn grow(tasks: Vec<DemandTask>, growth: f64, seed: u64) -> Vec<DemandTask> {
+    if growth == 1.0 {
+        return tasks;
+    }
+    let mut rng = SplitMix64::new(seed);
+    let whole = growth.floor() as usize;
+    let fraction = growth - growth.floor();
+    let mut grown = Vec::with_capacity((tasks.len() as f64 * growth) as usize + 1);
+    for task in tasks {
+        let extra = usize::from((rng.below(1_000_000) as f64) < fraction * 1_000_000.0);
+        for _ in 0..whole + extra {
+            grown.push(task.clone());
+        }
+    }
+    grown
+}
