@@ -93,7 +93,9 @@ fn mig_enforcement_on_the_fake_nvml_with_real_cgroups() {
     unsafe {
         std::env::set_var("ALLOT_FAKE_NVML_MACHINE", &fixture.nvml_machine);
         std::env::set_var("ALLOT_FAKE_NVML_STATE", dir.path().join("nvml-state.json"));
+        std::env::set_var("ALLOT_FAKE_NVML_EVENTS", dir.path().join("events.jsonl"));
     }
+    std::fs::write(dir.path().join("events.jsonl"), "").expect("events file");
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test creates real cgroups and needs root");
     assert!(
@@ -159,6 +161,16 @@ fn mig_enforcement_on_the_fake_nvml_with_real_cgroups() {
     assert_eq!(layout(observer.as_ref(), 2), vec![(9, 4)]);
     assert_eq!(layout(observer.as_ref(), 6), vec![]);
     assert!(enforcer.state().allocations.is_empty());
+
+    // A GPU falls off the bus: the others' MIG layouts are still observed and
+    // enforced (regression: one lost GPU failed every MIG observation).
+    let mut events = std::fs::OpenOptions::new().append(true).open(dir.path().join("events.jsonl")).expect("events");
+    std::io::Write::write_all(&mut events, b"{\"gpu\": 6, \"kind\": \"fallen_off_bus\"}\n").expect("append");
+    let views = observer.observe().expect("observe with a lost GPU");
+    assert!(views.iter().all(|view| view.index != 6), "the lost GPU was observed");
+    enforcer.apply(&allocation(8, "a100", 5, "1g.10gb", 19, 0, 1, false)).expect("enforce beside a lost GPU");
+    assert_eq!(layout(observer.as_ref(), 5), vec![(19, 0)]);
+    enforcer.release(AllocationId::from_u64(8)).expect("release");
     for controller in ["cpuset", "memory", "pids"] {
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(controller).join(&parent));
     }

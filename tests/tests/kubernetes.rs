@@ -335,6 +335,9 @@ fn a_mig_instance_is_carved_where_the_broker_chose_and_removed_with_its_pod() {
     let mut world = World::new("dgx-a100-mig", 2);
     let resource = "allot.io/mig-3g.40gb";
     wait_until("the MIG resource is offered", LONG, || world.kubelet.allocatable(resource) > 0);
+    let whole_profile = "allot.io/mig-7g.80gb";
+    let sevens = world.kubelet.allocatable(whole_profile);
+    assert!(sevens > 0, "no 7g.80gb slots offered");
     let answer = world.kubelet.admit("mig-pod", &[(resource, "1")]);
     assert_eq!(answer["admitted"], true, "{answer}\n{}", world.node.log_text());
     let mig_uuid =
@@ -360,8 +363,14 @@ fn a_mig_instance_is_carved_where_the_broker_chose_and_removed_with_its_pod() {
     let spec_names = |path: &Path| std::fs::read_to_string(path).unwrap_or_default().contains(&mig_uuid);
     wait_until("the CDI spec names the MIG instance", LONG, || spec_names(&spec_path));
 
+    // The new layout reaches the kubelet as a device list, not a restart: the GPU
+    // holding a 3g.40gb can no longer take a 7g.80gb.
+    world.kubelet.wait_allocatable(whole_profile, sevens - 1, LONG);
+
     world.kubelet.remove_pod("mig-pod");
     wait_until("the allocation is released", LONG, || world.live_allocations().is_empty());
+    world.kubelet.wait_allocatable(whole_profile, sevens, LONG);
+    assert_eq!(world.node.log_text().matches("registered with the kubelet").count(), 1, "the plugins re-registered");
     wait_until("the MIG instance is destroyed", LONG, || {
         !instances(&world).iter().any(|instance| instance["uuid"] == mig_uuid.as_str())
     });

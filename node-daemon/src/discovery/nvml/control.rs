@@ -62,10 +62,23 @@ impl MigDriver for NvmlControl {
         let count = self.nvml.device_count().map_err(|error| mig_error(0, "count GPUs", error))?;
         let mut gpus = Vec::new();
         for index in 0..count {
-            let device = self.nvml.device_by_index(index).map_err(|error| mig_error(index, "open", error))?;
+            // A GPU that fell off the bus has no MIG layout to observe; the others
+            // still do, and health takes the lost one out of placement.
+            let device = match self.nvml.device_by_index(index) {
+                Ok(device) => device,
+                Err(NvmlError::GpuLost) => {
+                    tracing::warn!(gpu = index, "GPU lost: its MIG layout is not observed");
+                    continue;
+                }
+                Err(error) => return Err(mig_error(index, "open", error)),
+            };
             let uuid = device.uuid().ok();
             let mode = match device.mig_mode() {
                 Ok(mode) => Some(mode.current == nvml_wrapper_sys::bindings::NVML_DEVICE_MIG_ENABLE),
+                Err(NvmlError::GpuLost) => {
+                    tracing::warn!(gpu = index, "GPU lost: its MIG layout is not observed");
+                    continue;
+                }
                 Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => None,
                 Err(error) => return Err(mig_error(index, "read the MIG mode", error)),
             };
