@@ -164,7 +164,10 @@ pub async fn run(args: &SizeArgs, format: Format) -> Result<String, CtlError> {
                     text.push_str(&format!("{:>24} rule {}: {}\n", "", violation.rule, violation.message));
                 }
             }
-            text.push_str(&format!("\nseeds {:?}; {:.1} s", recommendation.provenance.seeds, recommendation.provenance.wall_s));
+            text.push_str(&format!(
+                "\nseeds {:?}; {:.1} s",
+                recommendation.provenance.seeds, recommendation.provenance.wall_s
+            ));
             if let Some(out) = &args.out {
                 text.push_str(&format!("; report in {}", out.join("report.html").display()));
             }

@@ -184,7 +184,10 @@ pub fn parse_catalog(path: &Path, text: &str) -> Result<Catalog, SizeError> {
         let gpu_model_name = entry.gpu_model.ok_or_else(|| missing("gpu_model"))?;
         let Some(gpu_model) = GPU_MODELS.iter().find(|model| model.name == gpu_model_name) else {
             let known: Vec<&str> = GPU_MODELS.iter().map(|model| model.name).collect();
-            return Err(fail("gpu_model", format!("unknown GPU model {gpu_model_name:?}; known: {}", known.join(", "))));
+            return Err(fail(
+                "gpu_model",
+                format!("unknown GPU model {gpu_model_name:?}; known: {}", known.join(", ")),
+            ));
         };
         let count = |field: &str, value: Option<i64>, min: i64, max: i64| -> Result<i64, SizeError> {
             let value = value.ok_or_else(|| missing(field))?;

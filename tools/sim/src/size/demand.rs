@@ -57,7 +57,9 @@ pub fn read_demand(path: &Path, models: &[String], growth: f64, seed: u64) -> Re
 /// Parses a demand; `path` is only for messages.
 pub fn parse_demand(path: &Path, text: &str, models: &[String], growth: f64, seed: u64) -> Result<Demand, SizeError> {
     if !(growth.is_finite() && growth > 0.0 && growth <= 100.0) {
-        return Err(SizeError::Usage(format!("--growth {growth}: expected a factor above 0 and at most 100, like 1.5")));
+        return Err(SizeError::Usage(format!(
+            "--growth {growth}: expected a factor above 0 and at most 100, like 1.5"
+        )));
     }
     // Shapes and the checks of every column come from the simulator's reader.
     let list = parse_tasks(path, text, &Cluster::default())?;
@@ -67,10 +69,15 @@ pub fn parse_demand(path: &Path, text: &str, models: &[String], growth: f64, see
     let header: HashMap<String, usize> = lines
         .next()
         .map(|(_, header)| {
-            header.split(',').enumerate().map(|(i, name)| (name.trim().trim_start_matches('\u{feff}').to_owned(), i)).collect()
+            header
+                .split(',')
+                .enumerate()
+                .map(|(i, name)| (name.trim().trim_start_matches('\u{feff}').to_owned(), i))
+                .collect()
         })
         .unwrap_or_default();
-    let rows: Vec<(usize, Vec<&str>)> = lines.map(|(index, line)| (index + 1, line.split(',').map(str::trim).collect())).collect();
+    let rows: Vec<(usize, Vec<&str>)> =
+        lines.map(|(index, line)| (index + 1, line.split(',').map(str::trim).collect())).collect();
     fn field<'a>(header: &HashMap<String, usize>, row: &[&'a str], column: &str) -> &'a str {
         header.get(column).and_then(|i| row.get(*i).copied()).unwrap_or_default()
     }
@@ -90,7 +97,9 @@ pub fn parse_demand(path: &Path, text: &str, models: &[String], growth: f64, see
             if !header.contains_key(column) {
                 return Err(at(
                     1,
-                    format!("missing column {column:?}; sizing replays the trace's own times (creation_time, scheduled_time, deletion_time)"),
+                    format!(
+                        "missing column {column:?}; sizing replays the trace's own times (creation_time, scheduled_time, deletion_time)"
+                    ),
                 ));
             }
         }
@@ -124,7 +133,10 @@ pub fn parse_demand(path: &Path, text: &str, models: &[String], growth: f64, see
                     if !matched {
                         return Err(at(
                             line,
-                            format!("column gpu_spec: {name:?} matches no GPU model of the catalog ({})", models.join(", ")),
+                            format!(
+                                "column gpu_spec: {name:?} matches no GPU model of the catalog ({})",
+                                models.join(", ")
+                            ),
                         ));
                     }
                 }
@@ -135,11 +147,15 @@ pub fn parse_demand(path: &Path, text: &str, models: &[String], growth: f64, see
                     return Err(at(line, "column creation_time: empty; sizing needs each task's arrival".into()));
                 };
                 let deleted = seconds(line, row, "deletion_time")?;
-                let started = seconds(line, row, "scheduled_time")?.filter(|started| *started >= created).unwrap_or(created);
+                let started =
+                    seconds(line, row, "scheduled_time")?.filter(|started| *started >= created).unwrap_or(created);
                 if let Some(deleted) = deleted
                     && deleted < started
                 {
-                    return Err(at(line, format!("column deletion_time: {deleted} is before the task started ({started})")));
+                    return Err(at(
+                        line,
+                        format!("column deletion_time: {deleted} is before the task started ({started})"),
+                    ));
                 }
                 (created, deleted.map(|deleted| deleted - started))
             }

@@ -206,9 +206,9 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
     }
     candidates.sort_by(|a, b| b.meets.cmp(&a.meets).then(a.cost_usd.total_cmp(&b.cost_usd)));
     let Some(chosen) = candidates.first().filter(|candidate| candidate.meets).cloned() else {
-        let best = candidates
-            .iter()
-            .min_by(|a, b| a.misses.len().cmp(&b.misses.len()).then(b.measured.served_pct.total_cmp(&a.measured.served_pct)));
+        let best = candidates.iter().min_by(|a, b| {
+            a.misses.len().cmp(&b.misses.len()).then(b.measured.served_pct.total_cmp(&a.measured.served_pct))
+        });
         let detail = match best {
             Some(best) => format!(
                 "the closest, {} x {} (the most tried), {}; allow larger fleets with --max-servers, or relax the targets",

@@ -80,7 +80,13 @@ struct Running {
 
 /// Replays the demand on the fleet with the policy. Stops early (unfinished)
 /// when `cancel` is set.
-pub fn replay(demand: &Demand, fleet: &[FleetNode], policy: PackingPolicy, seed: u64, cancel: &AtomicBool) -> ReplayOutcome {
+pub fn replay(
+    demand: &Demand,
+    fleet: &[FleetNode],
+    policy: PackingPolicy,
+    seed: u64,
+    cancel: &AtomicBool,
+) -> ReplayOutcome {
     let mut nodes: Vec<NodeState> =
         fleet.iter().map(|node| NodeState::idle(node.gpus, node.model, node.cpu_milli, node.memory_mib)).collect();
     let classes = vec![TaskClasses(0); nodes.len()];
@@ -116,12 +122,12 @@ pub fn replay(demand: &Demand, fleet: &[FleetNode], policy: PackingPolicy, seed:
     let micros = |seconds: f64| (seconds.max(0.0) * 1e6) as u64;
 
     let place = |task_index: usize,
-                     now: f64,
-                     nodes: &mut Vec<NodeState>,
-                     packer: &mut Packer,
-                     rng: &mut SplitMix64,
-                     departures: &mut BinaryHeap<Reverse<(u64, usize)>>,
-                     running: &mut Vec<Running>|
+                 now: f64,
+                 nodes: &mut Vec<NodeState>,
+                 packer: &mut Packer,
+                 rng: &mut SplitMix64,
+                 departures: &mut BinaryHeap<Reverse<(u64, usize)>>,
+                 running: &mut Vec<Running>|
      -> Option<f64> {
         let task = &demand.tasks[task_index];
         let (node, pick) = packer.choose(nodes, &classes, &task.shape, rng)?;
@@ -205,7 +211,11 @@ pub fn replay(demand: &Demand, fleet: &[FleetNode], policy: PackingPolicy, seed:
             }
         }
         peak_milli = peak_milli.max(allocated_milli);
-        raw_usage.push(UsagePoint { time_s: now, allocated_gpus: allocated_milli / 1000.0, queued_gpus: queued_milli / 1000.0 });
+        raw_usage.push(UsagePoint {
+            time_s: now,
+            allocated_gpus: allocated_milli / 1000.0,
+            queued_gpus: queued_milli / 1000.0,
+        });
     }
     waits.sort_by(f64::total_cmp);
     let span = (last_time - start).max(1e-9);

@@ -146,19 +146,30 @@ fn usage_chart(recommendation: &Recommendation, svg: &mut String) -> Result<(), 
     let root = SVGBackend::with_string(svg, (900, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|error| error.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{} x {}: GPUs allocated and queued over time", chosen.count, chosen.server), ("sans-serif", 18))
+        .caption(
+            format!("{} x {}: GPUs allocated and queued over time", chosen.count, chosen.server),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..end, 0.0..top.max(1.0))
         .map_err(|error| error.to_string())?;
-    chart.configure_mesh().x_desc("days from the first arrival").y_desc("GPUs").draw().map_err(|error| error.to_string())?;
     chart
-        .draw_series(AreaSeries::new(
-            usage.iter().map(|point| (days(point.time_s), point.allocated_gpus)),
-            0.0,
-            PALETTE[0].mix(0.35),
-        ).border_style(PALETTE[0]))
+        .configure_mesh()
+        .x_desc("days from the first arrival")
+        .y_desc("GPUs")
+        .draw()
+        .map_err(|error| error.to_string())?;
+    chart
+        .draw_series(
+            AreaSeries::new(
+                usage.iter().map(|point| (days(point.time_s), point.allocated_gpus)),
+                0.0,
+                PALETTE[0].mix(0.35),
+            )
+            .border_style(PALETTE[0]),
+        )
         .map_err(|error| error.to_string())?
         .label("allocated")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], PALETTE[0].filled()));
@@ -255,11 +266,29 @@ pub fn html(recommendation: &Recommendation) -> String {
     let rows = [
         ("command", provenance.command.clone()),
         ("allot version", provenance.allot_version.clone()),
-        ("demand", format!("{} ({} bytes, FNV-1a {})", provenance.demand.path, provenance.demand.bytes, provenance.demand.fnv1a64)),
-        ("catalog", format!("{} ({} bytes, FNV-1a {})", provenance.catalog.path, provenance.catalog.bytes, provenance.catalog.fnv1a64)),
+        (
+            "demand",
+            format!(
+                "{} ({} bytes, FNV-1a {})",
+                provenance.demand.path, provenance.demand.bytes, provenance.demand.fnv1a64
+            ),
+        ),
+        (
+            "catalog",
+            format!(
+                "{} ({} bytes, FNV-1a {})",
+                provenance.catalog.path, provenance.catalog.bytes, provenance.catalog.fnv1a64
+            ),
+        ),
         ("seeds", format!("{:?} (a fleet must meet the targets under every seed)", provenance.seeds)),
         ("placement policy", provenance.policy.clone()),
-        ("cost", format!("purchase + energy at maximum power for {} years at {} USD/kWh", provenance.cost.years, provenance.cost.usd_per_kwh)),
+        (
+            "cost",
+            format!(
+                "purchase + energy at maximum power for {} years at {} USD/kWh",
+                provenance.cost.years, provenance.cost.usd_per_kwh
+            ),
+        ),
         ("search", format!("up to {} servers per model; {:.1} s", provenance.max_servers, provenance.wall_s)),
     ];
     for (key, value) in rows {

@@ -19,7 +19,10 @@ pub const RULES: &[(&str, &str)] = &[
     ("host-memory", "host memory at least the GPUs' total memory"),
     ("nvme", "NVMe storage for data loading (more than 0 TB)"),
     ("power-cooling", "rated power and cooling at least the GPUs' power + 10% for the system + 10% margin"),
-    ("air-cooling", "3 or more GPUs need a GPU server chassis or liquid cooling, not open-air cards in a workstation case"),
+    (
+        "air-cooling",
+        "3 or more GPUs need a GPU server chassis or liquid cooling, not open-air cards in a workstation case",
+    ),
     ("rdma-per-gpu", "one RDMA NIC per GPU for multi-node training"),
 ];
 

@@ -238,6 +238,9 @@ fn evaluate(
     setup: &SearchSetup,
     cancel: &AtomicBool,
 ) -> Option<Evaluated> {
+    if cancel.load(Ordering::Relaxed) {
+        return None;
+    }
     let fleet = fleet_of(server, model_id, count);
     let mut outcomes = Vec::new();
     for seed in &setup.seeds {
@@ -248,14 +251,18 @@ fn evaluate(
         outcomes.push(outcome);
     }
     let worst = |value: fn(&ReplayOutcome) -> f64, max: bool| {
-        outcomes.iter().map(value).fold(if max { f64::NEG_INFINITY } else { f64::INFINITY }, |a, b| if max { a.max(b) } else { a.min(b) })
+        outcomes
+            .iter()
+            .map(value)
+            .fold(if max { f64::NEG_INFINITY } else { f64::INFINITY }, |a, b| if max { a.max(b) } else { a.min(b) })
     };
     let percentile = setup.targets.wait_percentile;
     let measured = Measured {
         served_pct: worst(|outcome| outcome.served_pct, false),
         wait_s: outcomes.iter().map(|outcome| outcome.wait_percentile(percentile)).fold(0.0, f64::max),
         peak_allocated_pct: worst(|outcome| outcome.peak_allocated_pct, true),
-        mean_allocated_pct: outcomes.iter().map(|outcome| outcome.mean_allocated_pct).sum::<f64>() / outcomes.len().max(1) as f64,
+        mean_allocated_pct: outcomes.iter().map(|outcome| outcome.mean_allocated_pct).sum::<f64>()
+            / outcomes.len().max(1) as f64,
         unserved_tasks: outcomes.iter().map(|outcome| outcome.unserved_tasks).max().unwrap_or(0),
         unserved_never_fit: outcomes.iter().map(|outcome| outcome.unserved_never_fit).max().unwrap_or(0),
     };
