@@ -410,8 +410,8 @@ impl ResourcePlugin {
         let shared = &self.shared;
         let _placing = shared.placing.lock().await;
         let existing = shared.lock_grants().find_exact(&self.resource.name, &wanted);
-        let (id, created) = match existing {
-            Some(id) => (id, false),
+        let id = match existing {
+            Some(id) => id,
             None => {
                 let overlapping = shared.lock_grants().overlapping(&self.resource.name, &wanted);
                 if !overlapping.is_empty() {
@@ -431,23 +431,24 @@ impl ResourcePlugin {
                     let _ = shared.release(id).await;
                     return Err(Status::internal("the broker chose other devices than the pinned ones"));
                 }
-                (id, true)
+                id
             }
         };
-        let environment = match shared.enforced(id).await {
-            Ok(environment) => environment,
-            Err(status) => {
-                if created {
-                    let _ = shared.release(id).await;
-                }
-                return Err(status);
-            }
-        };
+        // Claimed from now on: the release loop's grace runs from here, so a
+        // slow enforcement (a MIG re-carve) is not mistaken for an unclaimed grant.
         shared.update_grants(|grants| {
             if let Some(grant) = grants.grants.get_mut(&id) {
                 grant.allocated_ms = Some(now_ms());
             }
         });
+        let environment = match shared.enforced(id).await {
+            Ok(environment) => environment,
+            Err(status) => {
+                // The kubelet fails the pod: nothing may stay granted for it.
+                let _ = shared.release(id).await;
+                return Err(status);
+            }
+        };
         let snapshot = shared.snapshot.borrow();
         let binding = snapshot.allocations.get(&id).and_then(|allocation| allocation.binding.clone());
         Ok(answer(&shared.config.prefix, id, &environment, binding.as_ref()))
