@@ -135,6 +135,22 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
     Ok(())
 }
 
+/// A value that holds until the next point, drawn as steps rather than slopes.
+fn steps(
+    usage: &[super::replay::UsagePoint],
+    days: impl Fn(f64) -> f64,
+    value: impl Fn(&super::replay::UsagePoint) -> f64,
+) -> Vec<(f64, f64)> {
+    let mut points = Vec::with_capacity(usage.len() * 2);
+    for (index, point) in usage.iter().enumerate() {
+        if index > 0 {
+            points.push((days(point.time_s), value(&usage[index - 1])));
+        }
+        points.push((days(point.time_s), value(point)));
+    }
+    points
+}
+
 fn usage_chart(recommendation: &Recommendation, svg: &mut String) -> Result<(), String> {
     let chosen = &recommendation.candidates[recommendation.chosen];
     let usage = &recommendation.chosen_usage;
@@ -163,19 +179,15 @@ fn usage_chart(recommendation: &Recommendation, svg: &mut String) -> Result<(), 
         .map_err(|error| error.to_string())?;
     chart
         .draw_series(
-            AreaSeries::new(
-                usage.iter().map(|point| (days(point.time_s), point.allocated_gpus)),
-                0.0,
-                PALETTE[0].mix(0.35),
-            )
-            .border_style(PALETTE[0]),
+            AreaSeries::new(steps(usage, days, |point| point.allocated_gpus), 0.0, PALETTE[0].mix(0.35))
+                .border_style(PALETTE[0]),
         )
         .map_err(|error| error.to_string())?
         .label("allocated")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], PALETTE[0].filled()));
     chart
         .draw_series(LineSeries::new(
-            usage.iter().map(|point| (days(point.time_s), point.allocated_gpus + point.queued_gpus)),
+            steps(usage, days, |point| point.allocated_gpus + point.queued_gpus),
             PALETTE[3].stroke_width(1),
         ))
         .map_err(|error| error.to_string())?
