@@ -61,7 +61,13 @@ fn finds_the_three_eight_gpu_servers_the_demand_needs() {
     assert!(!two.meets && two.misses.iter().any(|miss| miss.contains("wait")), "{:?}", two.misses);
     // The 4-GPU server cannot take the 8-GPU tasks at any count, and says so.
     let four = recommendation.candidates.iter().find(|candidate| candidate.server == "four").expect("four");
-    assert!(!four.meets && four.why_not.contains("served"), "{}", four.why_not);
+    assert!(
+        !four.meets && four.hopeless && four.why_not.contains("3 tasks fit none of its servers"),
+        "{}",
+        four.why_not
+    );
+    // It stopped doubling once more servers could not help.
+    assert!(recommendation.tried.iter().filter(|tried| tried.server == "four").count() <= 2);
     assert_eq!(recommendation.provenance.seeds, vec![42, 43]);
     assert!(recommendation.explanation[0].contains("3 x eight"), "{:?}", recommendation.explanation);
 }

@@ -124,6 +124,8 @@ pub struct Candidate {
     pub measured: Measured,
     pub misses: Vec<String>,
     pub rules_broken: Vec<Violation>,
+    /// More servers of this model cannot help (tasks that fit none of them).
+    pub hopeless: bool,
     /// Why it was not chosen (empty for the chosen fleet).
     pub why_not: String,
 }
@@ -201,6 +203,7 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
             measured: fleet.measured.clone(),
             misses: fleet.misses.clone(),
             rules_broken: rules::check(server),
+            hopeless: result.hopeless,
             why_not: String::new(),
         });
     }
@@ -211,10 +214,19 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
         });
         let detail = match best {
             Some(best) => format!(
-                "the closest, {} x {} (the most tried), {}; allow larger fleets with --max-servers, or relax the targets",
+                "the closest, {} x {}{}, {}; {}",
                 best.count,
                 best.server,
-                best.misses.join("; ")
+                if best.hopeless { "" } else { " (the most tried)" },
+                best.misses.join("; "),
+                if best.hopeless {
+                    format!(
+                        "{} tasks fit none of its servers; add a server model that fits them, or relax the targets",
+                        best.measured.unserved_never_fit
+                    )
+                } else {
+                    "allow larger fleets with --max-servers, or relax the targets".to_owned()
+                }
             ),
             None => "the catalog has no server".into(),
         };
@@ -230,11 +242,20 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
                 chosen.server
             )
         } else {
-            format!(
-                "misses the targets even at {} servers (--max-servers): {}",
-                candidate.count,
-                candidate.misses.join("; ")
-            )
+            if candidate.hopeless {
+                format!(
+                    "no count meets the targets: {} tasks fit none of its servers (GPUs, cores or memory per task); at {} servers {}",
+                    candidate.measured.unserved_never_fit,
+                    candidate.count,
+                    candidate.misses.join("; ")
+                )
+            } else {
+                format!(
+                    "misses the targets even at {} servers (--max-servers): {}",
+                    candidate.count,
+                    candidate.misses.join("; ")
+                )
+            }
         };
     }
     let chosen_usage = results

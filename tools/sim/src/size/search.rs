@@ -210,6 +210,9 @@ pub struct ModelResult {
     pub best: Option<Evaluated>,
     /// The largest fleet tried when none met the targets (what fell short, and by how much).
     pub closest: Option<Evaluated>,
+    /// No count of this model can meet the targets: the tasks it leaves
+    /// unserved fit none of its servers (too many GPUs, cores or memory).
+    pub hopeless: bool,
     /// Every fleet replayed, by count.
     pub tried: Vec<Evaluated>,
 }
@@ -385,7 +388,7 @@ fn search_model(
         low = start;
         high = 0;
         let mut probe = start;
-        while probe < max {
+        while probe < max && !no_count_helps(tried.last(), &setup.targets) {
             probe = probe.saturating_mul(2).min(max);
             if run(probe, &mut tried)? {
                 high = probe;
@@ -405,8 +408,18 @@ fn search_model(
             }
         }
     }
+    let hopeless = high == 0 && no_count_helps(tried.last(), &setup.targets);
     tried.sort_by_key(|evaluated| evaluated.count);
     let best = tried.iter().find(|evaluated| evaluated.meets && evaluated.count == high).cloned();
     let closest = if best.is_none() { tried.last().cloned() } else { None };
-    Some(ModelResult { server: server.name.clone(), best, closest, tried })
+    Some(ModelResult { server: server.name.clone(), best, closest, hopeless, tried })
+}
+
+/// Whether more servers of the model cannot help: the served target is missed
+/// and every task left unserved fits no server of the model at all.
+fn no_count_helps(last: Option<&Evaluated>, targets: &Targets) -> bool {
+    last.is_some_and(|last| {
+        last.measured.served_pct + 1e-9 < targets.min_served_pct
+            && last.measured.unserved_tasks == last.measured.unserved_never_fit
+    })
 }
