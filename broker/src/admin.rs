@@ -189,6 +189,28 @@ impl proto::admin_service_server::AdminService for Services {
         Ok(Response::new(proto::ListNodesResponse { nodes }))
     }
 
+    async fn get_node(
+        &self,
+        request: Request<proto::GetNodeRequest>,
+    ) -> Result<Response<proto::GetNodeResponse>, Status> {
+        let caller = self.caller(&request)?;
+        self.auth.check(&caller, "AdminService/GetNode", None)?;
+        let name: allot_api::allocation::NodeName =
+            request.into_inner().name.parse().map_err(|error| invalid("name", error))?;
+        let state = self.core.state();
+        let Some(entry) = state.nodes.get(&name) else {
+            return Err(BrokerError::NotFound { what: format!("node {name}") }.into());
+        };
+        let status = match entry.status {
+            NodeStatus::Lost => proto::NodeStatus::Lost,
+            _ => proto::NodeStatus::Ready,
+        };
+        Ok(Response::new(proto::GetNodeResponse {
+            status: status as i32,
+            inventory: Some(proto::NodeInventory::from(&entry.record.inventory)),
+        }))
+    }
+
     async fn set_quota(&self, request: Request<proto::SetQuotaRequest>) -> Result<Response<proto::Team>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();

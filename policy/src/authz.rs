@@ -193,6 +193,7 @@ pub const RULES: &[Rule] = &[
     rule("AdminService/DeleteTeam", "team", "delete", Scope::ParentOfTeam),
     rule("AdminService/ListTeams", "team", "read", Scope::Team),
     rule("AdminService/ListNodes", "node", "read", Scope::Cluster),
+    rule("AdminService/GetNode", "node", "read", Scope::Cluster),
     rule("AdminService/SetQuota", "quota", "write", Scope::ParentOfTeam),
     rule("AdminService/GetQuota", "quota", "read", Scope::Team),
     rule("AdminService/FairShare", "fairshare", "read", Scope::Team),

@@ -237,6 +237,9 @@ async fn run(world: &World, role: Role, call: &str) -> Outcome {
         }
         "AdminService/ListTeams" => outcome(clients.admin.list_teams(proto::ListTeamsRequest {}).await),
         "AdminService/ListNodes" => outcome(clients.admin.list_nodes(proto::ListNodesRequest {}).await),
+        "AdminService/GetNode" => {
+            outcome(clients.admin.get_node(proto::GetNodeRequest { name: "node-a".into() }).await)
+        }
         "AdminService/SetQuota a" | "AdminService/SetQuota b" => {
             // Quotas of a project under a (a team-admin's to shape), or of team b.
             let team = if call.ends_with(" a") { "a-project" } else { "b" };
@@ -309,6 +312,7 @@ fn expected() -> Vec<(&'static str, [Outcome; 6])> {
         ("AdminService/DeleteTeam a", [P, P, D, D, D, U]),
         ("AdminService/ListTeams", [P, P, P, P, D, U]),
         ("AdminService/ListNodes", [P, P, P, P, P, U]),
+        ("AdminService/GetNode", [P, D, D, D, P, U]),
         ("AdminService/SetQuota a", [P, P, D, D, D, U]),
         ("AdminService/SetQuota b", [P, D, D, D, D, U]),
         ("AdminService/GetQuota a", [P, P, P, P, D, U]),
