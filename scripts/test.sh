@@ -12,4 +12,6 @@ plugins/kubernetes/kubelet-peer/build.sh --test
 # The fixture tests load the fake NVML library (a cdylib) that a plain
 # `cargo test` of another crate does not build, so build the workspace first.
 cargo build --workspace --all-targets
+# The YARN plugin's tests drive the NodeManager's own classes against the binaries just built.
+mvn -B -q -f plugins/yarn/pom.xml test
 cargo test --workspace --no-fail-fast

@@ -1,0 +1,24 @@
+package io.allot.yarn;
+
+/** The plugin's settings in yarn-site.xml (the NodeManager's configuration). */
+public final class AllotSettings {
+  /** The broker's gRPC address, host:port. Required. */
+  public static final String BROKER = "allot.yarn.broker";
+  /** This node's name at the broker (allot-node's --name); default the hostname. */
+  public static final String NODE_NAME = "allot.yarn.node-name";
+  /** A file holding the bearer token (the node token, granted member in the teams it allocates for). */
+  public static final String TOKEN_FILE = "allot.yarn.token-file";
+  public static final String DEFAULT_TOKEN_FILE = "/etc/allot/yarn.token";
+  /** The resource name; must be declared in resource-types.xml. Default allot.io/gpu. */
+  public static final String RESOURCE_NAME = "allot.yarn.resource-name";
+  /** queue:Q=T, user:U=T and default=T rules (see TeamMapping). */
+  public static final String TEAM_MAPPING = "allot.yarn.team-mapping";
+  public static final String QUEUE_LEAF_IS_TEAM = "allot.yarn.queue-leaf-is-team";
+  public static final String ALLOW_TEAM_ENV = "allot.yarn.allow-team-env";
+  /** Deadline of each broker call in milliseconds (default 10000). */
+  public static final String TIMEOUT_MS = "allot.yarn.timeout-ms";
+  /** The Docker runtime named in the spec for Docker containers (default nvidia). */
+  public static final String DOCKER_RUNTIME = "allot.yarn.docker-runtime";
+
+  private AllotSettings() {}
+}
