@@ -153,9 +153,8 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
     if options.seeds.is_empty() {
         return Err(SizeError::Usage("--seeds: no seeds; write 42, 42..44 or 42,43".into()));
     }
-    if !(options.cost.years.is_finite() && options.cost.years >= 0.0)
-        || !(options.cost.usd_per_kwh.is_finite() && options.cost.usd_per_kwh >= 0.0)
-    {
+    let valid = |value: f64| value.is_finite() && value >= 0.0;
+    if !valid(options.cost.years) || !valid(options.cost.usd_per_kwh) {
         return Err(SizeError::Usage("--years and --usd-per-kwh must be 0 or more".into()));
     }
     let (catalog, catalog_file) = match &options.catalog {

@@ -143,7 +143,7 @@ pub fn replay(
     let mut events = 0usize;
     loop {
         events += 1;
-        if events % 2048 == 0 && cancel.load(Ordering::Relaxed) {
+        if events.is_multiple_of(2048) && cancel.load(Ordering::Relaxed) {
             return ReplayOutcome {
                 seed,
                 waits_s: Vec::new(),

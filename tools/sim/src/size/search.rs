@@ -312,9 +312,13 @@ pub fn search(
 ) -> Option<Vec<ModelResult>> {
     let peak = peak_demand_gpus(demand);
     let done = AtomicUsize::new(0);
-    // Doubling from the peak's count takes a step or two, bisection about log2 of it.
-    let steps_each = 2 + (peak.max(2.0).log2().ceil() as usize) + 1;
-    let expected = steps_each * catalog.servers.len();
+    // From the peak's count, doubling or halving takes a step or two and the
+    // bisection about log2 of the count.
+    let expected: usize = catalog
+        .servers
+        .iter()
+        .map(|server| 3 + (peak / f64::from(server.gpu_count)).max(2.0).log2().ceil() as usize)
+        .sum();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<ModelResult>>> = Mutex::new(vec![None; catalog.servers.len()]);
     let threads = if setup.threads == 0 {
@@ -345,6 +349,8 @@ pub fn search(
     if cancel.load(Ordering::Relaxed) {
         return None;
     }
+    let done = done.load(Ordering::Relaxed);
+    progress.update(done, done);
     let results: Vec<Option<ModelResult>> = results.into_inner().ok()?;
     results.into_iter().collect()
 }
