@@ -260,3 +260,45 @@ fn downsample(points: &[UsagePoint], buckets: usize) -> Vec<UsagePoint> {
     }
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::size::demand::parse_demand;
+
+    fn demand(rows: &str) -> Demand {
+        let text = format!("name,arrival_s,departure_s,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n{rows}");
+        parse_demand(Path::new("demand.csv"), &text, &["H100-SXM-80GB".to_owned()], 1.0, 1).expect("valid demand")
+    }
+
+    fn one_server() -> Vec<FleetNode> {
+        vec![FleetNode { gpus: 8, model: 0, cpu_milli: 64_000, memory_mib: 1 << 20 }]
+    }
+
+    #[test]
+    fn tasks_that_do_not_fit_wait_for_a_departure_instead_of_being_dropped() {
+        // The second 8-GPU task waits for the first to leave at 100 s, then runs
+        // its 50 s; the share arriving at 10 s waits behind it (first come, first
+        // served) until it leaves at 150 s.
+        let demand = demand("a,0,100,1000,1,8,1000,\nb,5,55,1000,1,8,1000,\nc,10,20,1000,1,1,500,H100\n");
+        let outcome = replay(&demand, &one_server(), PackingPolicy::Allot, 42, &AtomicBool::new(false));
+        assert!(outcome.finished);
+        assert_eq!(outcome.waits_s, vec![0.0, 95.0, 140.0]);
+        assert_eq!(outcome.unserved_tasks, 0);
+        assert!((outcome.served_pct - 100.0).abs() < 1e-9);
+        assert_eq!(outcome.wait_percentile(50.0), 95.0);
+        assert_eq!(outcome.wait_percentile(100.0), 140.0);
+    }
+
+    #[test]
+    fn a_task_bigger_than_any_server_never_starts_and_waits_for_ever() {
+        let demand = demand("a,0,100,1000,1,8,1000,\nbig,0,100,128000,1,1,1000,\n");
+        let outcome = replay(&demand, &one_server(), PackingPolicy::Allot, 42, &AtomicBool::new(false));
+        assert_eq!((outcome.unserved_tasks, outcome.unserved_never_fit), (1, 1));
+        assert!((outcome.served_pct - 8.0 / 9.0 * 100.0).abs() < 1e-9);
+        assert_eq!(outcome.wait_percentile(50.0), 0.0);
+        assert!(outcome.wait_percentile(95.0).is_infinite());
+    }
+}
