@@ -47,6 +47,9 @@ pub struct SizeArgs {
     /// The largest fleet tried per server model.
     #[arg(long, default_value_t = 4096)]
     pub max_servers: u32,
+    /// Do not search fleets of two server models.
+    #[arg(long)]
+    pub no_mixes: bool,
     /// Worker threads; 0 means one per core.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -116,6 +119,7 @@ pub async fn run(args: &SizeArgs, format: Format) -> Result<String, CtlError> {
         cost: CostModel { years: args.years, usd_per_kwh: args.usd_per_kwh },
         max_servers: args.max_servers,
         threads: args.threads,
+        mixes: !args.no_mixes,
         out: args.out.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
@@ -150,18 +154,17 @@ pub async fn run(args: &SizeArgs, format: Format) -> Result<String, CtlError> {
             .map_err(|error| usage(format!("cannot write the report as JSON: {error}"))),
         Format::Table => {
             let mut text = recommendation.explanation.join("\n");
-            text.push_str("\n\nserver            count   GPUs      cost (USD)  result\n");
+            text.push_str("\n\nfleet                                   GPUs      cost (USD)  result\n");
             for (index, candidate) in recommendation.candidates.iter().enumerate() {
                 text.push_str(&format!(
-                    "{:<16} {:>6} {:>6} {:>15.0}  {}\n",
-                    candidate.server,
-                    candidate.count,
+                    "{:<36} {:>6} {:>15.0}  {}\n",
+                    candidate.fleet,
                     candidate.gpus,
                     candidate.cost_usd,
                     if index == recommendation.chosen { "chosen".to_owned() } else { candidate.why_not.clone() }
                 ));
                 for violation in &candidate.rules_broken {
-                    text.push_str(&format!("{:>24} rule {}: {}\n", "", violation.rule, violation.message));
+                    text.push_str(&format!("{:>8} rule {}: {}\n", "", violation.rule, violation.message));
                 }
             }
             text.push_str(&format!(

@@ -33,6 +33,7 @@ fn options(demand: PathBuf, catalog: Option<PathBuf>, targets: &[&str]) -> SizeO
         cost: CostModel { years: 3.0, usd_per_kwh: 0.12 },
         max_servers: 64,
         threads: 2,
+        mixes: true,
         out: None,
         command: "test".into(),
     }
@@ -225,4 +226,20 @@ fn the_report_is_written_whole_and_says_what_produced_it() {
     let cancelled = run(&options, &Quiet, &AtomicBool::new(true));
     assert!(matches!(cancelled, Err(SizeError::Cancelled)), "{cancelled:?}");
     assert!(out.join("report.html").exists());
+}
+
+#[test]
+fn one_big_server_plus_cheap_small_ones_beats_big_servers_alone() {
+    // One 8-GPU task and 16 one-GPU tasks at once: three 8-GPU servers, or one
+    // of them for the big task and four cheap 4-GPU servers for the rest.
+    let options = options(data("mix.csv"), Some(data("mix-catalog.toml")), &["wait.p95=0s", "served=100"]);
+    let recommendation = run(&options, &Quiet, &AtomicBool::new(false)).expect("a fleet");
+    let chosen = &recommendation.candidates[recommendation.chosen];
+    assert_eq!(chosen.fleet, "1 x eight + 4 x cheap-four", "{:#?}", recommendation.candidates);
+    let alone = recommendation.candidates.iter().find(|candidate| candidate.fleet == "3 x eight").expect("eight alone");
+    assert!(alone.meets && alone.why_not.contains("more"), "{}", alone.why_not);
+    let mut no_mixes = options.clone();
+    no_mixes.mixes = false;
+    let recommendation = run(&no_mixes, &Quiet, &AtomicBool::new(false)).expect("a fleet");
+    assert_eq!(recommendation.candidates[recommendation.chosen].fleet, "3 x eight");
 }

@@ -58,6 +58,7 @@ fn the_sizing_report_opens_in_headless_chromium_with_every_chart() {
         cost: CostModel { years: 3.0, usd_per_kwh: 0.12 },
         max_servers: 64,
         threads: 2,
+        mixes: true,
         out: Some(out.clone()),
         command: "test".into(),
     };

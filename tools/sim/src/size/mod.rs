@@ -58,6 +58,9 @@ impl From<SimError> for SizeError {
     }
 }
 
+/// How many fleets of two models the candidates list (the cheapest that meet the targets).
+const MIXES_SHOWN: usize = 3;
+
 /// The options of one sizing run.
 #[derive(Debug, Clone)]
 pub struct SizeOptions {
@@ -71,6 +74,8 @@ pub struct SizeOptions {
     pub cost: CostModel,
     pub max_servers: u32,
     pub threads: usize,
+    /// Also search fleets of two models.
+    pub mixes: bool,
     /// Where report.json and report.html go; none: not written.
     pub out: Option<PathBuf>,
     /// The command line, recorded in the report.
@@ -115,7 +120,10 @@ pub struct Provenance {
 /// (or the closest one when none does).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
+    /// The search it came from (see [`search::Evaluated::server`]).
     pub server: String,
+    /// The whole fleet: `5 x dgx-a100`, `1 x dgx-a100 + 6 x l4-8gpu`.
+    pub fleet: String,
     pub description: String,
     pub count: u32,
     pub gpus: u32,
@@ -185,27 +193,52 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
         cost: options.cost,
         max_servers: options.max_servers,
         threads: options.threads,
+        mixes: options.mixes,
     };
     let results = search(&demand, &catalog, &setup, progress, cancel).ok_or(SizeError::Cancelled)?;
 
     let mut candidates: Vec<Candidate> = Vec::new();
+    let mut mixes: Vec<Candidate> = Vec::new();
     for result in &results {
-        let Some(server) = catalog.servers.iter().find(|server| server.name == result.server) else { continue };
         let Some(fleet) = result.best.as_ref().or(result.closest.as_ref()) else { continue };
-        candidates.push(Candidate {
-            server: server.name.clone(),
-            description: server.description.clone(),
+        let servers: Vec<&catalog::ServerModel> = fleet
+            .parts
+            .iter()
+            .filter_map(|(name, _)| catalog.servers.iter().find(|server| server.name == *name))
+            .collect();
+        let mixed = servers.len() > 1;
+        let mut rules_broken = Vec::new();
+        for server in &servers {
+            for mut violation in rules::check(server) {
+                if mixed {
+                    violation.message = format!("{}: {}", server.name, violation.message);
+                }
+                rules_broken.push(violation);
+            }
+        }
+        let candidate = Candidate {
+            server: result.server.clone(),
+            fleet: fleet.fleet.clone(),
+            description: servers.iter().map(|server| server.description.as_str()).collect::<Vec<_>>().join("; "),
             count: fleet.count,
             gpus: fleet.gpus,
             cost_usd: fleet.cost_usd,
             meets: fleet.meets,
             measured: fleet.measured.clone(),
             misses: fleet.misses.clone(),
-            rules_broken: rules::check(server),
+            rules_broken,
             hopeless: result.hopeless,
             why_not: String::new(),
-        });
+        };
+        if !mixed {
+            candidates.push(candidate);
+        } else if candidate.meets {
+            mixes.push(candidate);
+        }
     }
+    // Mixes of two models only when they meet the targets, the cheapest few.
+    mixes.sort_by(|a, b| a.cost_usd.total_cmp(&b.cost_usd));
+    candidates.extend(mixes.into_iter().take(MIXES_SHOWN));
     candidates.sort_by(|a, b| b.meets.cmp(&a.meets).then(a.cost_usd.total_cmp(&b.cost_usd)));
     let Some(chosen) = candidates.first().filter(|candidate| candidate.meets).cloned() else {
         let best = candidates.iter().min_by(|a, b| {
@@ -213,9 +246,8 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
         });
         let detail = match best {
             Some(best) => format!(
-                "the closest, {} x {}{}, {}; {}",
-                best.count,
-                best.server,
+                "the closest, {}{}, {}; {}",
+                best.fleet,
                 if best.hopeless { "" } else { " (the most tried)" },
                 best.misses.join("; "),
                 if best.hopeless {
@@ -234,27 +266,24 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
     for candidate in candidates.iter_mut().skip(1) {
         candidate.why_not = if candidate.meets {
             format!(
-                "meets the targets but costs ${:.0} more ({:+.1}%) than {} x {}",
+                "meets the targets but costs ${:.0} more ({:+.1}%) than {}",
                 candidate.cost_usd - chosen.cost_usd,
                 (candidate.cost_usd / chosen.cost_usd - 1.0) * 100.0,
-                chosen.count,
-                chosen.server
+                chosen.fleet
+            )
+        } else if candidate.hopeless {
+            format!(
+                "no count meets the targets: {} tasks fit none of its servers (GPUs, cores or memory per task); at {} servers {}",
+                candidate.measured.unserved_never_fit,
+                candidate.count,
+                candidate.misses.join("; ")
             )
         } else {
-            if candidate.hopeless {
-                format!(
-                    "no count meets the targets: {} tasks fit none of its servers (GPUs, cores or memory per task); at {} servers {}",
-                    candidate.measured.unserved_never_fit,
-                    candidate.count,
-                    candidate.misses.join("; ")
-                )
-            } else {
-                format!(
-                    "misses the targets even at {} servers (--max-servers): {}",
-                    candidate.count,
-                    candidate.misses.join("; ")
-                )
-            }
+            format!(
+                "misses the targets even at {} servers (--max-servers): {}",
+                candidate.count,
+                candidate.misses.join("; ")
+            )
         };
     }
     let chosen_usage = results
@@ -266,8 +295,8 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
         .unwrap_or_default();
     let targets = &options.targets;
     let mut explanation = vec![format!(
-        "Buy {} x {} ({} GPUs) for ${:.0} over {} years (purchase and energy): the cheapest fleet that meets every target.",
-        chosen.count, chosen.server, chosen.gpus, chosen.cost_usd, options.cost.years
+        "Buy {} ({} GPUs) for ${:.0} over {} years (purchase and energy): the cheapest fleet that meets every target.",
+        chosen.fleet, chosen.gpus, chosen.cost_usd, options.cost.years
     )];
     explanation.push(format!(
         "On the demand it serves {:.2}% of the GPU request (target {}%), p{} wait {}{}, peak allocation {:.1}% of its GPUs (headroom target {}%), mean {:.1}%.",
@@ -286,11 +315,13 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
         .and_then(|result| result.tried.iter().rev().find(|tried| tried.count < chosen.count))
     {
         explanation.push(format!(
-            "{} x {} would not do: {}.",
-            fewer.count,
-            fewer.server,
+            "{} would not do: {}.",
+            fewer.fleet,
             if fewer.misses.is_empty() { "it was not needed".to_owned() } else { fewer.misses.join("; ") }
         ));
+    }
+    if let Some(runner_up) = candidates.get(1).filter(|candidate| candidate.meets) {
+        explanation.push(format!("The runner-up, {}, {}.", runner_up.fleet, runner_up.why_not));
     }
     if !chosen.rules_broken.is_empty() {
         let ids: Vec<&str> = chosen.rules_broken.iter().map(|violation| violation.rule).collect();

@@ -9,6 +9,8 @@ use plotters::prelude::*;
 use super::search::duration;
 use super::{Recommendation, SizeError};
 
+const MIXES: &str = "two models";
+
 const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -65,7 +67,14 @@ fn chart(id: &str, draw: impl FnOnce(&mut String) -> Result<(), String>) -> Stri
 }
 
 fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> Result<(), String> {
-    let servers: Vec<&str> = recommendation.catalog.servers.iter().map(|server| server.name.as_str()).collect();
+    // One series per server model, and one for every fleet of two models.
+    let group = |tried: &super::search::Evaluated| -> String {
+        if tried.parts.len() > 1 { MIXES.to_owned() } else { tried.server.clone() }
+    };
+    let mut servers: Vec<String> = recommendation.catalog.servers.iter().map(|server| server.name.clone()).collect();
+    if recommendation.tried.iter().any(|tried| tried.parts.len() > 1) {
+        servers.push(MIXES.to_owned());
+    }
     let targets = &recommendation.provenance.targets;
     let value = |evaluated: &super::search::Evaluated| {
         if wait { (evaluated.measured.wait_s / 3600.0).min(1e9) } else { evaluated.measured.served_pct }
@@ -112,7 +121,7 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
         let points: Vec<(f64, f64, bool)> = recommendation
             .tried
             .iter()
-            .filter(|tried| tried.server == *server)
+            .filter(|tried| group(tried) == *server)
             .map(|tried| (tried.cost_usd / 1e6, value(tried).min(high), tried.meets))
             .collect();
         chart
@@ -121,7 +130,7 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
                 Circle::new((*x, *y), 5, style)
             }))
             .map_err(|error| error.to_string())?
-            .label(*server)
+            .label(server.as_str())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
     }
     chart
@@ -162,10 +171,7 @@ fn usage_chart(recommendation: &Recommendation, svg: &mut String) -> Result<(), 
     let root = SVGBackend::with_string(svg, (900, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|error| error.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{} x {}: GPUs allocated and queued over time", chosen.count, chosen.server),
-            ("sans-serif", 18),
-        )
+        .caption(format!("{}: GPUs allocated and queued over time", chosen.fleet), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -223,7 +229,7 @@ pub fn html(recommendation: &Recommendation) -> String {
     for line in &recommendation.explanation {
         page.push_str(&format!("<p>{}</p>\n", escape(line)));
     }
-    page.push_str("<h2>Candidates</h2>\n<table id=\"candidates\"><tr><th>server</th><th>count</th><th>GPUs</th><th>cost (USD)</th><th>served</th><th>wait</th><th>peak / mean use</th><th>result</th><th>sizing rules broken</th></tr>\n");
+    page.push_str("<h2>Candidates</h2>\n<table id=\"candidates\"><tr><th>fleet</th><th>GPUs</th><th>cost (USD)</th><th>served</th><th>wait</th><th>peak / mean use</th><th>result</th><th>sizing rules broken</th></tr>\n");
     for (index, candidate) in recommendation.candidates.iter().enumerate() {
         let result = if index == recommendation.chosen {
             "chosen".to_owned()
@@ -236,11 +242,10 @@ pub fn html(recommendation: &Recommendation) -> String {
             .map(|violation| format!("<b>{}</b>: {}", violation.rule, escape(&violation.message)))
             .collect();
         page.push_str(&format!(
-            "<tr{}><td>{}<br><small>{}</small></td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}%</td><td>p{} {}</td><td>{:.1}% / {:.1}%</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr{}><td>{}<br><small>{}</small></td><td>{}</td><td>{:.0}</td><td>{:.2}%</td><td>p{} {}</td><td>{:.1}% / {:.1}%</td><td>{}</td><td>{}</td></tr>\n",
             if index == recommendation.chosen { " class=\"chosen\"" } else { "" },
-            escape(&candidate.server),
+            escape(&candidate.fleet),
             escape(&candidate.description),
-            candidate.count,
             candidate.gpus,
             candidate.cost_usd,
             candidate.measured.served_pct,

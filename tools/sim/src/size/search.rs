@@ -165,8 +165,15 @@ fn finite_or_null<S: serde::Serializer>(value: &f64, serializer: S) -> Result<S:
 /// One fleet that was replayed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evaluated {
+    /// The search this fleet belongs to: a server model, or a model added to a
+    /// fixed number of another (`l4-8gpu + 1 x dgx-a100`).
     pub server: String,
+    /// Servers of the model the search varies.
     pub count: u32,
+    /// The whole fleet for people: `3 x dgx-h100`, `1 x dgx-a100 + 6 x l4-8gpu`.
+    pub fleet: String,
+    /// The whole fleet: server model and count.
+    pub parts: Vec<(String, u32)>,
     pub gpus: u32,
     pub cost_usd: f64,
     pub measured: Measured,
@@ -200,6 +207,8 @@ pub struct SearchSetup {
     /// The largest fleet tried per model, in servers.
     pub max_servers: u32,
     pub threads: usize,
+    /// Also search fleets of two models.
+    pub mixes: bool,
 }
 
 /// What the search found for one server model.
@@ -235,6 +244,7 @@ fn fleet_of(server: &ServerModel, model_id: u8, count: u32) -> Vec<FleetNode> {
 /// Replays `count` servers under every seed and scores them.
 fn evaluate(
     demand: &Demand,
+    base: Option<Base>,
     server: &ServerModel,
     model_id: u8,
     count: u32,
@@ -244,7 +254,15 @@ fn evaluate(
     if cancel.load(Ordering::Relaxed) {
         return None;
     }
-    let fleet = fleet_of(server, model_id, count);
+    let mut fleet = Vec::new();
+    let mut parts = Vec::new();
+    let (mut gpus, mut cost_usd) = (0u32, 0.0);
+    for (part, part_id, part_count) in base.into_iter().chain([(server, model_id, count)]) {
+        fleet.extend(fleet_of(part, part_id, part_count));
+        parts.push((part.name.clone(), part_count));
+        gpus += part_count * u32::from(part.gpu_count);
+        cost_usd += f64::from(part_count) * setup.cost.server_cost(part);
+    }
     let mut outcomes = Vec::new();
     for seed in &setup.seeds {
         let outcome = replay(demand, &fleet, setup.policy, *seed, cancel);
@@ -270,11 +288,14 @@ fn evaluate(
         unserved_never_fit: outcomes.iter().map(|outcome| outcome.unserved_never_fit).max().unwrap_or(0),
     };
     let misses = setup.targets.misses(&measured);
+    let label: Vec<String> = parts.iter().map(|(name, count)| format!("{count} x {name}")).collect();
     Some(Evaluated {
-        server: server.name.clone(),
+        server: search_label(base, server),
         count,
-        gpus: count * u32::from(server.gpu_count),
-        cost_usd: f64::from(count) * setup.cost.server_cost(server),
+        fleet: label.join(" + "),
+        parts,
+        gpus,
+        cost_usd,
         meets: misses.is_empty(),
         misses,
         measured,
@@ -319,26 +340,73 @@ pub fn search(
         .iter()
         .map(|server| 3 + (peak / f64::from(server.gpu_count)).max(2.0).log2().ceil() as usize)
         .sum();
+    let expected = AtomicUsize::new(expected);
+    let id_of =
+        |server: &ServerModel| demand.models.iter().position(|model| *model == server.gpu_model).unwrap_or(0) as u8;
+    let singles: Vec<Job> = catalog.servers.iter().map(|server| (None, server)).collect();
+    let mut results = run_jobs(demand, &singles, peak, setup, progress, cancel, &done, &expected, &id_of)?;
+    if setup.mixes {
+        // Two models: a few servers of one (1 or 2, fewer than it needs alone)
+        // plus as many as needed of a model that is cheaper per GPU.
+        let per_gpu = |server: &ServerModel| setup.cost.server_cost(server) / f64::from(server.gpu_count);
+        let mut mixes: Vec<Job> = Vec::new();
+        for (fixed, alone) in catalog.servers.iter().zip(&results) {
+            let most = alone.best.as_ref().map(|best| best.count.saturating_sub(1)).unwrap_or(2).min(2);
+            for count in 1..=most {
+                for varied in &catalog.servers {
+                    if varied.name != fixed.name && per_gpu(varied) < per_gpu(fixed) {
+                        mixes.push((Some((fixed, id_of(fixed), count)), varied));
+                    }
+                }
+            }
+        }
+        let more: usize = mixes.len() * 4;
+        expected.fetch_add(more, Ordering::Relaxed);
+        results.extend(run_jobs(demand, &mixes, peak, setup, progress, cancel, &done, &expected, &id_of)?);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return None;
+    }
+    let done = done.load(Ordering::Relaxed);
+    progress.update(done, done);
+    Some(results)
+}
+
+/// One search: an optional fixed part and the model whose count is searched.
+type Job<'a> = (Option<Base<'a>>, &'a ServerModel);
+
+#[allow(clippy::too_many_arguments)]
+fn run_jobs(
+    demand: &Demand,
+    jobs: &[Job],
+    peak: f64,
+    setup: &SearchSetup,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+    done: &AtomicUsize,
+    expected: &AtomicUsize,
+    id_of: &(dyn Fn(&ServerModel) -> u8 + Sync),
+) -> Option<Vec<ModelResult>> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<ModelResult>>> = Mutex::new(vec![None; catalog.servers.len()]);
+    let results: Mutex<Vec<Option<ModelResult>>> = Mutex::new(vec![None; jobs.len()]);
     let threads = if setup.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
         setup.threads
     };
-    progress.update(0, expected);
+    progress.update(done.load(Ordering::Relaxed), expected.load(Ordering::Relaxed));
     std::thread::scope(|scope| {
-        for _ in 0..threads.min(catalog.servers.len()).max(1) {
+        for _ in 0..threads.min(jobs.len()).max(1) {
             scope.spawn(|| {
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(server) = catalog.servers.get(index) else { break };
-                    let model_id = demand.models.iter().position(|model| *model == server.gpu_model).unwrap_or(0) as u8;
+                    let Some((base, server)) = jobs.get(index) else { break };
                     let step = || {
                         let now = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        progress.update(now, expected.max(now));
+                        let total = expected.fetch_max(now, Ordering::Relaxed).max(now);
+                        progress.update(now, total);
                     };
-                    let result = search_model(demand, server, model_id, peak, setup, cancel, &step);
+                    let result = search_model(demand, *base, server, id_of(server), peak, setup, cancel, &step);
                     if let (Some(result), Ok(mut results)) = (result, results.lock()) {
                         results[index] = Some(result);
                     }
@@ -349,14 +417,23 @@ pub fn search(
     if cancel.load(Ordering::Relaxed) {
         return None;
     }
-    let done = done.load(Ordering::Relaxed);
-    progress.update(done, done);
-    let results: Vec<Option<ModelResult>> = results.into_inner().ok()?;
-    results.into_iter().collect()
+    results.into_inner().ok()?.into_iter().collect()
+}
+
+/// A fixed part of a fleet: a server model, its model id and how many.
+type Base<'a> = (&'a ServerModel, u8, u32);
+
+/// The name of a search: the varied model, with the fixed part when there is one.
+fn search_label(base: Option<Base>, server: &ServerModel) -> String {
+    match base {
+        None => server.name.clone(),
+        Some((fixed, _, count)) => format!("{} + {count} x {}", server.name, fixed.name),
+    }
 }
 
 fn search_model(
     demand: &Demand,
+    base: Option<Base>,
     server: &ServerModel,
     model_id: u8,
     peak_gpus: f64,
@@ -366,7 +443,7 @@ fn search_model(
 ) -> Option<ModelResult> {
     let mut tried: Vec<Evaluated> = Vec::new();
     let run = |count: u32, tried: &mut Vec<Evaluated>| -> Option<bool> {
-        let evaluated = evaluate(demand, server, model_id, count, setup, cancel)?;
+        let evaluated = evaluate(demand, base, server, model_id, count, setup, cancel)?;
         step();
         let meets = evaluated.meets;
         tried.push(evaluated);
@@ -375,7 +452,8 @@ fn search_model(
     let max = setup.max_servers.max(1);
     // Start at the count that holds the peak with nothing waiting, then double
     // (or halve) to bracket the smallest count that meets the targets.
-    let start = ((peak_gpus / f64::from(server.gpu_count)).ceil() as u32).clamp(1, max);
+    let fixed_gpus = base.map(|(fixed, _, count)| f64::from(count) * f64::from(fixed.gpu_count)).unwrap_or(0.0);
+    let start = (((peak_gpus - fixed_gpus) / f64::from(server.gpu_count)).ceil() as u32).clamp(1, max);
     let (mut low, mut high);
     if run(start, &mut tried)? {
         high = start;
@@ -418,7 +496,7 @@ fn search_model(
     tried.sort_by_key(|evaluated| evaluated.count);
     let best = tried.iter().find(|evaluated| evaluated.meets && evaluated.count == high).cloned();
     let closest = if best.is_none() { tried.last().cloned() } else { None };
-    Some(ModelResult { server: server.name.clone(), best, closest, hopeless, tried })
+    Some(ModelResult { server: search_label(base, server), best, closest, hopeless, tried })
 }
 
 /// Whether more servers of the model cannot help: the served target is missed
