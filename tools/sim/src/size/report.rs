@@ -9,6 +9,9 @@ use plotters::prelude::*;
 use super::search::duration;
 use super::{Recommendation, SizeError};
 
+/// The smallest wait the wait chart shows, in hours (36 s); no wait is drawn here.
+const WAIT_FLOOR_H: f64 = 0.01;
+
 const MIXES: &str = "two models";
 
 const PALETTE: [RGBColor; 6] = [
@@ -76,14 +79,23 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
         servers.push(MIXES.to_owned());
     }
     let targets = &recommendation.provenance.targets;
+    // Waits span seconds to months: a log scale of hours, with no wait drawn at
+    // the floor and an unbounded one (tasks that never start) at the top.
+    let log_wait = |seconds: f64| (seconds / 3600.0).max(WAIT_FLOOR_H).log10();
     let value = |evaluated: &super::search::Evaluated| {
-        if wait { (evaluated.measured.wait_s / 3600.0).min(1e9) } else { evaluated.measured.served_pct }
+        if wait { log_wait(evaluated.measured.wait_s) } else { evaluated.measured.served_pct }
     };
     let max_cost = recommendation.tried.iter().map(|tried| tried.cost_usd / 1e6).fold(0.0, f64::max).max(0.001) * 1.05;
-    let finite_waits = recommendation.tried.iter().map(value).filter(|wait| wait.is_finite() && *wait < 1e9);
     let (low, high) = if wait {
-        let top = finite_waits.fold(targets.max_wait_s.unwrap_or(0.0) / 3600.0, f64::max).max(0.1) * 1.1;
-        (0.0, top)
+        let top = recommendation
+            .tried
+            .iter()
+            .map(value)
+            .filter(|wait| wait.is_finite())
+            .fold(log_wait(targets.max_wait_s.unwrap_or(0.0)), f64::max)
+            .max(0.0)
+            + 0.3;
+        (WAIT_FLOOR_H.log10(), top)
     } else {
         let bottom = recommendation.tried.iter().map(value).fold(targets.min_served_pct, f64::min);
         ((bottom - 1.0).max(0.0), 100.5)
@@ -105,10 +117,11 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
     chart
         .configure_mesh()
         .x_desc("cost, M USD")
-        .y_desc(if wait { "wait, h" } else { "served, %" })
+        .y_desc(if wait { "wait, h (log scale)" } else { "served, %" })
+        .y_label_formatter(&|y| if wait { hours_label(10f64.powf(*y)) } else { format!("{y:.1}") })
         .draw()
         .map_err(|error| error.to_string())?;
-    let target = if wait { targets.max_wait_s.map(|wait| wait / 3600.0) } else { Some(targets.min_served_pct) };
+    let target = if wait { targets.max_wait_s.map(log_wait) } else { Some(targets.min_served_pct) };
     if let Some(target) = target {
         chart
             .draw_series(LineSeries::new(vec![(0.0, target), (max_cost, target)], BLACK.stroke_width(1)))
@@ -142,6 +155,17 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
         .map_err(|error| error.to_string())?;
     root.present().map_err(|error| error.to_string())?;
     Ok(())
+}
+
+/// A tick label of the log-scale wait axis: 0.01, 0.32, 3.2, 32, 316.
+fn hours_label(hours: f64) -> String {
+    if hours >= 10.0 {
+        format!("{hours:.0}")
+    } else if hours >= 1.0 {
+        format!("{hours:.1}")
+    } else {
+        format!("{hours:.2}")
+    }
 }
 
 /// A value that holds until the next point, drawn as steps rather than slopes.
