@@ -124,10 +124,14 @@ pub async fn run(args: &SizeArgs, format: Format) -> Result<String, CtlError> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let cancel = Arc::new(AtomicBool::new(false));
+    // The handler is registered here, before the search starts, so a Ctrl-C
+    // that comes at once still cancels cleanly rather than killing the process.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|error| usage(format!("cannot watch for Ctrl-C: {error}")))?;
     let watcher = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupt.recv().await.is_some() {
                 cancel.store(true, Ordering::Relaxed);
             }
         })

@@ -88,3 +88,50 @@ fn size_rejects_bad_input_and_unmeetable_targets_writing_nothing() {
     let left: Vec<_> = std::fs::read_dir(&dir).expect("list").map(|entry| entry.expect("entry").file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("catalog.toml")], "nothing but the catalog in {}", dir.display());
 }
+
+#[test]
+fn ctrl_c_stops_the_search_cleanly_leaving_nothing_in_out() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = scratch("ctrlc");
+    // A demand big enough that the search (in a debug build) is still running
+    // when the interrupt comes: 60,000 short one-GPU tasks.
+    let mut demand = String::from("name,arrival_s,departure_s,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n");
+    for index in 0..60_000u32 {
+        let arrival = index * 7;
+        demand.push_str(&format!("t{index},{arrival},{},4000,16384,1,1000,\n", arrival + 600 + index % 1800));
+    }
+    std::fs::write(dir.join("demand.csv"), demand).expect("write");
+    let out = dir.join("out");
+    let mut child = allotctl()
+        .args(["size", "--seeds", "1..4", "--target", "wait.p99=1m", "--demand"])
+        .arg(dir.join("demand.csv"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("allotctl starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    // The first progress update comes before the first replay ends.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("sizing [") {
+        let mut byte = [0u8; 1];
+        if stderr.read(&mut byte).expect("read stderr") == 0 {
+            break;
+        }
+        seen.push(byte[0]);
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let mut rest = String::new();
+    for line in stderr.lines() {
+        rest.push_str(&line.unwrap_or_default());
+        rest.push('\n');
+    }
+    let exit = child.wait().expect("allotctl exits");
+    assert!(!exit.success(), "the search was interrupted: {rest}");
+    assert_eq!(exit.code(), Some(1), "exited by itself, not killed by the signal: {rest}");
+    assert!(rest.contains("cancelled; nothing was written"), "{rest}");
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("list").map(|entry| entry.expect("entry").file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("demand.csv")], "no output and no temporary folder");
+}

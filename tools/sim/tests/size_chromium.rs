@@ -89,7 +89,7 @@ fn the_sizing_report_opens_in_headless_chromium_with_every_chart() {
     let profile = tempfile::tempdir().expect("profile");
     let shot = chromium(
         profile.path(),
-        &[&format!("--screenshot={}", screenshot.display()), "--window-size=1280,2000", "--hide-scrollbars", &url],
+        &[&format!("--screenshot={}", screenshot.display()), "--window-size=1280,3200", "--hide-scrollbars", &url],
     );
     assert!(shot.status.success(), "chromium screenshot failed: {}", String::from_utf8_lossy(&shot.stderr));
     let png = std::fs::read(&screenshot).expect("the screenshot was written");
