@@ -406,7 +406,7 @@ fn run_jobs(
                         let total = expected.fetch_max(now, Ordering::Relaxed).max(now);
                         progress.update(now, total);
                     };
-                    let result = search_model(demand, *base, server, id_of(server), peak, setup, cancel, &step);
+                    let result = search_model(demand, *base, (server, id_of(server)), peak, setup, cancel, &step);
                     if let (Some(result), Ok(mut results)) = (result, results.lock()) {
                         results[index] = Some(result);
                     }
@@ -434,8 +434,7 @@ fn search_label(base: Option<Base>, server: &ServerModel) -> String {
 fn search_model(
     demand: &Demand,
     base: Option<Base>,
-    server: &ServerModel,
-    model_id: u8,
+    (server, model_id): (&ServerModel, u8),
     peak_gpus: f64,
     setup: &SearchSetup,
     cancel: &AtomicBool,
