@@ -246,3 +246,31 @@ fn one_big_server_plus_cheap_small_ones_beats_big_servers_alone() {
     let recommendation = run(&no_mixes, &Quiet, &AtomicBool::new(false)).expect("a fleet");
     assert_eq!(recommendation.candidates[recommendation.chosen].fleet, "3 x eight");
 }
+
+#[test]
+fn an_alibaba_list_replays_with_its_own_times_on_the_default_catalog() {
+    // The simulator's synthetic list in the trace's format, with creation,
+    // scheduled and deletion times.
+    // Its first 120 tasks keep the debug-build search short.
+    let full =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tasks.csv")).expect("read");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let demand = directory.path().join("alibaba.csv");
+    std::fs::write(&demand, full.lines().take(121).map(|line| format!("{line}\n")).collect::<String>()).expect("write");
+    let mut options = options(demand, None, &["wait.p95=1h"]);
+    options.seeds = vec![42];
+    options.mixes = false;
+    let recommendation = run(&options, &Quiet, &AtomicBool::new(false)).expect("a fleet");
+    assert_eq!(recommendation.demand.format, "alibaba");
+    assert!(recommendation.demand.notes.iter().any(|note| note.contains("gpu_spec constraints")));
+    let chosen = &recommendation.candidates[recommendation.chosen];
+    assert!(chosen.meets && chosen.measured.served_pct >= 99.0, "{chosen:#?}");
+    assert!(chosen.measured.wait_s <= 3600.0);
+    // Every candidate fleet was checked against the rules, and the explanation
+    // says why a smaller fleet would not do.
+    assert!(
+        recommendation.explanation.iter().any(|line| line.contains("would not do")),
+        "{:?}",
+        recommendation.explanation
+    );
+}

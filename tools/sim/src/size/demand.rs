@@ -206,3 +206,38 @@ fn grow(tasks: Vec<DemandTask>, growth: f64, seed: u64) -> Vec<DemandTask> {
     }
     grown
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NATIVE: &str = "name,team,arrival_s,departure_s,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n";
+
+    fn parse(text: &str, growth: f64, seed: u64) -> Demand {
+        let models = ["H100-SXM-80GB".to_owned(), "L4-24GB".to_owned()];
+        parse_demand(Path::new("d.csv"), &format!("{NATIVE}{text}"), &models, growth, seed).expect("valid demand")
+    }
+
+    #[test]
+    fn growth_copies_tasks_and_the_fraction_is_drawn_with_the_seed() {
+        let rows: String =
+            (0..1000).map(|index| format!("t{index},a,{index},{},1000,1,1,1000,\n", index + 10)).collect();
+        assert_eq!(parse(&rows, 1.0, 1).tasks.len(), 1000);
+        assert_eq!(parse(&rows, 2.0, 1).tasks.len(), 2000);
+        let half = parse(&rows, 1.5, 7).tasks.len();
+        assert!((1400..=1600).contains(&half), "{half}");
+        assert_eq!(parse(&rows, 1.5, 7).tasks.len(), half, "the same seed draws the same copies");
+        assert_ne!(parse(&rows, 1.5, 8).tasks.len(), half, "another seed draws others");
+    }
+
+    #[test]
+    fn gpu_spec_names_catalog_models_by_substring_and_cpu_only_tasks_are_left_out() {
+        let demand =
+            parse("a,x,0,10,1000,1,1,1000,h100\nb,x,0,10,1000,1,1,500,L4|H100\nc,x,0,10,1000,1,0,0,\n", 1.0, 1);
+        assert_eq!(demand.tasks.len(), 2);
+        assert!(demand.tasks[0].shape.models.allows(0) && !demand.tasks[0].shape.models.allows(1));
+        assert!(demand.tasks[1].shape.models.allows(0) && demand.tasks[1].shape.models.allows(1));
+        assert_eq!(demand.summary.cpu_only_left_out, 1);
+        assert_eq!(demand.tasks[0].run_s, Some(10.0));
+    }
+}
