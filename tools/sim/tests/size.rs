@@ -178,6 +178,9 @@ fn bad_demand_and_bad_targets_say_where_and_how_to_fix_them() {
         let error = error_of(&options(demand.clone(), Some(data("catalog.toml")), &[]));
         assert!(error.contains(expected), "{error:?} should contain {expected:?}");
     }
+    let mut huge = options(data("three-servers.csv"), Some(data("catalog.toml")), &[]);
+    huge.max_servers = u32::MAX;
+    assert!(error_of(&huge).contains("--max-servers 4294967295: expected 1 to 100000"));
     for bad in ["wait.p95=soon", "served=120", "colour=red", "wait=5m"] {
         let error = Targets::default().apply(bad).expect_err(bad).to_string();
         assert!(error.contains("--target") && error.contains("wait.p95=30m"), "{error}");

@@ -121,7 +121,7 @@ pub fn read_catalog(path: &Path) -> Result<Catalog, SizeError> {
 
 /// The line (1-based) of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+    text.as_bytes().iter().take(offset).filter(|byte| **byte == b'\n').count() + 1
 }
 
 /// Where the `index`th `[[server]]` header is, for messages.

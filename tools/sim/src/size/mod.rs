@@ -61,6 +61,9 @@ impl From<SimError> for SizeError {
 /// How many fleets of two models the candidates list (the cheapest that meet the targets).
 const MIXES_SHOWN: usize = 3;
 
+/// The most servers of one model a fleet may have (a replay holds each node).
+pub const MAX_SERVERS: u32 = 100_000;
+
 /// The options of one sizing run.
 #[derive(Debug, Clone)]
 pub struct SizeOptions {
@@ -160,6 +163,12 @@ pub fn run(options: &SizeOptions, progress: &dyn Progress, cancel: &AtomicBool) 
     let started = Instant::now();
     if options.seeds.is_empty() {
         return Err(SizeError::Usage("--seeds: no seeds; write 42, 42..44 or 42,43".into()));
+    }
+    if !(1..=MAX_SERVERS).contains(&options.max_servers) {
+        return Err(SizeError::Usage(format!(
+            "--max-servers {}: expected 1 to {MAX_SERVERS} servers per model",
+            options.max_servers
+        )));
     }
     let valid = |value: f64| value.is_finite() && value >= 0.0;
     if !valid(options.cost.years) || !valid(options.cost.usd_per_kwh) {
