@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                 // makes MIG instances and the device environment.
                 enforce.cgroup_driver = DriverChoice::Runtime;
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => return fail(&error),
             };

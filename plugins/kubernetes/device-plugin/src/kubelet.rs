@@ -20,7 +20,9 @@ use crate::v1beta1;
 
 /// How often the sockets are checked for a kubelet restart.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Registration is retried at least this often: a kubelet that restarts must
+/// see the plugins again within seconds.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A gRPC channel over a unix socket (the kubelet's, or a plugin's in tests).
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
@@ -57,7 +59,6 @@ pub async fn serve(plugins: Plugins, shutdown: impl std::future::Future<Output =
 
 async fn supervise(plugins: &Plugins, directory: &Path) {
     let kubelet_socket = plugins.config().kubelet_socket.clone();
-    let mut backoff = Duration::from_millis(500);
     loop {
         let (stop, stopped) = watch::channel(false);
         let mut servers = Vec::new();
@@ -75,47 +76,50 @@ async fn supervise(plugins: &Plugins, directory: &Path) {
             }
         }
         let kubelet = identity(&kubelet_socket);
-        let registered = if sockets.len() == plugins.resources().len() {
-            register_all(plugins, &kubelet_socket).await
-        } else {
-            Err("some plugin sockets could not be served".to_owned())
-        };
-        match registered {
-            Ok(()) => {
-                backoff = Duration::from_millis(500);
-                tracing::info!(kubelet = %kubelet_socket.display(), resources = plugins.resources().len(), "registered with the kubelet");
-                // Serve until the kubelet restarts: its socket is re-created, ours removed.
-                loop {
-                    tokio::time::sleep(WATCH_INTERVAL).await;
-                    let restarted = identity(&kubelet_socket) != kubelet;
-                    let removed = sockets.iter().any(|socket| !socket.exists());
-                    if restarted || removed {
-                        tracing::info!(
-                            restarted,
-                            sockets_removed = removed,
-                            "the kubelet restarted; registering again"
-                        );
-                        break;
+        // The same servers stay up while registration is retried: registering a
+        // resource again only replaces the kubelet's endpoint for it. Fresh
+        // sockets are made only when the kubelet restarted (it removes them).
+        let mut backoff = Duration::from_millis(500);
+        let restarted =
+            |sockets: &[PathBuf]| identity(&kubelet_socket) != kubelet || sockets.iter().any(|socket| !socket.exists());
+        let mut registered = false;
+        while !restarted(&sockets) {
+            let attempt = if sockets.len() == plugins.resources().len() {
+                register_all(plugins, &kubelet_socket).await
+            } else {
+                Err("some plugin sockets could not be served".to_owned())
+            };
+            match attempt {
+                Ok(()) => {
+                    registered = true;
+                    break;
+                }
+                Err(problem) => {
+                    tracing::warn!(kubelet = %kubelet_socket.display(), %problem, retry_in_ms = backoff.as_millis() as u64,
+                        "cannot register with the kubelet; allot-node keeps serving the broker");
+                    let deadline = tokio::time::Instant::now() + backoff;
+                    while tokio::time::Instant::now() < deadline && !restarted(&sockets) {
+                        tokio::time::sleep(WATCH_INTERVAL.min(backoff)).await;
                     }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-            }
-            Err(problem) => {
-                tracing::warn!(kubelet = %kubelet_socket.display(), %problem, retry_in_ms = backoff.as_millis() as u64,
-                    "cannot register with the kubelet; allot-node keeps serving the broker");
-                // Wait for the backoff, or less if the kubelet's socket appears.
-                let deadline = tokio::time::Instant::now() + backoff;
-                while tokio::time::Instant::now() < deadline && identity(&kubelet_socket) == kubelet {
-                    tokio::time::sleep(WATCH_INTERVAL.min(backoff)).await;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+        if registered {
+            tracing::info!(kubelet = %kubelet_socket.display(), resources = plugins.resources().len(), "registered with the kubelet");
+            // Serve until the kubelet restarts: its socket is re-created, ours removed.
+            while !restarted(&sockets) {
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        }
+        tracing::info!("the kubelet restarted (its socket is new, or ours are gone); registering again");
         let _ = stop.send(true);
+        // A graceful stop waits for open streams; a kubelet that went away without
+        // closing its ListAndWatch streams must not hold us here: one deadline for all.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         for server in servers {
-            // A graceful stop waits for open streams; a kubelet that went away
-            // without closing its ListAndWatch stream must not hold us here.
             let abort = server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+            if tokio::time::timeout_at(deadline, server).await.is_err() {
                 abort.abort();
             }
         }

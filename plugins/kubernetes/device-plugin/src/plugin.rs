@@ -518,7 +518,13 @@ impl v1beta1::device_plugin_server::DevicePlugin for ResourcePlugin {
             loop {
                 snapshot.mark_unchanged();
                 grants.mark_unchanged();
-                let list = plugins.devices(&resource);
+                // Lists change while a container is being placed (its grant, its
+                // enforcement); send them once the kubelet has its answer, so a
+                // resource's list never moves under an Allocate in flight.
+                let list = {
+                    let _placed = plugins.shared.placing.lock().await;
+                    plugins.devices(&resource)
+                };
                 if last.as_ref() != Some(&list) {
                     let healthy = list.iter().filter(|device| device.healthy).count();
                     tracing::info!(resource = %resource, devices = list.len(), healthy, "devices for the kubelet");
