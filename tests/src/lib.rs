@@ -300,3 +300,18 @@ pub fn allot_node(args: &[&str], env: &[(&str, &Path)]) -> Output {
     }
     command.output().expect("allot-node runs")
 }
+
+/// Empties every MIG-enabled GPU of a fixture in the fake NVML's state file, so
+/// the instances that appear later are the ones Allot made.
+pub fn empty_mig_layouts(fixture: &str, nvml_state: &Path) {
+    let output = allot_node(&["inventory", "--fixture", fixture, "--output", "json"], &[]);
+    let inventory: Value = serde_json::from_slice(&output.stdout).expect("inventory JSON");
+    let mut gpus = serde_json::Map::new();
+    for gpu in inventory["gpus"].as_array().expect("gpus") {
+        if gpu["mig"]["mode"].as_str() == Some("enabled") {
+            let uuid = gpu["uuid"].as_str().expect("uuid").to_owned();
+            gpus.insert(uuid, serde_json::json!({"current": true, "pending": true, "gpu_instances": []}));
+        }
+    }
+    std::fs::write(nvml_state, serde_json::json!({ "gpus": gpus }).to_string()).expect("nvml state");
+}

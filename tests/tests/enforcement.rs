@@ -128,16 +128,7 @@ impl World {
 
     /// Empties every MIG-enabled GPU of the fixture, so what appears is what Allot made.
     fn empty_mig_layouts(&self, fixture: &str) {
-        let output = allot_node(&["inventory", "--fixture", fixture, "--output", "json"], &[]);
-        let inventory: Value = serde_json::from_slice(&output.stdout).expect("inventory JSON");
-        let mut gpus = serde_json::Map::new();
-        for gpu in inventory["gpus"].as_array().expect("gpus") {
-            if gpu["mig"]["mode"].as_str() == Some("enabled") {
-                let uuid = gpu["uuid"].as_str().expect("uuid").to_owned();
-                gpus.insert(uuid, serde_json::json!({"current": true, "pending": true, "gpu_instances": []}));
-            }
-        }
-        std::fs::write(&self.nvml_state, serde_json::json!({ "gpus": gpus }).to_string()).expect("nvml state");
+        allot_tests::empty_mig_layouts(fixture, &self.nvml_state);
     }
 
     fn inject(&self, line: &str) {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use allot_device_plugin::v1beta1;
 use allot_tests::{
-    Broker, Process, StoreKind, allot_node, allotctl_json, repo, start_broker, start_enforcing_node, wait_until,
+    Broker, Process, StoreKind, allot_node, allotctl_json, empty_mig_layouts, repo, start_broker, start_enforcing_node,
+    wait_until,
 };
 use serde_json::{Value, json};
 
@@ -187,6 +188,8 @@ impl World {
         ];
         let env = [("ALLOT_FAKE_NVML_STATE", nvml_state.as_path()), ("ALLOT_FAKE_NVML_EVENTS", events.as_path())];
         let node = start_enforcing_node(&broker, fixture, "k8s-node", dir.path(), &args, &env);
+        // Every resource registered: what the tests change starts from here.
+        wait_until("the plugins registered with the kubelet", LONG, || registrations(&node) >= 1);
         World { dir, broker, kubelet, node, nvml_state, events }
     }
 
@@ -211,20 +214,6 @@ impl World {
         let mut file = std::fs::OpenOptions::new().append(true).open(&self.events).expect("events file");
         writeln!(file, "{line}").expect("append event");
     }
-}
-
-/// Empties every MIG-enabled GPU of the fixture, so what appears is what Allot made.
-fn empty_mig_layouts(fixture: &str, nvml_state: &Path) {
-    let output = allot_node(&["inventory", "--fixture", fixture, "--output", "json"], &[]);
-    let inventory: Value = serde_json::from_slice(&output.stdout).expect("inventory JSON");
-    let mut gpus = serde_json::Map::new();
-    for gpu in inventory["gpus"].as_array().expect("gpus") {
-        if gpu["mig"]["mode"].as_str() == Some("enabled") {
-            let uuid = gpu["uuid"].as_str().expect("uuid").to_owned();
-            gpus.insert(uuid, json!({"current": true, "pending": true, "gpu_instances": []}));
-        }
-    }
-    std::fs::write(nvml_state, json!({ "gpus": gpus }).to_string()).expect("nvml state");
 }
 
 /// How many times the node's plugins have registered with the kubelet so far.
