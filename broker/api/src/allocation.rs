@@ -283,9 +283,9 @@ impl Pin {
     pub fn allows_mig_start(&self, uuid: Option<&str>, start: u32) -> bool {
         self.devices.is_empty()
             || uuid.is_some_and(|uuid| {
-                self.devices
-                    .iter()
-                    .any(|selector| selector.gpu_uuid == uuid && selector.mig_start.is_none_or(|allowed| allowed == start))
+                self.devices.iter().any(|selector| {
+                    selector.gpu_uuid == uuid && selector.mig_start.is_none_or(|allowed| allowed == start)
+                })
             })
     }
 }
@@ -381,7 +381,8 @@ impl ValidatedRequest {
         if pin.devices.len() > 4096 {
             return error(format!("{} devices: list at most 4096", pin.devices.len()));
         }
-        if let Some(bad) = pin.devices.iter().find(|selector| selector.gpu_uuid.is_empty() || selector.gpu_uuid.len() > 96)
+        if let Some(bad) =
+            pin.devices.iter().find(|selector| selector.gpu_uuid.is_empty() || selector.gpu_uuid.len() > 96)
         {
             return error(format!("GPU UUID {:?}: give a GPU's UUID, like GPU-<36 characters>", bad.gpu_uuid));
         }

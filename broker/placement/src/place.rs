@@ -45,12 +45,8 @@ pub(crate) fn evaluate_node(
     share_costs: Option<&[Option<f64>]>,
 ) -> Result<Offer, NodeRefusal> {
     let node = NodeCtx::new(inventory, usage, mode);
-    let filter = GpuFilter {
-        models: &[],
-        min_memory: request.min_gpu_memory,
-        rdma: request.rdma,
-        pin: request.pin.as_ref(),
-    };
+    let filter =
+        GpuFilter { models: &[], min_memory: request.min_gpu_memory, rdma: request.rdma, pin: request.pin.as_ref() };
     let offer = match &request.gpus {
         GpuDemand::None => {
             let free = total_free(node.free_cores_by_numa());

@@ -38,7 +38,9 @@ pub(crate) fn refusal(
     }
     let pinned_absent = request.pin.as_ref().filter(|pin| !nodes.iter().any(|view| view.name == &pin.node));
     let reason = if let Some(pin) = pinned_absent {
-        RefusalReason::Impossible { detail: format!("the request is pinned to node {}, which is not registered", pin.node) }
+        RefusalReason::Impossible {
+            detail: format!("the request is pinned to node {}, which is not registered", pin.node),
+        }
     } else if nodes.is_empty() {
         RefusalReason::Impossible { detail: "the cluster has no nodes; register a node first".to_owned() }
     } else if could.is_empty() {
