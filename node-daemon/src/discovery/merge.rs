@@ -36,6 +36,25 @@ fn natural_key(name: &str) -> (String, u64) {
     (stem.to_owned(), number.parse().unwrap_or(0))
 }
 
+/// A GPU known only from hwloc's PCI device (no NVML answer for it): no UUID,
+/// memory or telemetry.
+fn hwloc_only_gpu(index: u32, device: &PciDevice, nvlinks: Vec<NvLink>, health: GpuHealth) -> Gpu {
+    Gpu {
+        index,
+        uuid: None,
+        model: gpu_model(device.device, device.device_name.as_deref()),
+        memory_mib: None,
+        pci_bus_id: device.bus_id,
+        pci_id: device.pci_id(),
+        numa_node: device.numa_node(),
+        cpus: device.cpus.clone(),
+        nvlinks,
+        mig: None,
+        telemetry: None,
+        health,
+    }
+}
+
 /// The NVLinks hwloc recorded for one GPU, in the inventory's terms.
 fn hwloc_nvlinks(host: &HostTopology, gpu: PciBusId) -> Vec<NvLink> {
     host.nvlinks
@@ -121,19 +140,8 @@ pub fn merge(
             let gpus = sorted
                 .iter()
                 .enumerate()
-                .map(|(index, device)| Gpu {
-                    index: index as u32,
-                    uuid: None,
-                    model: gpu_model(device.device, device.device_name.as_deref()),
-                    memory_mib: None,
-                    pci_bus_id: device.bus_id,
-                    pci_id: device.pci_id(),
-                    numa_node: device.numa_node(),
-                    cpus: device.cpus.clone(),
-                    nvlinks: hwloc_nvlinks(&host, device.bus_id),
-                    mig: None,
-                    telemetry: None,
-                    health: GpuHealth::Unknown,
+                .map(|(index, device)| {
+                    hwloc_only_gpu(index as u32, device, hwloc_nvlinks(&host, device.bus_id), GpuHealth::Unknown)
                 })
                 .collect();
             (NvmlStatus::Absent { reason }, gpus)
@@ -259,21 +267,9 @@ pub fn merge(
                     "GPU {} ({}): {}; it is unhealthy and not offered until NVML answers for it again",
                     lost.index, device.bus_id, lost.reason
                 ));
-                gpus.push(Gpu {
-                    index: lost.index,
-                    uuid: None,
-                    model: gpu_model(device.device, device.device_name.as_deref()),
-                    memory_mib: None,
-                    pci_bus_id: device.bus_id,
-                    pci_id: device.pci_id(),
-                    numa_node: device.numa_node(),
-                    cpus: device.cpus.clone(),
-                    nvlinks: vec![],
-                    mig: None,
-                    // No telemetry while NVML is present marks a GPU NVML cannot reach.
-                    telemetry: None,
-                    health: GpuHealth::Unhealthy { reasons: vec![lost.reason.clone()] },
-                });
+                // No telemetry while NVML is present marks a GPU NVML cannot reach.
+                let health = GpuHealth::Unhealthy { reasons: vec![lost.reason.clone()] };
+                gpus.push(hwloc_only_gpu(lost.index, device, vec![], health));
             }
             gpus.sort_by_key(|gpu| gpu.index);
             for device in &hwloc_gpus {

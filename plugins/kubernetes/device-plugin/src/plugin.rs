@@ -463,9 +463,9 @@ pub fn answer(
     environment: &BTreeMap<String, String>,
     binding: Option<&allot_api::allocation::Binding>,
 ) -> v1beta1::ContainerAllocateResponse {
-    let mut envs: std::collections::HashMap<String, String> =
+    // Enforcement's environment already names the allocation (ALLOT_ALLOCATION_ID).
+    let envs: std::collections::HashMap<String, String> =
         environment.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
-    envs.insert("ALLOT_ALLOCATION_ID".to_owned(), id.to_string());
     let mut nodes: Vec<String> =
         ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"].iter().map(|path| (*path).to_owned()).collect();
     if let Some(binding) = binding {
