@@ -1,6 +1,7 @@
 //! allotctl: teams, quotas, nodes and allocations, for people (tables) and scripts (JSON).
 
 mod admin;
+mod export;
 mod output;
 mod sim;
 mod size;
@@ -63,6 +64,9 @@ pub enum Command {
     Alloc(AllocCommand),
     /// Replay a task trace against a cluster with Allot's placement policies (no broker needed).
     Sim(sim::SimArgs),
+    /// Write the team tree as another scheduler's configuration (YARN CapacityScheduler queues).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Size a GPU fleet for a demand trace: the cheapest catalog fleet that meets the targets (no broker needed).
     Size(size::SizeArgs),
 }
@@ -294,6 +298,11 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
     if let Command::Size(args) = &cli.command {
         return size::run(args, cli.output).await;
     }
+    if let Command::Export(export::ExportCommand::Yarn(args)) = &cli.command
+        && args.teams_file.is_some()
+    {
+        return export::run(args, &cli.broker, None, cli.output).await;
+    }
     // Validate what can be validated before connecting.
     let create_spec = match &cli.command {
         Command::Alloc(AllocCommand::Create(args)) => Some(spec(args)?),
@@ -306,6 +315,9 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
     match cli.command {
         Command::Sim(_) => Err(CtlError::Usage("sim runs without a broker".into())),
         Command::Size(_) => Err(CtlError::Usage("size runs without a broker".into())),
+        Command::Export(export::ExportCommand::Yarn(args)) => {
+            export::run(&args, &cli.broker, Some(&clients), format).await
+        }
         Command::Team(command) => admin::team(&clients, command, format).await,
         Command::Quota(command) => admin::quota(&clients, command, format).await,
         Command::Policy(command) => admin::policy(&clients, command, format).await,
