@@ -13,5 +13,5 @@ plugins/kubernetes/kubelet-peer/build.sh --test
 # `cargo test` of another crate does not build, so build the workspace first.
 cargo build --workspace --all-targets
 # The YARN plugin's tests drive the NodeManager's own classes against the binaries just built.
-mvn -B -q -f plugins/yarn/pom.xml test
+mvn -B -q -f plugins/yarn/pom.xml verify
 cargo test --workspace --no-fail-fast
