@@ -8,6 +8,9 @@ source scripts/setup.sh
 # built from Kubernetes' Go packages (cached by Go's build cache after the first
 # build), and the peer's own check against the upstream stub plugin.
 plugins/kubernetes/kubelet-peer/build.sh --test
+# The control-plane tests (tests/tests/control_plane.rs, and allot-k8s's) run upstream
+# kube-apiserver and kube-scheduler, built the same way and cached the same way.
+plugins/kubernetes/control-plane/build.sh
 
 # The fixture tests load the fake NVML library (a cdylib) that a plain
 # `cargo test` of another crate does not build, so build the workspace first.
