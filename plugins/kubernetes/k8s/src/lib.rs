@@ -1,0 +1,310 @@
+//! allot-k8s: kube-scheduler asks Allot *where* and *whether* a GPU pod runs.
+//!
+//! The scheduler extender (`extender.rs` for the protocol) answers filter with
+//! the broker's decision: the first time it sees a pod, it creates the pod's
+//! allocation (owner `pod:<namespace>/<name>/<uid>`, the team from the
+//! namespace's label), so a pod that cannot be granted now waits in the
+//! broker's queue in fair-share order, and only the node the broker chose
+//! passes. Bind annotates the pod with its allocation and devices and binds it
+//! through the API server. The controller (`controller.rs`) releases the
+//! allocations of pods that are gone or finished, evicts pods whose allocation
+//! the broker preempted, and nudges kube-scheduler when the broker admits a
+//! waiting pod. Nothing here holds state that a restart could lose: the broker
+//! and the API server are the truth, and every step finds what exists first.
+
+pub mod broker;
+pub mod controller;
+pub mod extender;
+pub mod request;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::{Binding, Namespace, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
+
+use crate::broker::{Broker, BrokerError};
+use crate::extender::{ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, Verdict};
+use crate::request::{Names, PodRef};
+
+/// What the extender and the controller share.
+#[derive(Clone)]
+pub struct App {
+    pub broker: Broker,
+    pub kube: Client,
+    pub names: Names,
+    /// The namespace label that names a namespace's team.
+    pub team_label: String,
+    recorder: Recorder,
+    /// Serialises find-or-create, so one pod never gets two allocations.
+    creating: Arc<tokio::sync::Mutex<()>>,
+    /// Warnings already published, per pod, so a pod the scheduler retries does
+    /// not collect the same event again and again.
+    warned: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("broker", &self.broker).field("team_label", &self.team_label).finish()
+    }
+}
+
+impl App {
+    pub fn new(broker: Broker, kube: Client, domain: &str, team_label: &str) -> App {
+        let reporter = Reporter { controller: "allot-k8s".into(), instance: std::env::var("POD_NAME").ok() };
+        App {
+            broker,
+            recorder: Recorder::new(kube.clone(), reporter),
+            kube,
+            names: Names::new(domain),
+            team_label: team_label.to_owned(),
+            creating: Arc::new(tokio::sync::Mutex::new(())),
+            warned: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Publishes an event on a pod; a warning only once per pod and message.
+    pub async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
+        if type_ == EventType::Warning {
+            let key = (pod.metadata.uid.clone().unwrap_or_default(), note.clone());
+            let Ok(mut warned) = self.warned.lock() else { return };
+            if !warned.insert(key) {
+                return;
+            }
+            if warned.len() > 100_000 {
+                warned.clear();
+            }
+        }
+        let reference: ObjectReference = pod.object_ref(&());
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Scheduling".into(), secondary: None };
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, "cannot publish an event");
+        }
+    }
+
+    async fn team_of(&self, namespace: &str) -> Result<String, String> {
+        let namespaces: Api<Namespace> = Api::all(self.kube.clone());
+        let found = namespaces
+            .get_opt(namespace)
+            .await
+            .map_err(|error| format!("cannot read namespace {namespace}: {error}"))?
+            .ok_or_else(|| format!("namespace {namespace} does not exist"))?;
+        found.metadata.labels.as_ref().and_then(|labels| labels.get(&self.team_label)).cloned().ok_or_else(|| {
+            format!(
+                "namespace {namespace} is not mapped to an Allot team: label it, \
+                 `kubectl label namespace {namespace} {}=<team>`",
+                self.team_label
+            )
+        })
+    }
+
+    /// Where the broker has this pod: its allocation found, or made now.
+    pub async fn verdict_for(&self, pod: &Pod) -> Verdict {
+        let Some(reference) = pod_ref(pod) else {
+            return Verdict::Refused { reason: "the pod has no namespace, name or UID".into() };
+        };
+        let refuse = async |reason: String, event: &str| {
+            self.event(pod, EventType::Warning, event, reason.clone()).await;
+            Verdict::Refused { reason }
+        };
+        let team = match self.team_of(&reference.namespace).await {
+            Ok(team) => team,
+            Err(reason) => return refuse(reason, "AllotNoTeam").await,
+        };
+        let spec = match request::spec_for(&self.names, &team, &reference, &containers(pod), &annotations(pod)) {
+            Ok(spec) => spec,
+            Err(problems) => return refuse(problems.join("; "), "AllotInvalidRequest").await,
+        };
+        let _one_at_a_time = self.creating.lock().await;
+        let found = match self.broker.find(&reference.owner()).await {
+            Ok(found) => found,
+            Err(error) => return refuse(error.to_string(), "AllotUnavailable").await,
+        };
+        let allocation = match found {
+            Some(allocation) => allocation,
+            None => match self.broker.create(spec, false).await {
+                Ok(allocation) => {
+                    tracing::info!(pod = %reference.owner(), allocation = %allocation.id, "created");
+                    allocation
+                }
+                Err(error @ BrokerError::Unreachable { .. }) => {
+                    return refuse(error.to_string(), "AllotUnavailable").await;
+                }
+                Err(BrokerError::Refused(reason)) => return refuse(reason, "AllotRefused").await,
+            },
+        };
+        broker::verdict(&allocation)
+    }
+
+    /// Binds a pod to the broker's node: annotate, then the binding subresource.
+    pub async fn bind(&self, args: &ExtenderBindingArgs) -> Result<(), String> {
+        let pods: Api<Pod> = Api::namespaced(self.kube.clone(), &args.pod_namespace);
+        let pod = pods
+            .get_opt(&args.pod_name)
+            .await
+            .map_err(|error| format!("cannot read pod {}/{}: {error}", args.pod_namespace, args.pod_name))?
+            .ok_or_else(|| format!("pod {}/{} is gone", args.pod_namespace, args.pod_name))?;
+        if pod.metadata.uid.as_deref() != Some(args.pod_uid.as_str()) {
+            return Err(format!("pod {}/{} is another pod now (UID changed)", args.pod_namespace, args.pod_name));
+        }
+        if pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()) == Some(args.node.as_str()) {
+            return Ok(()); // bound already: a retried bind
+        }
+        let reference =
+            PodRef { namespace: args.pod_namespace.clone(), name: args.pod_name.clone(), uid: args.pod_uid.clone() };
+        let allocation = {
+            let _one_at_a_time = self.creating.lock().await;
+            match self.broker.find(&reference.owner()).await.map_err(|error| error.to_string())? {
+                Some(allocation) => allocation,
+                None => {
+                    // Filter never saw it: place it on this node now, or refuse.
+                    let team = self.team_of(&args.pod_namespace).await?;
+                    let mut spec =
+                        request::spec_for(&self.names, &team, &reference, &containers(&pod), &annotations(&pod))
+                            .map_err(|problems| problems.join("; "))?;
+                    spec.pin = Some(allot_api::proto::Pin { node: args.node.clone(), devices: Vec::new() });
+                    self.broker.create(spec, true).await.map_err(|error| error.to_string())?
+                }
+            }
+        };
+        match broker::verdict(&allocation) {
+            Verdict::Placed { node, .. } if node == args.node => {}
+            verdict => return Err(format!("cannot bind to {}: {}", args.node, verdict.reason())),
+        }
+        let patch = serde_json::json!({
+            "metadata": { "annotations": {
+                request::ALLOCATION: allocation.id,
+                request::DEVICES: broker::devices(&allocation),
+            } }
+        });
+        pods.patch_metadata(&args.pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|error| format!("cannot annotate pod {}/{}: {error}", args.pod_namespace, args.pod_name))?;
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(args.pod_name.clone()),
+                namespace: Some(args.pod_namespace.clone()),
+                uid: Some(args.pod_uid.clone()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(args.node.clone()),
+                ..Default::default()
+            },
+        };
+        pods.create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            &args.pod_name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .map_err(|error| {
+            format!("cannot bind pod {}/{} to {}: {error}", args.pod_namespace, args.pod_name, args.node)
+        })?;
+        tracing::info!(pod = %reference.owner(), node = %args.node, allocation = %allocation.id, "bound");
+        Ok(())
+    }
+}
+
+/// The pod's namespace, name and UID.
+pub fn pod_ref(pod: &Pod) -> Option<PodRef> {
+    Some(PodRef {
+        namespace: pod.metadata.namespace.clone()?,
+        name: pod.metadata.name.clone()?,
+        uid: pod.metadata.uid.clone()?,
+    })
+}
+
+/// Per container, its limits (requests where a limit is absent), as quantities.
+pub fn containers(pod: &Pod) -> Vec<request::Resources> {
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    spec.containers
+        .iter()
+        .map(|container| {
+            let mut resources = BTreeMap::new();
+            if let Some(requirements) = &container.resources {
+                for source in [&requirements.requests, &requirements.limits].into_iter().flatten() {
+                    for (name, quantity) in source {
+                        resources.insert(name.clone(), quantity.0.clone());
+                    }
+                }
+            }
+            resources
+        })
+        .collect()
+}
+
+pub fn annotations(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// A 400 that names what was wrong with the JSON.
+fn bad_request(verb: &str, error: serde_json::Error) -> Response {
+    (StatusCode::BAD_REQUEST, format!("extender {verb}: malformed request: {error}")).into_response()
+}
+
+async fn filter(State(app): State<App>, body: Bytes) -> Response {
+    let args: ExtenderArgs = match serde_json::from_slice(&body) {
+        Ok(args) => args,
+        Err(error) => return bad_request("filter", error),
+    };
+    let verdict = app.verdict_for(&args.pod).await;
+    axum::Json(extender::filter(&args, &verdict)).into_response()
+}
+
+async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
+    let args: ExtenderArgs = match serde_json::from_slice(&body) {
+        Ok(args) => args,
+        Err(error) => return bad_request("prioritize", error),
+    };
+    let placed = match pod_ref(&args.pod) {
+        Some(reference) => match app.broker.find(&reference.owner()).await {
+            Ok(Some(allocation)) => match broker::verdict(&allocation) {
+                Verdict::Placed { node, .. } => Some(node),
+                _ => None,
+            },
+            _ => None,
+        },
+        None => None,
+    };
+    axum::Json(extender::prioritize(&args.candidates(), placed.as_deref())).into_response()
+}
+
+async fn bind(State(app): State<App>, body: Bytes) -> Response {
+    let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
+        Ok(args) => args,
+        Err(error) => return bad_request("bind", error),
+    };
+    let error = match app.bind(&args).await {
+        Ok(()) => String::new(),
+        Err(error) => {
+            tracing::warn!(pod = %format!("{}/{}", args.pod_namespace, args.pod_name), %error, "bind refused");
+            error
+        }
+    };
+    axum::Json(ExtenderBindingResult { error }).into_response()
+}
+
+/// The extender's HTTP routes: `filter`, `prioritize`, `bind` under the root,
+/// as the scheduler configuration's `urlPrefix` names them, and `/healthz`.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/filter", post(filter))
+        .route("/prioritize", post(prioritize))
+        .route("/bind", post(bind))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(app)
+}
