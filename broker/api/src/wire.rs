@@ -319,6 +319,8 @@ impl From<&Gpu> for proto::Gpu {
                 power_limit_mw: telemetry.power_limit_mw,
                 throttle_reasons: telemetry.throttle_reasons.iter().map(|r| r.as_str().to_owned()).collect(),
                 ecc_uncorrected_volatile: telemetry.ecc_uncorrected_volatile,
+                utilization_pct: telemetry.utilization_pct,
+                memory_used_mib: telemetry.memory_used_mib.map(|memory| memory.0),
             }),
             health: Some(match &gpu.health {
                 GpuHealth::Healthy => proto::GpuHealth { state: proto::HealthState::Healthy as i32, reasons: vec![] },
@@ -395,6 +397,13 @@ pub fn telemetry_from_wire(field: &str, telemetry: proto::GpuTelemetry) -> Resul
             })
             .collect::<Result<_, _>>()?,
         ecc_uncorrected_volatile: telemetry.ecc_uncorrected_volatile,
+        utilization_pct: match telemetry.utilization_pct {
+            Some(pct) if pct > 100 => {
+                return Err(wire_error(format!("{field}.utilization_pct"), format!("{pct} is above 100")));
+            }
+            other => other,
+        },
+        memory_used_mib: telemetry.memory_used_mib.map(MiB),
     })
 }
 
@@ -631,6 +640,8 @@ mod tests {
                 telemetry: Some(GpuTelemetry {
                     temperature_c: Some(40),
                     throttle_reasons: vec![ThrottleReason::SwThermalSlowdown],
+                    utilization_pct: Some(55),
+                    memory_used_mib: Some(MiB(1234)),
                     ..GpuTelemetry::default()
                 }),
                 health: GpuHealth::Unhealthy { reasons: vec!["xid 79".into()] },

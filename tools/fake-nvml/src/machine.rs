@@ -68,6 +68,7 @@ struct RawGpu {
     temperature_shutdown_c: Option<u32>,
     power_usage_mw: Option<u32>,
     power_limit_mw: Option<u32>,
+    utilization_gpu_pct: Option<u32>,
     #[serde(default)]
     throttle_reasons: Vec<String>,
     ecc_enabled: Option<bool>,
@@ -152,6 +153,8 @@ pub(crate) struct Gpu {
     pub(crate) temperature_shutdown_c: Option<u32>,
     pub(crate) power_usage_mw: Option<u32>,
     pub(crate) power_limit_mw: Option<u32>,
+    /// `nvmlDeviceGetUtilizationRates`' `gpu` (memory utilisation answers 0).
+    pub(crate) utilization_gpu_pct: Option<u32>,
     /// `nvmlClocksThrottleReason*` bits.
     pub(crate) throttle_reasons: u64,
     pub(crate) ecc_enabled: Option<bool>,
@@ -393,6 +396,7 @@ fn validate_gpu(
         temperature_shutdown_c: raw.temperature_shutdown_c,
         power_usage_mw: raw.power_usage_mw,
         power_limit_mw: raw.power_limit_mw,
+        utilization_gpu_pct: raw.utilization_gpu_pct,
         throttle_reasons,
         ecc_enabled: raw.ecc_enabled,
         mig,

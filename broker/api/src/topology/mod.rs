@@ -180,6 +180,12 @@ pub struct GpuTelemetry {
     pub throttle_reasons: Vec<ThrottleReason>,
     /// Uncorrectable ECC errors since the driver loaded.
     pub ecc_uncorrected_volatile: Option<u64>,
+    /// Percent of the last sample period a kernel ran (NVML's GPU utilisation).
+    #[serde(default)]
+    pub utilization_pct: Option<u32>,
+    /// Device memory in use.
+    #[serde(default)]
+    pub memory_used_mib: Option<MiB>,
 }
 
 impl GpuTelemetry {

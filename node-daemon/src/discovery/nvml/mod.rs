@@ -187,10 +187,11 @@ fn read_gpu(nvml: &Nvml, probe: &mut Probe) -> Result<DriverGpu, UnreachableGpu>
         .map_err(|error| unreachable(None, format!("NVML reported an unusable PCI bus id: {error}")))?;
     // Every GPU has a UUID and memory; a GPU that cannot say either is not one to offer.
     let uuid = device.uuid().map_err(|error| unreachable(Some(pci_bus_id), essential_failure("UUID", &error)))?;
-    let memory_mib = device
+    let memory = device
         .memory_info()
-        .map(|memory| MiB::from_bytes(memory.total))
         .map_err(|error| unreachable(Some(pci_bus_id), essential_failure("memory size", &error)))?;
+    let memory_mib = MiB::from_bytes(memory.total);
+    let memory_used_mib = Some(MiB::from_bytes(memory.used));
 
     let telemetry = GpuTelemetry {
         temperature_c: optional(device.temperature(TemperatureSensor::Gpu), "temperature", probe),
@@ -209,6 +210,8 @@ fn read_gpu(nvml: &Nvml, probe: &mut Probe) -> Result<DriverGpu, UnreachableGpu>
             "ECC error count",
             probe,
         ),
+        utilization_pct: optional(device.utilization_rates(), "utilisation", probe).map(|rates| rates.gpu),
+        memory_used_mib,
     };
     let health = match telemetry.ecc_uncorrected_volatile {
         Some(errors) if errors > 0 => {

@@ -17,7 +17,7 @@ use nvml_wrapper_sys::bindings::{
     nvmlMemory_v2_t, nvmlMemoryErrorType_t, nvmlPciInfo_t, nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU,
     nvmlTemperatureSensors_t, nvmlTemperatureThresholds_enum_NVML_TEMPERATURE_THRESHOLD_COUNT,
     nvmlTemperatureThresholds_enum_NVML_TEMPERATURE_THRESHOLD_SHUTDOWN,
-    nvmlTemperatureThresholds_enum_NVML_TEMPERATURE_THRESHOLD_SLOWDOWN, nvmlTemperatureThresholds_t,
+    nvmlTemperatureThresholds_enum_NVML_TEMPERATURE_THRESHOLD_SLOWDOWN, nvmlTemperatureThresholds_t, nvmlUtilization_t,
 };
 
 use super::{NvmlResult, check_out, codes, fill_c_array, nvml_export, read, struct_version, write, write_str};
@@ -298,6 +298,15 @@ nvml_export! {
         let value = physical_gpu(device, |gpu| gpu.power_usage_mw.ok_or(codes::NOT_SUPPORTED))?;
         // SAFETY: NVML's contract: `power` is null or points to a writable uint.
         unsafe { write(power, value) }
+    }
+}
+
+nvml_export! {
+    /// The description's `utilization_gpu_pct` as `gpu`; `memory` is 0.
+    fn nvmlDeviceGetUtilizationRates(device: nvmlDevice_t, utilization: *mut nvmlUtilization_t) {
+        let gpu = physical_gpu(device, |gpu| gpu.utilization_gpu_pct.ok_or(codes::NOT_SUPPORTED))?;
+        // SAFETY: NVML's contract: `utilization` is null or points to a writable nvmlUtilization_t.
+        unsafe { write(utilization, nvmlUtilization_t { gpu, memory: 0 }) }
     }
 }
 
