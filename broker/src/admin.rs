@@ -91,6 +91,41 @@ fn gpu_total(amounts: &allot_policy::Resources) -> u64 {
 
 #[tonic::async_trait]
 impl proto::admin_service_server::AdminService for Services {
+    async fn get_usage_history(
+        &self,
+        request: Request<proto::GetUsageHistoryRequest>,
+    ) -> Result<Response<proto::GetUsageHistoryResponse>, Status> {
+        const CALL: &str = "AdminService/GetUsageHistory";
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        // Cluster-wide readers also see teams deleted since; others the teams they may read.
+        let teams: Option<BTreeSet<String>> = match optional_team("team", &request.team)? {
+            Some(team) => {
+                self.auth.check(&caller, CALL, Some(&team))?;
+                Some(BTreeSet::from([team.to_string()]))
+            }
+            None if self.auth.allows(&caller, CALL, None)? => None,
+            None => {
+                let readable = self.readable_teams(&caller, CALL)?;
+                if readable.is_empty() {
+                    self.auth.check(&caller, CALL, None)?;
+                }
+                Some(readable.iter().map(ToString::to_string).collect())
+            }
+        };
+        let export = self.core.state().usage.export(request.since_ms, crate::core::now_ms(), teams.as_ref());
+        // A team neither known now nor in the history is a mistake worth saying.
+        if !request.team.is_empty()
+            && !self.core.state().teams.keys().any(|known| known.as_str() == request.team)
+            && export.buckets.iter().all(|bucket| !bucket.teams.contains_key(&request.team))
+        {
+            return Err(BrokerError::UnknownTeam { team: request.team.clone() }.into());
+        }
+        let history_json = serde_json::to_string(&export)
+            .map_err(|error| BrokerError::Internal(format!("cannot encode the usage history: {error}")))?;
+        Ok(Response::new(proto::GetUsageHistoryResponse { history_json }))
+    }
+
     async fn create_team(&self, request: Request<proto::CreateTeamRequest>) -> Result<Response<proto::Team>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();

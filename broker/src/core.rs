@@ -61,6 +61,11 @@ pub enum Command {
     /// Preempt what is due, age the usage history, prune a few expired finished
     /// allocations.
     Tick,
+    /// Store every changed bucket of the usage history now (before a shutdown);
+    /// answers how many.
+    FlushUsage {
+        reply: oneshot::Sender<Result<usize, BrokerError>>,
+    },
     /// Prune up to `retention::PRUNE_LIMIT` expired finished allocations; answers
     /// how many (the broker's start repeats it until none are left).
     Prune {
@@ -269,6 +274,8 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.next_id = state.next_id.max(last.as_u64() + 1);
     }
     state.recompute_all_usage();
+    let usage = store.range(layout::prefix_usage()).await.map_err(unavailable)?.kvs;
+    crate::usage::resume(&mut state, &usage, now);
     // Every record was checked before it was written; a tree that does not check
     // now (a GPU family no node has any more, say) is still the admins' intent.
     if let Err(problems) = state.rebuild_tree(gpu_values.clone()) {
@@ -410,7 +417,12 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             let (changed, round) = sharing::tick(state, writes, now, policy);
             state.round_wanted |= round;
             retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
+            crate::usage::tick(state, writes, now);
             (!changed.is_empty()).then_some(Pending::Changed(changed))
+        }
+        Command::FlushUsage { reply } => {
+            let value = crate::usage::flush(state, writes, now);
+            Some(Pending::Done(Box::new(Answer { reply, value })))
         }
         Command::Prune { reply } => {
             let value = retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
@@ -843,7 +855,7 @@ fn refuse(command: Command, error: BrokerError) {
         Command::Release { reply, .. } => {
             let _ = reply.send(Err(error));
         }
-        Command::Prune { reply } => {
+        Command::Prune { reply } | Command::FlushUsage { reply } => {
             let _ = reply.send(Err(error));
         }
         Command::RegisterNode { reply, .. } => {

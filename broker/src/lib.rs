@@ -17,6 +17,7 @@ pub mod retention;
 pub mod sharing;
 pub mod state;
 pub mod teams;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,6 +141,12 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
         result = http => result.context("HTTP server failed")?,
         _ = shutdown => {
             tracing::info!("shutting down");
+            // The usage history since its last save is stored before the lead is given up.
+            match tokio::time::timeout(Duration::from_secs(5), core.ask(|reply| Command::FlushUsage { reply })).await {
+                Ok(Ok(buckets)) => tracing::debug!(buckets, "usage history stored"),
+                Ok(Err(error)) => tracing::warn!(%error, "could not store the usage history; up to 10 s of it is lost"),
+                Err(_) => tracing::warn!("storing the usage history took too long; up to 10 s of it is lost"),
+            }
             leader::resign(store.as_ref(), &leadership).await;
         }
         _ = lost_receiver => anyhow::bail!("lost leadership of the store: another broker may lead now; stopping"),

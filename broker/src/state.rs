@@ -19,6 +19,11 @@ pub fn is_finished(state: AllocationState) -> bool {
     matches!(state, AllocationState::Released | AllocationState::Preempted)
 }
 
+/// The milli-GPU a request asks for (before it is placed).
+fn gpus_asked(request: &allot_api::allocation::ValidatedRequest) -> u64 {
+    allot_policy::charge(&request.gpus, request.cpus, request.memory.0, None).get(&allot_policy::ResourceClass::GpuAny)
+}
+
 /// A node's registration, as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -163,6 +168,8 @@ pub struct ClusterState {
     /// Finished allocations (released, preempted) by the time of their last
     /// change, oldest first: what `retention` prunes, without a scan.
     pub(crate) finished: BTreeSet<(u64, AllocationId)>,
+    /// The usage history, recorded from every allocation change (see `usage.rs`).
+    pub usage: allot_history::Recorder,
     /// The task mix learned from the requests that arrived (each allocation
     /// counted once, when it is first put), which Allot's share placement packs
     /// against. Not persisted: after a restart it starts again from the
@@ -177,6 +184,7 @@ impl ClusterState {
         if !self.allocations.contains_key(&allocation.id) {
             self.learned_mix.observe(&allocation.request);
         }
+        self.record_usage(&allocation);
         if let Some(previous) = self.allocations.get(&allocation.id)
             && let Some(binding) = &previous.binding
             && let Some(live) = self.live_by_node.get_mut(&binding.node)
@@ -214,6 +222,69 @@ impl ClusterState {
             self.queue_info.remove(&allocation.id);
         }
         self.allocations.insert(allocation.id, allocation);
+    }
+
+    /// What an allocation adds to the usage history's levels now: GPUs held (by
+    /// team and model, borrowed or not) or waited for.
+    pub fn usage_contribution(&self, allocation: &Allocation) -> allot_history::Contribution {
+        use allot_history::Contribution;
+        let team = allocation.request.team.to_string();
+        if allocation.state.holds_capacity()
+            && let Some(binding) = &allocation.binding
+        {
+            let milli_gpu = self.charge_of(allocation).get(&allot_policy::ResourceClass::GpuAny);
+            if milli_gpu == 0 {
+                return Contribution::Nothing;
+            }
+            let model = binding
+                .gpus
+                .first()
+                .and_then(|gpu| {
+                    self.nodes.get(&binding.node)?.record.inventory.gpus.iter().find(|g| g.index == gpu.index)
+                })
+                .map(|gpu| gpu.model.clone())
+                .unwrap_or_default();
+            return Contribution::Holds { team, model, milli_gpu, borrowed: allocation.quota.borrowed };
+        }
+        if allocation.state == AllocationState::Pending {
+            let milli_gpu = gpus_asked(&allocation.request);
+            if milli_gpu > 0 {
+                return Contribution::Waits { team, milli_gpu };
+            }
+        }
+        Contribution::Nothing
+    }
+
+    /// Tells the usage history about one allocation's change: its levels, and
+    /// the arrival, grant (with its wait), reclaim or preemption it is.
+    fn record_usage(&mut self, allocation: &Allocation) {
+        use allot_history::Event;
+        let previous = self.allocations.get(&allocation.id);
+        let at = allocation.updated_at_ms;
+        let before = previous.map(|previous| self.usage_contribution(previous)).unwrap_or_default();
+        let after = self.usage_contribution(allocation);
+        let mut events = Vec::new();
+        let was = previous.map(|previous| previous.state);
+        if previous.is_none() {
+            let asked = gpus_asked(&allocation.request);
+            events.push(Event::Arrived { milli_gpu: u32::try_from(asked).unwrap_or(u32::MAX) });
+        }
+        if allocation.state.holds_capacity() && matches!(was, None | Some(AllocationState::Pending)) {
+            events.push(Event::Granted { wait_ms: at.saturating_sub(allocation.created_at_ms) });
+        }
+        if allocation.quota.reclaim_at_ms.is_some()
+            && previous.is_some_and(|previous| previous.quota.reclaim_at_ms.is_none())
+        {
+            events.push(Event::Reclaimed);
+        }
+        if allocation.state == AllocationState::Preempted && was != Some(AllocationState::Preempted) {
+            events.push(Event::Preempted);
+        }
+        self.usage.change(at, &before, &after);
+        let team = allocation.request.team.as_str();
+        for event in events {
+            self.usage.event(at, team, event);
+        }
     }
 
     /// Forgets a finished allocation (see `retention`). An allocation that is not

@@ -203,6 +203,8 @@ pub const RULES: &[Rule] = &[
     rule("AdminService/ListGrants", "policy", "read", Scope::Team),
     rule("AdminService/Apply", "policy", "write", Scope::Cluster),
     rule("AdminService/CreateToken", "token", "write", Scope::Cluster),
+    // Usage reads like fair share: whoever sees a team's standing sees its history.
+    rule("AdminService/GetUsageHistory", "fairshare", "read", Scope::Team),
     rule("GET /metrics", "metrics", "read", Scope::Cluster),
     rule("GET /healthz", "health", "read", Scope::Cluster),
     rule("GET /readyz", "health", "read", Scope::Cluster),

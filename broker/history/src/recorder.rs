@@ -104,6 +104,8 @@ pub struct Recorder {
     last_sample_ms: Option<u64>,
     /// The typical request and when it was worked out.
     typical: Option<(u64, u32)>,
+    /// When [`Recorder::take_due`] last handed buckets out.
+    saved_ms: u64,
 }
 
 fn floor(at_ms: u64, length_ms: u64) -> u64 {
@@ -442,13 +444,42 @@ impl Recorder {
         !self.dirty.is_empty()
     }
 
-    /// The buckets that end after `since_ms`, with only `teams` (all when `None`)
-    /// in their team figures. Credits the levels up to `now_ms` first.
-    pub fn export(&mut self, since_ms: u64, now_ms: u64, teams: Option<&BTreeSet<String>>) -> Export {
+    /// Credits the levels up to `now_ms` and, once `every_ms` passed since the
+    /// last time, hands out up to `limit` changed buckets to store.
+    pub fn take_due(&mut self, now_ms: u64, every_ms: u64, limit: usize) -> Vec<Bucket> {
+        if now_ms.saturating_sub(self.saved_ms) < every_ms {
+            return Vec::new();
+        }
+        self.saved_ms = now_ms;
         self.advance(now_ms);
-        let buckets = self
-            .buckets
-            .values()
+        self.take_dirty(limit)
+    }
+
+    /// When the last sample was taken.
+    pub fn last_sample_ms(&self) -> Option<u64> {
+        self.last_sample_ms
+    }
+
+    /// The buckets that end after `since_ms`, with only `teams` (all when `None`)
+    /// in their team figures, and the levels credited up to `now_ms` (in the
+    /// copy: the recorder itself does not change).
+    pub fn export(&self, since_ms: u64, now_ms: u64, teams: Option<&BTreeSet<String>>) -> Export {
+        let from = since_ms.min(self.integrated_ms);
+        let mut recent = Recorder {
+            buckets: self
+                .buckets
+                .range(floor(from, DAY_MS)..)
+                .map(|(start, bucket)| (*start, bucket.clone()))
+                .collect(),
+            held: self.held.clone(),
+            queued: self.queued.clone(),
+            integrated_ms: self.integrated_ms,
+            ..Recorder::default()
+        };
+        recent.advance(now_ms);
+        let older = self.buckets.range(..floor(from, DAY_MS)).map(|(_, bucket)| bucket);
+        let buckets = older
+            .chain(recent.buckets.values())
             .filter(|bucket| bucket.end_ms() > since_ms)
             .map(|bucket| {
                 let mut bucket = bucket.clone();

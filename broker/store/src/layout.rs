@@ -15,6 +15,7 @@
 //! | `/allot/v1/settings/{name}` | cluster-wide policy settings (GPU values, the usage history) | none |
 //! | `/allot/v1/rbac/{rule}` | one casbin policy line (`p` or `g`), written through the casbin adapter | none |
 //! | `/allot/v1/tokens/{sha256}` | the subject a bearer token stands for (only the token's hash is kept) | none |
+//! | `/allot/v1/usage/{start_ms}` | one bucket of the usage history (`allot-history`), by its start in ms since the epoch, 16 digits so keys sort by time | none |
 //!
 //! Names become one path segment each. Allot's names (`NodeName`, `TeamName`,
 //! `AllocationId` in `allot-api`) never contain `/` or `%`; should another
@@ -37,6 +38,7 @@ const LEADER: &str = "/allot/v1/leader";
 const SETTINGS: &str = "/allot/v1/settings/";
 const RBAC: &str = "/allot/v1/rbac/";
 const TOKENS: &str = "/allot/v1/tokens/";
+const USAGE: &str = "/allot/v1/usage/";
 
 /// A cluster-wide policy setting.
 pub fn setting(name: impl Display) -> String {
@@ -61,6 +63,16 @@ pub fn token(hash: impl Display) -> String {
 /// Every token.
 pub fn prefix_tokens() -> &'static str {
     TOKENS
+}
+
+/// One bucket of the usage history, by the time it starts (ms since the epoch).
+pub fn usage_bucket(start_ms: u64) -> String {
+    key(USAGE, format!("{start_ms:016}"))
+}
+
+/// Every bucket of the usage history, in time order.
+pub fn prefix_usage() -> &'static str {
+    USAGE
 }
 
 /// A node's registration.
@@ -129,6 +141,7 @@ pub enum LayoutKey {
     Setting(String),
     RbacRule(String),
     Token(String),
+    UsageBucket(String),
     Leader,
 }
 
@@ -139,7 +152,7 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         return Some(LayoutKey::Leader);
     }
     type Kind = fn(String) -> LayoutKey;
-    let kinds: [(&str, Kind); 8] = [
+    let kinds: [(&str, Kind); 9] = [
         (NODES, LayoutKey::Node),
         (HEARTBEATS, LayoutKey::Heartbeat),
         (ALLOCATIONS, LayoutKey::Allocation),
@@ -148,6 +161,7 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         (SETTINGS, LayoutKey::Setting),
         (RBAC, LayoutKey::RbacRule),
         (TOKENS, LayoutKey::Token),
+        (USAGE, LayoutKey::UsageBucket),
     ];
     kinds.into_iter().find_map(|(prefix, kind)| key.strip_prefix(prefix).and_then(decode).map(kind))
 }
@@ -199,7 +213,16 @@ mod tests {
         assert_eq!(team("vision"), "/allot/v1/teams/vision");
         assert_eq!(counter("allocation-id"), "/allot/v1/counters/allocation-id");
         assert_eq!(leader(), "/allot/v1/leader");
-        for prefix in [prefix_nodes(), prefix_heartbeats(), prefix_allocations(), prefix_teams(), prefix_counters()] {
+        assert_eq!(usage_bucket(300_000), "/allot/v1/usage/0000000000300000");
+        assert!(usage_bucket(9_999_999) < usage_bucket(10_000_000), "keys sort by time");
+        for prefix in [
+            prefix_nodes(),
+            prefix_heartbeats(),
+            prefix_allocations(),
+            prefix_teams(),
+            prefix_counters(),
+            prefix_usage(),
+        ] {
             assert!(prefix.starts_with(ROOT) && prefix.ends_with('/'), "{prefix}");
         }
         assert!(node("gpu-01").starts_with(prefix_nodes()));
@@ -207,7 +230,7 @@ mod tests {
 
     #[test]
     fn parse_inverts_every_key_function() {
-        let cases: [(String, LayoutKey); 9] = [
+        let cases: [(String, LayoutKey); 10] = [
             (node("gpu-01"), LayoutKey::Node("gpu-01".into())),
             (heartbeat("n.example_1"), LayoutKey::Heartbeat("n.example_1".into())),
             (allocation("a-1"), LayoutKey::Allocation("a-1".into())),
@@ -217,6 +240,7 @@ mod tests {
             (setting("gpu-values"), LayoutKey::Setting("gpu-values".into())),
             (rbac_rule("g, alice, member, vision"), LayoutKey::RbacRule("g, alice, member, vision".into())),
             (token("ab12"), LayoutKey::Token("ab12".into())),
+            (usage_bucket(1_700_000_100_000), LayoutKey::UsageBucket("0001700000100000".into())),
         ];
         for (key, expected) in cases {
             assert_eq!(parse(&key), Some(expected), "{key}");
