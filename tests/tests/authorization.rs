@@ -280,6 +280,11 @@ async fn run(world: &World, role: Role, call: &str) -> Outcome {
                 .create_token(proto::CreateTokenRequest { subject: format!("svc-{unique}"), ..Default::default() })
                 .await,
         ),
+        "AdminService/GetUsageHistory" | "AdminService/GetUsageHistory a" | "AdminService/GetUsageHistory b" => {
+            let team = call.strip_prefix("AdminService/GetUsageHistory").unwrap_or_default().trim();
+            let request = proto::GetUsageHistoryRequest { since_ms: 0, team: team.into() };
+            outcome(clients.admin.get_usage_history(request).await)
+        }
         "GET /metrics" => http_outcome(http_get(&world.broker.http, "/metrics", &clients.token).await),
         "GET /healthz" => http_outcome(http_get(&world.broker.http, "/healthz", &clients.token).await),
         "GET /readyz" => http_outcome(http_get(&world.broker.http, "/readyz", &clients.token).await),
@@ -324,6 +329,9 @@ fn expected() -> Vec<(&'static str, [Outcome; 6])> {
         ("AdminService/ListGrants a", [P, P, D, D, D, U]),
         ("AdminService/Apply", [P, D, D, D, D, U]),
         ("AdminService/CreateToken", [P, D, D, D, D, U]),
+        ("AdminService/GetUsageHistory", [P, P, P, P, D, U]),
+        ("AdminService/GetUsageHistory a", [P, P, P, P, D, U]),
+        ("AdminService/GetUsageHistory b", [P, D, D, D, D, U]),
         ("GET /metrics", [P, D, D, D, D, U]),
         ("GET /healthz", [P, P, P, P, P, P]),
         ("GET /readyz", [P, P, P, P, P, P]),
