@@ -161,6 +161,9 @@ pub struct Figures {
     pub teams: Vec<TeamRow>,
     pub models: Vec<ModelRow>,
     pub capacity: CapacityRow,
+    /// Telemetry of every GPU added up by model (`gpu` is the model; times are GPU-hours).
+    pub model_telemetry: Vec<GpuRow>,
+    /// GPUs that throttled or ran above 80 °C, one by one.
     pub gpus: Vec<GpuRow>,
     pub timeline: Vec<TimelinePoint>,
     pub demand: DemandTrend,
@@ -187,6 +190,7 @@ pub fn figures(history: &Export, from_ms: u64, to_ms: u64) -> Figures {
 
     let mut teams: BTreeMap<&str, TeamFigures> = BTreeMap::new();
     let mut gpus: BTreeMap<&str, GpuFigures> = BTreeMap::new();
+    let mut model_telemetry: BTreeMap<&str, GpuFigures> = BTreeMap::new();
     let mut capacity = crate::bucket::CapacityFigures::default();
     for bucket in &buckets {
         for (team, figures) in &bucket.teams {
@@ -194,6 +198,9 @@ pub fn figures(history: &Export, from_ms: u64, to_ms: u64) -> Figures {
         }
         for (gpu, figures) in &bucket.gpus {
             gpus.entry(gpu).or_default().merge(figures);
+        }
+        for (model, figures) in &bucket.models {
+            model_telemetry.entry(model).or_default().merge(figures);
         }
         capacity.merge(&bucket.capacity);
     }
@@ -231,7 +238,25 @@ pub fn figures(history: &Export, from_ms: u64, to_ms: u64) -> Figures {
         typical_request_gpus: milli(u64::from(capacity.typical_milli_gpu)),
     };
 
-    let gpu_rows: Vec<GpuRow> = gpus.iter().map(|(gpu, figures)| gpu_row(gpu, figures)).collect();
+    // A GPU's share of time throttled or hot is of the time the cluster was sampled:
+    // its own figures start at its first notable sample in each bucket.
+    let gpu_rows: Vec<GpuRow> = gpus
+        .iter()
+        .map(|(gpu, figures)| {
+            let mut row = gpu_row(gpu, figures);
+            row.throttled_pct = share(figures.throttled_ms, capacity.sampled_ms);
+            row.hot_pct = share(figures.hot_ms, capacity.sampled_ms);
+            row
+        })
+        .collect();
+    let model_rows: Vec<GpuRow> = model_telemetry
+        .iter()
+        .map(|(model, figures)| {
+            let mut row = gpu_row(model, figures);
+            row.model = (*model).to_owned();
+            row
+        })
+        .collect();
     let timeline: Vec<TimelinePoint> = buckets.iter().map(|bucket| timeline_point(bucket)).collect();
     let demand = demand_trend(&timeline, from_ms.max(buckets.first().map_or(from_ms, |bucket| bucket.start_ms)));
 
@@ -259,6 +284,7 @@ pub fn figures(history: &Export, from_ms: u64, to_ms: u64) -> Figures {
         teams: team_rows,
         models: models.into_values().collect(),
         capacity: capacity_row,
+        model_telemetry: model_rows,
         gpus: gpu_rows,
         timeline,
         demand,
@@ -487,7 +513,7 @@ mod tests {
         assert_eq!(figures.summary.allocated_pct, Some(50.0));
         assert_eq!(figures.summary.flagged_gpus, 1);
         let throttled = figures.gpus.iter().find(|row| row.gpu == "n/3").expect("n/3");
-        assert_eq!((throttled.throttled_h, throttled.throttled_pct, throttled.flagged), (0.25, 25.0, true));
+        assert_eq!((throttled.throttled_h, throttled.throttled_pct, throttled.flagged), (0.25, 12.5, true));
         assert!(!figures.gpus.iter().find(|row| row.gpu == "n/0").expect("n/0").flagged);
         assert_eq!(figures.timeline[1].teams["a"].gpus, 3.0);
         assert_eq!(figures.timeline[1].teams["a"].borrowed_gpus, 1.0);

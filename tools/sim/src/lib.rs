@@ -6,9 +6,12 @@
 //! Layout: [`trace`] reads node and task lists; [`protocol`] replays one list with
 //! one policy and seed; [`batch`] runs many (policy, seed) pairs on threads;
 //! [`report`] aggregates over seeds and writes JSON, CSV and SVG; [`generate`]
-//! makes task lists of the same family with other mixes, seeded.
+//! makes task lists of the same family with other mixes, seeded. [`capacity`]
+//! writes the capacity report from a broker's usage history, and [`size`] is the
+//! procurement sizing tool.
 
 pub mod batch;
+pub mod capacity;
 pub mod cli;
 pub mod generate;
 pub mod protocol;

@@ -51,7 +51,40 @@ pub struct Demand {
 /// accepts H100-SXM-80GB), and one that matches none is an error.
 pub fn read_demand(path: &Path, models: &[String], growth: f64, seed: u64) -> Result<Demand, SizeError> {
     let text = std::fs::read_to_string(path).map_err(|source| SizeError::Io { path: path.to_owned(), source })?;
+    if text.trim_start().starts_with('{') {
+        return history_demand(path, &text, models, growth, seed);
+    }
     parse_demand(path, &text, models, growth, seed)
+}
+
+/// A usage history exported from a broker (`allotctl report capacity` writes it
+/// as history.json) as a demand: each team's GPUs held plus waiting, bucket by
+/// bucket, as tasks of the typical request's size (`allot_history::demand`).
+pub fn history_demand(path: &Path, text: &str, models: &[String], growth: f64, seed: u64) -> Result<Demand, SizeError> {
+    let history = allot_history::Export::parse(text).map_err(|error| {
+        let line = match &error {
+            allot_history::HistoryError::Json(json) => json.line(),
+            _ => 1,
+        };
+        SizeError::Input { path: path.to_owned(), line, message: error.to_string() }
+    })?;
+    let (tasks, count) = allot_history::demand::to_native_tasks(&history);
+    if count == 0 {
+        return Err(SizeError::Input {
+            path: path.to_owned(),
+            line: 1,
+            message: "the usage history holds no GPU demand (no team held or waited for a GPU)".into(),
+        });
+    }
+    let mut demand = parse_demand(path, &tasks, models, growth, seed)?;
+    demand.summary.format = "history".into();
+    demand.summary.notes.push(format!(
+        "a usage history of {} buckets from {} to {} UTC, as {count} tasks holding each team's mean demand (GPUs held plus waiting) bucket by bucket; it records GPUs only, so the tasks ask for no CPU or memory and accept every GPU model",
+        history.buckets.len(),
+        allot_history::date_time(history.buckets.first().map_or(0, |bucket| bucket.start_ms)),
+        allot_history::date_time(history.buckets.last().map_or(0, |bucket| bucket.until_ms)),
+    ));
+    Ok(demand)
 }
 
 /// Parses a demand; `path` is only for messages.
@@ -228,6 +261,26 @@ mod tests {
         assert!((1400..=1600).contains(&half), "{half}");
         assert_eq!(parse(&rows, 1.5, 7).tasks.len(), half, "the same seed draws the same copies");
         assert_ne!(parse(&rows, 1.5, 8).tasks.len(), half, "another seed draws others");
+    }
+
+    #[test]
+    fn a_usage_history_becomes_tasks_and_a_broken_one_names_its_line() {
+        let history = r#"{"format":1,"as_of_ms":7200000,"since_ms":0,"buckets":[
+            {"start_ms":0,"length_ms":3600000,"until_ms":3600000,"teams":{"a":{"models":{"H100":{"allocated":7200000000}}}},"capacity":{}},
+            {"start_ms":3600000,"length_ms":3600000,"until_ms":7200000,"teams":{"a":{"queued":10800000000}},"capacity":{}}]}"#;
+        let models = ["H100-SXM-80GB".to_owned()];
+        let demand = history_demand(Path::new("history.json"), history, &models, 1.0, 1).expect("a demand");
+        assert_eq!(demand.summary.format, "history");
+        // Two GPUs the first hour, three (waiting) the second: three one-GPU tasks.
+        assert_eq!(demand.tasks.len(), 3);
+        let runs: Vec<Option<f64>> = demand.tasks.iter().map(|task| task.run_s).collect();
+        assert!(runs.contains(&Some(7200.0)) && runs.contains(&Some(3600.0)), "{runs:?}");
+        let broken = history.replace("\"until_ms\":7200000", "\"until_ms\":\"soon\"");
+        let error = history_demand(Path::new("history.json"), &broken, &models, 1.0, 1).expect_err("broken");
+        assert!(error.to_string().starts_with("history.json:3: not a usage history"), "{error}");
+        let empty = r#"{"format":1,"as_of_ms":0,"since_ms":0,"buckets":[]}"#;
+        let error = history_demand(Path::new("h.json"), empty, &models, 1.0, 1).expect_err("empty");
+        assert!(error.to_string().contains("no GPU demand"), "{error}");
     }
 
     #[test]
