@@ -251,24 +251,30 @@ pub fn annotations(pod: &Pod) -> BTreeMap<String, String> {
     pod.metadata.annotations.clone().unwrap_or_default()
 }
 
-/// A 400 that names what was wrong with the JSON.
-fn bad_request(verb: &str, error: serde_json::Error) -> Response {
-    (StatusCode::BAD_REQUEST, format!("extender {verb}: malformed request: {error}")).into_response()
+/// Parses a request, or answers 400 naming the field that was wrong.
+fn parse<T: serde::de::DeserializeOwned>(verb: &str, body: &[u8]) -> Result<T, Response> {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut reader).map_err(|error| {
+        let path = error.path().to_string();
+        let place = if path == "." { String::new() } else { format!(" at {path}") };
+        let text = format!("extender {verb}: malformed request{place}: {}", error.inner());
+        (StatusCode::BAD_REQUEST, text).into_response()
+    })
 }
 
 async fn filter(State(app): State<App>, body: Bytes) -> Response {
-    let args: ExtenderArgs = match serde_json::from_slice(&body) {
+    let args: ExtenderArgs = match parse("filter", &body) {
         Ok(args) => args,
-        Err(error) => return bad_request("filter", error),
+        Err(response) => return response,
     };
     let verdict = app.verdict_for(&args.pod).await;
     axum::Json(extender::filter(&args, &verdict)).into_response()
 }
 
 async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
-    let args: ExtenderArgs = match serde_json::from_slice(&body) {
+    let args: ExtenderArgs = match parse("prioritize", &body) {
         Ok(args) => args,
-        Err(error) => return bad_request("prioritize", error),
+        Err(response) => return response,
     };
     let placed = match pod_ref(&args.pod) {
         Some(reference) => match app.broker.find(&reference.owner()).await {
@@ -284,9 +290,9 @@ async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
 }
 
 async fn bind(State(app): State<App>, body: Bytes) -> Response {
-    let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
+    let args: ExtenderBindingArgs = match parse("bind", &body) {
         Ok(args) => args,
-        Err(error) => return bad_request("bind", error),
+        Err(response) => return response,
     };
     let error = match app.bind(&args).await {
         Ok(()) => String::new(),

@@ -75,7 +75,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     tracing::info!(%address, broker = %args.broker, "allot-k8s serving the scheduler extender");
-    println!("listening on {address}");
+    eprintln!("allot-k8s: listening on {address}");
     tokio::spawn(controller::run(app.clone(), settings));
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async {
@@ -92,6 +92,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
