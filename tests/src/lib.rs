@@ -1,9 +1,12 @@
 //! Harness for cross-component tests: starts the real `allot-broker`, `allot-node`
 //! and `allotctl` binaries (built by `cargo build --workspace`) on loopback ports,
-//! and a real etcd through `allot_store::testing`.
+//! and a real etcd through `allot_store::testing`; `control_plane` runs a real
+//! Kubernetes control plane (kube-apiserver, kube-scheduler) on that etcd.
 //!
 //! Every process is killed when its handle drops, so a failing test leaves
 //! nothing running.
+
+pub mod control_plane;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
