@@ -200,9 +200,9 @@ impl ControlPlane {
             let name = format!("kube-scheduler-{}", self.scheduler_starts);
             let mut command = Command::new(&binary);
             command
+                // The kubeconfig and leader election are in the configuration: with
+                // --config, kube-scheduler ignores its deprecated --kubeconfig flag.
                 .arg(format!("--config={}", config_path.display()))
-                .arg(format!("--kubeconfig={}", self.scheduler_kubeconfig.display()))
-                .arg("--leader-elect=false")
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--secure-port={port}"))
                 .arg(format!("--cert-dir={}", self.dir.path().join(&name).display()));
