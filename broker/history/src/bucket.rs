@@ -344,6 +344,11 @@ pub struct Bucket {
     pub length_ms: u64,
     /// How far the figures reach (the current bucket is not over yet).
     pub until_ms: u64,
+    /// How much of the bucket the recorder covered (less than `until_ms -
+    /// start_ms` when the broker started inside it, or was down for a while);
+    /// mean GPUs are over this time.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub covered_ms: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub teams: BTreeMap<String, TeamFigures>,
     /// Telemetry of every GPU, added up by GPU model (times are GPU-milliseconds:
@@ -368,6 +373,12 @@ impl Bucket {
         self.start_ms.saturating_add(self.length_ms)
     }
 
+    /// The time the figures are means over: what the recorder covered, or (for
+    /// a bucket without that figure) from its start to how far it reaches.
+    pub fn covered(&self) -> u64 {
+        if self.covered_ms > 0 { self.covered_ms } else { self.until_ms.saturating_sub(self.start_ms) }
+    }
+
     pub fn covers(&self, at_ms: u64) -> bool {
         self.start_ms <= at_ms && at_ms < self.end_ms()
     }
@@ -377,6 +388,7 @@ impl Bucket {
         let mut merged = Bucket::new(start_ms, length_ms);
         for part in parts {
             merged.until_ms = merged.until_ms.max(part.until_ms);
+            merged.covered_ms = merged.covered_ms.saturating_add(part.covered());
             for (team, figures) in &part.teams {
                 merged.teams.entry(team.clone()).or_default().merge(figures);
             }

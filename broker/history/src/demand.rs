@@ -43,7 +43,7 @@ pub fn to_native_tasks(history: &Export) -> (String, usize) {
     };
     let mut last_ms = origin;
     for bucket in &history.buckets {
-        let covered = bucket.until_ms.saturating_sub(bucket.start_ms);
+        let covered = bucket.covered();
         if covered == 0 {
             continue;
         }

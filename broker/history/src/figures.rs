@@ -186,7 +186,7 @@ fn share(part: u64, whole: u64) -> f64 {
 pub fn figures(history: &Export, from_ms: u64, to_ms: u64) -> Figures {
     let buckets: Vec<&Bucket> =
         history.buckets.iter().filter(|bucket| bucket.end_ms() > from_ms && bucket.start_ms < to_ms).collect();
-    let span_ms = buckets.iter().map(|bucket| bucket.until_ms.saturating_sub(bucket.start_ms)).sum::<u64>();
+    let span_ms = buckets.iter().map(|bucket| bucket.covered()).sum::<u64>();
 
     let mut teams: BTreeMap<&str, TeamFigures> = BTreeMap::new();
     let mut gpus: BTreeMap<&str, GpuFigures> = BTreeMap::new();
@@ -342,7 +342,7 @@ fn gpu_row(gpu: &str, figures: &GpuFigures) -> GpuRow {
 }
 
 fn timeline_point(bucket: &Bucket) -> TimelinePoint {
-    let covered = bucket.until_ms.saturating_sub(bucket.start_ms);
+    let covered = bucket.covered();
     let mut demand = GpuMs::default();
     let teams = bucket
         .teams

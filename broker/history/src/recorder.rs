@@ -106,6 +106,8 @@ pub struct Recorder {
     typical: Option<(u64, u32)>,
     /// When [`Recorder::take_due`] last handed buckets out.
     saved_ms: u64,
+    /// When this recorder began crediting (in this process).
+    started_ms: Option<u64>,
 }
 
 fn floor(at_ms: u64, length_ms: u64) -> u64 {
@@ -193,6 +195,9 @@ impl Recorder {
 
     /// Credits the current levels up to `now_ms`.
     pub fn advance(&mut self, now_ms: u64) {
+        if self.started_ms.is_none() {
+            self.started_ms = Some(now_ms);
+        }
         if self.integrated_ms == 0 {
             self.integrated_ms = now_ms;
             return;
@@ -211,6 +216,7 @@ impl Recorder {
                 bucket.teams.entry(team.clone()).or_default().queued.add(GpuMs::of(*milli_gpu, ms));
             }
             bucket.until_ms = bucket.until_ms.max(end);
+            bucket.covered_ms = bucket.covered_ms.saturating_add(ms);
             self.dirty.insert(bucket.start_ms);
             at = end;
         }
@@ -314,10 +320,11 @@ impl Recorder {
     /// Records telemetry and the capacity split of the ready nodes at `now_ms`,
     /// weighted by the time since the previous sample (the first weighs nothing).
     pub fn sample(&mut self, now_ms: u64, nodes: &[NodeSample]) {
+        // The first sample counts from when recording began (GPU time is credited from then).
         let weight = match self.last_sample_ms {
             Some(last) if now_ms > last => (now_ms - last).min(MAX_SAMPLE_GAP_MS),
             Some(_) => return,
-            None => 0,
+            None => self.started_ms.map_or(0, |started| now_ms.saturating_sub(started).min(MAX_SAMPLE_GAP_MS)),
         };
         self.last_sample_ms = Some(now_ms);
         if weight == 0 {

@@ -339,12 +339,11 @@ fn waits_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..count, log(WAIT_FLOOR_S)..top)
         .map_err(failed)?;
-    let names: Vec<String> = teams.iter().map(|row| row.team.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(teams.len().max(1))
-        .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
+        .x_label_formatter(&|_| String::new())
+        .x_desc("team")
         .y_desc("wait")
         .y_label_formatter(&|y| wait(Some(10f64.powf(*y))))
         .draw()
@@ -363,6 +362,13 @@ fn waits_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             .label(*label)
             .legend(legend_box(colour));
     }
+    // Category names under their bars (the axis labels are numbers).
+    let rise = (top - log(WAIT_FLOOR_S)) * 0.02;
+    chart
+        .draw_series(teams.iter().enumerate().map(|(position, row)| {
+            Text::new(row.team.clone(), (position as f64 + 0.15, log(WAIT_FLOOR_S) + rise), ("sans-serif", 14))
+        }))
+        .map_err(failed)?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -388,12 +394,11 @@ fn models_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..count, 0.0..top)
         .map_err(failed)?;
-    let names: Vec<String> = models.iter().map(|row| row.model.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(models.len().max(1))
-        .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
+        .x_label_formatter(&|_| String::new())
+        .x_desc("GPU model")
         .y_desc("GPU-hours")
         .draw()
         .map_err(failed)?;
@@ -410,6 +415,11 @@ fn models_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             .label(*label)
             .legend(legend_box(colour));
     }
+    chart
+        .draw_series(models.iter().enumerate().map(|(position, row)| {
+            Text::new(row.model.clone(), (position as f64 + 0.15, top * 0.93), ("sans-serif", 14))
+        }))
+        .map_err(failed)?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -477,22 +487,21 @@ fn capacity_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
 /// GPUs that throttled or ran above 80 °C: the share of the sampled time each did.
 fn hot_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
     let flagged: Vec<&GpuRow> = figures.gpus.iter().filter(|row| row.flagged).take(40).collect();
-    let root = SVGBackend::with_string(svg, (1000, 120 + 24 * flagged.len().max(1) as u32)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (1000, 140 + 44 * flagged.len().max(1) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
     let count = flagged.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption("GPUs that throttled or ran above 80 °C: share of the sampled time", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(140)
+        .y_label_area_size(40)
         .build_cartesian_2d(0.0..100.0, 0.0..count)
         .map_err(failed)?;
-    let names: Vec<String> = flagged.iter().map(|row| row.gpu.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .y_labels(flagged.len().max(1))
-        .y_label_formatter(&|y| names.get(y.floor() as usize).cloned().unwrap_or_default())
+        .y_label_formatter(&|_| String::new())
+        .y_desc("GPU (node/index)")
         .x_desc("% of the sampled time")
         .draw()
         .map_err(failed)?;
@@ -518,6 +527,15 @@ fn hot_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             .label(*label)
             .legend(legend_box(colour));
     }
+    chart
+        .draw_series(flagged.iter().enumerate().map(|(position, row)| {
+            Text::new(
+                format!("{} ({}, hottest {} °C)", row.gpu, row.model, row.temperature_c_max),
+                (1.0, position as f64 + 0.95),
+                ("sans-serif", 13),
+            )
+        }))
+        .map_err(failed)?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
