@@ -3,6 +3,7 @@
 mod admin;
 mod export;
 mod output;
+mod report;
 mod sim;
 mod size;
 
@@ -69,6 +70,9 @@ pub enum Command {
     Export(export::ExportCommand),
     /// Size a GPU fleet for a demand trace: the cheapest catalog fleet that meets the targets (no broker needed).
     Size(size::SizeArgs),
+    /// Reports from the broker's usage history.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +312,9 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Alloc(AllocCommand::Create(args)) => Some(spec(args)?),
         _ => None,
     };
+    if let Command::Report(command) = &cli.command {
+        report::check(command)?;
+    }
     let bearer = find_token(cli.token_file.as_deref())?;
     let channel = connect(&cli.broker).await?;
     let clients = Clients { channel, bearer };
@@ -325,6 +332,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Queue(command) => admin::queue(&clients, command, format).await,
         Command::Apply(args) => admin::apply(&clients, args, format).await,
         Command::Token(command) => admin::token(&clients, command, format).await,
+        Command::Report(command) => report::run(&clients, command, &cli.broker, format).await,
         Command::Nodes(NodesCommand::List) => {
             let mut admin = clients.admin();
             let nodes = admin.list_nodes(proto::ListNodesRequest {}).await?.into_inner();
