@@ -325,6 +325,38 @@ fn four_gpus_of_one_numa_node_are_the_brokers_nvlink_choice() {
 }
 
 #[test]
+fn a_pod_the_scheduler_extender_placed_gets_its_allocation_and_no_second_one() {
+    let mut world = World::new("dgx-h100", 2);
+    world.kubelet.wait_allocatable("allot.io/gpu", 8, LONG);
+    // What allot-k8s does at filter time: the pod's allocation, owned by the pod.
+    let owner = "pod:default/pod-x/5b0e9c1a-0000-4000-8000-00000000000x";
+    let created = allotctl_json(
+        &world.broker,
+        &["alloc", "create", "--team", TEAM, "--gpus", "4", "--interconnect", "nvlink", "--owner", owner],
+    );
+    let placed = binding_uuids(&created);
+    assert_eq!(placed.len(), 4, "{created}");
+    // Its GPUs stay on offer to the kubelet, which must hand them to that pod.
+    wait_until("the extender's GPUs are offered", LONG, || world.kubelet.healthy("allot.io/gpu").len() == 8);
+    let answer = world.kubelet.admit("pod-x", &[("allot.io/gpu", "4")]);
+    assert_eq!(answer["admitted"], true, "{answer}\n{}", world.node.log_text());
+    let granted: BTreeSet<String> = ids(&answer, "allot.io/gpu").into_iter().collect();
+    assert_eq!(granted, placed, "the kubelet gives the pod the GPUs the broker bound to it");
+    let live = world.live_allocations();
+    assert_eq!(live.len(), 1, "adopted, not allocated twice: {live:#?}");
+    assert_eq!(live[0]["owner"], owner);
+    // Another pod is placed by the plugin itself, on the other GPUs.
+    let other = world.kubelet.admit("pod-y", &[("allot.io/gpu", "4")]);
+    assert_eq!(other["admitted"], true, "{other}");
+    assert!(ids(&other, "allot.io/gpu").iter().all(|id| !placed.contains(id)));
+    // The pod ends: the plugin releases the adopted allocation too.
+    world.kubelet.remove_pod("pod-x");
+    wait_until("pod-x's allocation is released", LONG, || {
+        world.live_allocations().iter().all(|allocation| allocation["owner"] != owner)
+    });
+}
+
+#[test]
 fn a_mig_instance_is_carved_where_the_broker_chose_and_removed_with_its_pod() {
     let mut world = World::new("dgx-a100-mig", 2);
     let resource = "allot.io/mig-3g.40gb";

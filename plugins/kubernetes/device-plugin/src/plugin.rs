@@ -4,6 +4,10 @@
 //! - GetPreferredAllocation creates the allocation at the broker, pinned to this
 //!   node and to the devices the kubelet offers (after its Topology Manager
 //!   narrowed them), and answers with the broker's choice.
+//! - A pod placed by the scheduler extender (allot-k8s) already has its
+//!   allocation, owned `pod:<ns>/<name>/<uid>` and bound to this node: its devices
+//!   are offered, GetPreferredAllocation answers with them (the oldest such
+//!   allocation of the asked size first) and Allocate adopts it, creating nothing.
 //! - Allocate finds the allocation whose devices are exactly the ones asked for
 //!   (or, when the kubelet had no choice to make and skipped GetPreferredAllocation,
 //!   creates one pinned to exactly those), waits until this node enforced it
@@ -143,8 +147,13 @@ impl Plugins {
     }
 
     /// The devices of a resource as the kubelet should see them now.
+    /// Devices held by a grant, or by a pod's allocation waiting to be adopted,
+    /// are offered: the kubelet must be able to hand them to their pod.
     pub fn devices(&self, resource: &Resource) -> Vec<Device> {
-        let held = self.shared.lock_grants().held();
+        let mut held = self.shared.lock_grants().held();
+        for (id, ids, _) in self.shared.adoptable(resource) {
+            held.insert(id, ids.into_iter().collect());
+        }
         resources::devices(resource, &self.shared.snapshot.borrow(), &held)
     }
 
@@ -198,11 +207,92 @@ impl Shared {
         self.grants_changed.send_modify(|version| *version += 1);
     }
 
+    /// Allocations the scheduler extender made for pods bound to this node that
+    /// no grant holds yet, with their device ids under `resource`, oldest first.
+    fn adoptable(&self, resource: &Resource) -> Vec<(AllocationId, BTreeSet<String>, u64)> {
+        let grants = self.lock_grants();
+        let snapshot = self.snapshot.borrow();
+        let mut found: Vec<(AllocationId, BTreeSet<String>, u64)> = snapshot
+            .allocations
+            .values()
+            .filter(|allocation| !grants.grants.contains_key(&allocation.id))
+            .filter(|allocation| allocation.binding.as_ref().is_some_and(|binding| binding.node == self.config.node))
+            .filter_map(|allocation| {
+                let ids = resources::pod_allocation_ids(resource, allocation)?;
+                Some((allocation.id, ids, allocation.created_at_ms))
+            })
+            .collect();
+        found.sort_by_key(|(id, _, created)| (*created, *id));
+        found
+    }
+
+    /// Waits (a few seconds at most) until this node has heard of every pod
+    /// allocation the broker bound here: allot-k8s binds the pod right after
+    /// making its allocation, so the kubelet may ask before the assignment
+    /// stream told this node. A broker that does not answer leaves the
+    /// snapshot as it is.
+    async fn catch_up(&self) {
+        let listed = self
+            .broker
+            .clone()
+            .list(proto::ListAllocationsRequest {
+                team: String::new(),
+                node: self.config.node.to_string(),
+                owner: String::new(),
+                include_finished: false,
+            })
+            .await;
+        let Ok(listed) = listed else { return };
+        let expected: BTreeSet<AllocationId> = listed
+            .into_inner()
+            .allocations
+            .iter()
+            .filter(|allocation| {
+                allocation.binding.is_some()
+                    && allocation
+                        .spec
+                        .as_ref()
+                        .and_then(|spec| spec.owner.as_deref())
+                        .is_some_and(|owner| owner.starts_with(resources::POD_OWNER_PREFIX))
+            })
+            .filter_map(|allocation| allocation.id.parse().ok())
+            .collect();
+        let mut snapshot = self.snapshot.clone();
+        let wait = async {
+            loop {
+                if expected.iter().all(|id| snapshot.borrow_and_update().allocations.contains_key(id)) {
+                    return;
+                }
+                if snapshot.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+    }
+
+    /// Records a pod's allocation as the grant of `ids`.
+    fn adopt(&self, resource: &Resource, id: AllocationId, ids: &BTreeSet<String>) {
+        tracing::info!(resource = %resource, allocation = %id, devices = ?ids, "adopted the scheduler extender's allocation");
+        self.update_grants(|grants| {
+            grants.grants.insert(
+                id,
+                Grant {
+                    resource: resource.name.clone(),
+                    device_ids: ids.clone(),
+                    created_ms: now_ms(),
+                    allocated_ms: None,
+                },
+            );
+        });
+    }
+
     async fn release(&self, id: AllocationId) -> Result<(), Status> {
         let mut broker = self.broker.clone();
         match broker.release(proto::AllocationRef { id: id.to_string() }).await {
             Ok(_) => {}
-            Err(status) if status.code() == tonic::Code::NotFound => {}
+            // Released already (by allot-k8s when the pod ended, or by an admin).
+            Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => {}
             Err(status) => return Err(status),
         }
         self.update_grants(|grants| {
@@ -409,9 +499,21 @@ impl ResourcePlugin {
         let devices = self.parse_all(ids)?;
         let shared = &self.shared;
         let _placing = shared.placing.lock().await;
-        let existing = shared.lock_grants().find_exact(&self.resource.name, &wanted);
-        let id = match existing {
-            Some(id) => id,
+        let mut existing = shared.lock_grants().find_exact(&self.resource.name, &wanted);
+        if existing.is_none() {
+            shared.catch_up().await;
+            existing = shared.lock_grants().find_exact(&self.resource.name, &wanted);
+        }
+        let adopted = existing.is_none().then(|| {
+            shared.adoptable(&self.resource).into_iter().find(|(_, ids, _)| ids == &wanted).map(|(id, _, _)| id)
+        });
+        let id = match existing.or(adopted.flatten()) {
+            Some(id) => {
+                if existing.is_none() {
+                    shared.adopt(&self.resource, id, &wanted);
+                }
+                id
+            }
             None => {
                 let overlapping = shared.lock_grants().overlapping(&self.resource.name, &wanted);
                 if !overlapping.is_empty() {
@@ -568,6 +670,22 @@ impl v1beta1::device_plugin_server::DevicePlugin for ResourcePlugin {
             }
             let available = self.parse_all(&container.available_device_i_ds)?;
             let _placing = self.shared.placing.lock().await;
+            self.shared.catch_up().await;
+            // A pod the scheduler extender placed: its allocation's devices, the
+            // oldest such allocation first (the kubelet admits pods in the order
+            // they were bound, as a rule).
+            let offered: BTreeSet<&String> = container.available_device_i_ds.iter().collect();
+            let adoptable = self
+                .shared
+                .adoptable(&self.resource)
+                .into_iter()
+                .find(|(_, ids, _)| ids.len() == size as usize && ids.iter().all(|id| offered.contains(id)));
+            if let Some((id, ids, _)) = adoptable {
+                self.shared.adopt(&self.resource, id, &ids);
+                container_responses
+                    .push(v1beta1::ContainerPreferredAllocationResponse { device_i_ds: ids.into_iter().collect() });
+                continue;
+            }
             let (id, ids) =
                 self.shared.place(&self.resource, size, &available, &container.available_device_i_ds).await?;
             tracing::info!(resource = %self.resource, allocation = %id, devices = ?ids, "preferred: the broker's choice");

@@ -285,6 +285,29 @@ pub fn devices(
     list
 }
 
+/// Owners of allocations the scheduler extender (allot-k8s) made for pods.
+pub const POD_OWNER_PREFIX: &str = "pod:";
+
+/// The device ids of a pod's allocation (made by the scheduler extender, owner
+/// `pod:...`) under `resource`, when it is one this resource can hand out:
+/// whole GPUs by UUID, a MIG instance by its slot. Shares are not adopted (their
+/// unit ids are this plugin's own), so a share pod comes through the plugin's
+/// own allocation.
+pub fn pod_allocation_ids(resource: &Resource, allocation: &Allocation) -> Option<BTreeSet<String>> {
+    if !allocation.request.owner.as_deref().is_some_and(|owner| owner.starts_with(POD_OWNER_PREFIX)) {
+        return None;
+    }
+    let binding = allocation.binding.as_ref()?;
+    let ids: Option<BTreeSet<String>> = match (&resource.kind, &allocation.request.gpus) {
+        (Kind::Whole, GpuDemand::Whole { .. }) => binding.gpus.iter().map(|gpu| gpu.uuid.clone()).collect(),
+        (Kind::Mig { profile }, GpuDemand::Mig { profile: asked }) if profile == asked => {
+            binding.gpus.iter().map(|gpu| Some(mig_id(gpu.uuid.as_deref()?, gpu.mig.as_ref()?.start))).collect()
+        }
+        _ => None,
+    };
+    ids.filter(|ids| !ids.is_empty())
+}
+
 /// The broker demand for `count` devices of a resource on one GPU of `gpu_memory`.
 pub fn demand(kind: &Kind, count: u32, gpu_memory: Option<MiB>) -> Result<GpuDemand, String> {
     match kind {
