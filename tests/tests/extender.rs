@@ -1,0 +1,310 @@
+//! allot-k8s on a real control plane: kube-apiserver and kube-scheduler v1.37.2
+//! (built from upstream, `plugins/kubernetes/control-plane/build.sh`) with the
+//! extender configured, a real broker and three allot-node daemons on the
+//! dgx-h100 fixture whose names are the Node objects' names.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use allot_tests::control_plane::{
+    ControlPlane, create_namespace, create_node, create_pod, force_delete_pod, node_name, pod_events, pod_requesting,
+    wait_for_pod,
+};
+use allot_tests::{
+    Broker, Process, StoreKind, allotctl, allotctl_json, binary, node_statuses, start_broker_with, start_node,
+    wait_until,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use serde_json::{Value, json};
+
+const GPU: &str = "allot.io/gpu";
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// A scheduling decision shows within a second or two; the margin is for a busy machine.
+const LONG: Duration = Duration::from_secs(60);
+
+/// allot-k8s, started against the broker and the API server; returns it and its address.
+fn start_allot_k8s(broker: &Broker, control_plane: &ControlPlane, dir: &Path, name: &str) -> (Process, String) {
+    let mut command = Command::new(binary("allot-k8s"));
+    command
+        .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0", "--poll", "0.3", "--gone-grace", "3"])
+        .arg("--token-file")
+        .arg(&broker.admin_token)
+        .arg("--kubeconfig")
+        .arg(control_plane.kubeconfig());
+    let mut process = Process::spawn(name, &mut command, dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = process.log_text();
+        if let Some(line) = log.lines().find_map(|line| line.strip_prefix("allot-k8s: listening on ")) {
+            return (process, line.trim().to_owned());
+        }
+        if process.has_exited() || Instant::now() > deadline {
+            panic!("allot-k8s did not start:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scheduler_config(extender: &str) -> Value {
+    json!({
+        "extenders": [{
+            "urlPrefix": format!("http://{extender}"),
+            "filterVerb": "filter",
+            "prioritizeVerb": "prioritize",
+            "bindVerb": "bind",
+            "weight": 1,
+            "nodeCacheCapable": true,
+            "ignorable": false,
+            "managedResources": [
+                {"name": GPU, "ignoredByScheduler": true},
+                {"name": "allot.io/gpu-share", "ignoredByScheduler": true},
+            ],
+        }]
+    })
+}
+
+fn pod_with(namespace: &str, name: &str, gpus: u32, annotations: &[(&str, &str)]) -> Pod {
+    let mut pod = pod_requesting(namespace, name, &[(GPU, &gpus.to_string())]);
+    if !annotations.is_empty() {
+        pod.metadata.annotations =
+            Some(annotations.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect());
+    }
+    pod
+}
+
+/// The broker's live allocations, by owner.
+fn live_by_owner(broker: &Broker) -> BTreeMap<String, Vec<Value>> {
+    let mut found: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for allocation in allotctl_json(broker, &["alloc", "list"]).as_array().cloned().unwrap_or_default() {
+        let owner = allocation["owner"].as_str().unwrap_or_default().to_owned();
+        found.entry(owner).or_default().push(allocation);
+    }
+    found
+}
+
+fn owner_of(pod: &Pod) -> String {
+    format!(
+        "pod:{}/{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+async fn events_text(client: &Client, namespace: &str, pod: &str) -> String {
+    pod_events(client, namespace, pod)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|event| format!("{}: {}", event.reason.as_deref().unwrap_or(""), event.message.as_deref().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn wait_for_event(client: &Client, namespace: &str, pod: &str, needle: &str) -> String {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let text = events_text(client, namespace, pod).await;
+        if text.contains(needle) {
+            return text;
+        }
+        if Instant::now() > deadline {
+            panic!("no event of pod {namespace}/{pod} contains {needle:?}; its events:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn bound(pod: &Pod) -> bool {
+    node_name(pod).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_queue() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        &StoreKind::Embedded(dir.path().join("store")),
+        dir.path(),
+        "broker",
+        "5s",
+        "127.0.0.1:0",
+        &[],
+    );
+    let _nodes: Vec<Process> = NODES.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
+    wait_until("three ready nodes", Duration::from_secs(60), || {
+        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
+    });
+    for (team, guaranteed) in [("vision", "gpu/any=8"), ("nlp", "gpu/any=16")] {
+        let output = allotctl(&broker, &["team", "create", team, "--guaranteed", guaranteed]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    let mut control_plane = ControlPlane::start().await;
+    let client = control_plane.client();
+    for name in NODES {
+        create_node(&client, name, &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
+            .await
+            .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
+    }
+    for team in ["vision", "nlp"] {
+        create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
+    }
+    create_namespace(&client, "unmapped", &[]).await.expect("namespace");
+    let (mut extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
+    control_plane.start_scheduler(&scheduler_config(&address)).await;
+
+    // 8 NVLink GPUs land on an empty node, exactly where the broker put them.
+    create_pod(&client, &pod_with("vision", "big", 8, &[("allot.io/interconnect", "nvlink")])).await.expect("pod");
+    let big = wait_for_pod(&client, "vision", "big", "is bound", LONG, bound).await;
+    let live = live_by_owner(&broker);
+    let allocation =
+        &live.get(&owner_of(&big)).unwrap_or_else(|| panic!("no allocation owned by {}: {live:#?}", owner_of(&big)))[0];
+    assert_eq!(allocation["node"].as_str(), node_name(&big), "the pod is where the broker placed it");
+    assert_eq!(allocation["gpus"].as_array().map(Vec::len), Some(8));
+    let annotations = big.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get("allot.io/allocation").map(String::as_str), allocation["id"].as_str());
+    let devices = annotations.get("allot.io/devices").cloned().unwrap_or_default();
+    assert_eq!(devices.split(',').count(), 8, "the pod names its 8 GPUs: {devices}");
+
+    // 4-GPU pods get 4 NVLink GPUs of one NUMA node each.
+    for name in ["nlp-0", "nlp-1"] {
+        create_pod(&client, &pod_with("nlp", name, 4, &[])).await.expect("pod");
+    }
+    for name in ["nlp-0", "nlp-1"] {
+        let pod = wait_for_pod(&client, "nlp", name, "is bound", LONG, bound).await;
+        let live = live_by_owner(&broker);
+        let allocation = &live[&owner_of(&pod)][0];
+        assert_eq!(allocation["numa_nodes"].as_array().map(Vec::len), Some(1), "{name}: one NUMA node: {allocation}");
+        assert_eq!(allocation["node"].as_str(), node_name(&pod));
+        assert_ne!(node_name(&pod), node_name(&big), "the 8-GPU node is full");
+    }
+
+    // Fill the cluster, then a vision pod waits with the broker's reason and place.
+    for name in ["nlp-2", "nlp-3"] {
+        create_pod(&client, &pod_with("nlp", name, 4, &[])).await.expect("pod");
+        wait_for_pod(&client, "nlp", name, "is bound", LONG, bound).await;
+    }
+    create_pod(&client, &pod_with("vision", "waiting", 4, &[])).await.expect("pod");
+    let events = wait_for_event(&client, "vision", "waiting", "waiting in the broker's queue at position 1").await;
+    assert!(events.contains("FailedScheduling"), "kube-scheduler says why: {events}");
+    let pod = wait_for_pod(&client, "vision", "waiting", "exists", LONG, |_| true).await;
+    assert!(!bound(&pod), "a waiting pod stays Pending");
+    let waiting_owner = owner_of(&pod);
+    assert_eq!(live_by_owner(&broker)[&waiting_owner][0]["state"], "pending");
+
+    // Restart allot-k8s in the middle: nothing lost, nothing duplicated.
+    extender.kill();
+    let (restarted, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s-2");
+    extender = restarted;
+    control_plane.start_scheduler(&scheduler_config(&address)).await;
+
+    // Deleting a pod releases its allocation; the waiting pod is bound soon after.
+    let nlp3 = wait_for_pod(&client, "nlp", "nlp-3", "exists", LONG, |_| true).await;
+    force_delete_pod(&client, "nlp", "nlp-3").await.expect("delete");
+    let released = owner_of(&nlp3);
+    wait_until("nlp-3's allocation is released", LONG, || !live_by_owner(&broker).contains_key(&released));
+    let pod = wait_for_pod(&client, "vision", "waiting", "is bound once nlp-3 is gone", LONG, bound).await;
+    assert_eq!(
+        live_by_owner(&broker)[&waiting_owner][0]["node"].as_str(),
+        node_name(&pod),
+        "the waiting pod runs where the broker admitted it"
+    );
+
+    // Every pod holds exactly one live allocation, and every pod allocation has its pod.
+    let live = live_by_owner(&broker);
+    for (namespace, name) in
+        [("vision", "big"), ("vision", "waiting"), ("nlp", "nlp-0"), ("nlp", "nlp-1"), ("nlp", "nlp-2")]
+    {
+        let pod = wait_for_pod(&client, namespace, name, "exists", LONG, |_| true).await;
+        assert_eq!(live.get(&owner_of(&pod)).map(Vec::len), Some(1), "{namespace}/{name}: {live:#?}");
+    }
+    let pod_owned = live.keys().filter(|owner| owner.starts_with("pod:")).count();
+    assert_eq!(pod_owned, 5, "no allocation without its pod: {live:#?}");
+    drop(extender);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pods_get_events_that_say_what_to_fix_and_bad_json_gets_a_400() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        &StoreKind::Embedded(dir.path().join("store")),
+        dir.path(),
+        "broker",
+        "5s",
+        "127.0.0.1:0",
+        &[],
+    );
+    let _node = start_node(&broker, "dgx-h100", "node-a", dir.path());
+    wait_until("a ready node", Duration::from_secs(60), || {
+        node_statuses(&broker).iter().any(|(_, status)| status == "ready")
+    });
+    let output = allotctl(&broker, &["team", "create", "vision", "--guaranteed", "gpu/any=8"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut control_plane = ControlPlane::start().await;
+    let client = control_plane.client();
+    create_node(&client, "node-a", &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
+        .await
+        .expect("node");
+    create_namespace(&client, "vision", &[("allot.io/team", "vision")]).await.expect("namespace");
+    create_namespace(&client, "unmapped", &[]).await.expect("namespace");
+    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
+    control_plane.start_scheduler(&scheduler_config(&address)).await;
+
+    // An annotation with a value Allot does not know.
+    create_pod(&client, &pod_with("vision", "typo", 2, &[("allot.io/interconnect", "infiniband")])).await.expect("pod");
+    wait_for_event(
+        &client,
+        "vision",
+        "typo",
+        "annotation allot.io/interconnect: \"infiniband\" is not one of nvlink, pcie-switch, numa, any",
+    )
+    .await;
+    // A shape no node can ever hold.
+    create_pod(&client, &pod_with("vision", "nine", 9, &[("allot.io/interconnect", "nvlink")])).await.expect("pod");
+    wait_for_event(&client, "vision", "nine", "E-IMPOSSIBLE").await;
+    // A namespace with no team.
+    create_pod(&client, &pod_with("unmapped", "orphan", 1, &[])).await.expect("pod");
+    wait_for_event(&client, "unmapped", "orphan", "kubectl label namespace unmapped allot.io/team=<team>").await;
+    let live = live_by_owner(&broker);
+    assert!(live.keys().all(|owner| !owner.starts_with("pod:")), "nothing was granted: {live:#?}");
+
+    // Malformed and truncated JSON: a 400 naming what is wrong.
+    for (body, needle) in [
+        (r#"{"Pod": {"metadata": {"name": "p"}}, "NodeNames": 7}"#, "NodeNames"),
+        (r#"{"Pod": {"metadata": {"#, "EOF"),
+        (r#"{"NodeNames": ["node-a"]}"#, "missing field `Pod`"),
+    ] {
+        let (status, text) = post(&address, "/filter", body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    let (status, text) = post(&address, "/bind", r#"{"PodName": "p", "Node": "node-a"}"#).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("PodNamespace") || text.contains("PodUID"), "{text}");
+
+    // The broker unreachable: filter fails closed and nothing is bound.
+    drop(broker);
+    create_pod(&client, &pod_with("vision", "no-broker", 1, &[])).await.expect("pod");
+    wait_for_event(&client, "vision", "no-broker", "does not answer").await;
+    let pod = wait_for_pod(&client, "vision", "no-broker", "exists", LONG, |_| true).await;
+    assert!(!bound(&pod), "nothing is bound without an allocation");
+}
+
+/// POSTs `body` to the extender; returns the status and the body.
+async fn post(address: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to allot-k8s");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
