@@ -308,3 +308,71 @@ async fn post(address: &str, path: &str, body: &str) -> (u16, String) {
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borrowed_pods_are_evicted_when_a_team_asks_within_its_guarantee() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        &StoreKind::Embedded(dir.path().join("store")),
+        dir.path(),
+        "broker",
+        "5s",
+        "127.0.0.1:0",
+        &["--reclaim-grace", "2s"],
+    );
+    let _nodes: Vec<Process> = NODES.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
+    wait_until("three ready nodes", Duration::from_secs(60), || {
+        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
+    });
+    for (team, guaranteed) in [("vision", "gpu/any=8"), ("nlp", "gpu/any=16")] {
+        let output = allotctl(&broker, &["team", "create", team, "--guaranteed", guaranteed]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut control_plane = ControlPlane::start().await;
+    let client = control_plane.client();
+    for name in NODES {
+        create_node(&client, name, &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
+            .await
+            .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
+    }
+    for team in ["vision", "nlp"] {
+        create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
+    }
+    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
+    control_plane.start_scheduler(&scheduler_config(&address)).await;
+
+    // nlp (guaranteed 16) fills all 24 GPUs: its last two pods borrow vision's idle 8.
+    let mut nlp = Vec::new();
+    for index in 0..6 {
+        let name = format!("nlp-{index}");
+        create_pod(&client, &pod_with("nlp", &name, 4, &[])).await.expect("pod");
+        nlp.push(wait_for_pod(&client, "nlp", &name, "is bound", LONG, bound).await);
+    }
+    let live = live_by_owner(&broker);
+    let borrowed: Vec<&Pod> = nlp.iter().filter(|pod| live[&owner_of(pod)][0]["preemptible"] == true).collect();
+    assert_eq!(borrowed.len(), 2, "two nlp pods borrow: {live:#?}");
+
+    // vision asks within its guarantee: the newest borrowed nlp pod is reclaimed,
+    // evicted after the grace period, and vision's pod runs in its place.
+    create_pod(&client, &pod_with("vision", "owed", 4, &[])).await.expect("pod");
+    let victim = nlp.last().expect("six pods");
+    let victim_name = victim.metadata.name.clone().unwrap_or_default();
+    wait_for_event(&client, "nlp", &victim_name, "Allot reclaims this pod's GPUs").await;
+    let evicted =
+        wait_for_pod(&client, "nlp", &victim_name, "is evicted", LONG, |pod| pod.metadata.deletion_timestamp.is_some())
+            .await;
+    assert!(evicted.metadata.deletion_timestamp.is_some());
+    wait_for_event(&client, "nlp", &victim_name, "Allot preempted allocation").await;
+    let owed = wait_for_pod(&client, "vision", "owed", "is bound after the reclaim", LONG, bound).await;
+    assert_eq!(node_name(&owed), node_name(victim), "vision runs on the reclaimed GPUs");
+
+    // nlp's other pods are untouched, its own guarantee included.
+    for pod in &nlp[..5] {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let now = wait_for_pod(&client, "nlp", &name, "exists", LONG, |_| true).await;
+        assert!(now.metadata.deletion_timestamp.is_none(), "{name} was not reclaimed");
+    }
+    let live = live_by_owner(&broker);
+    assert!(!live.contains_key(&owner_of(victim)), "the victim's allocation is gone: {live:#?}");
+    assert_eq!(live.keys().filter(|owner| owner.starts_with("pod:nlp/")).count(), 5);
+}
