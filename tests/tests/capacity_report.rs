@@ -133,7 +133,7 @@ fn held_ms(allocations: &[&Value], as_of: u64, start: impl Fn(&Value) -> u64) ->
 }
 
 /// Checks every team's GPU-hours, borrowed GPU-hours and events against the allocations.
-fn check_numbers(report: &Value, a: &[Value], b: &[Value], c: &[Value], preempted_at: u64, released_at: u64) {
+fn check_numbers(report: &Value, a: &[Value], b: &[Value], c: &[Value], released_at: u64) {
     let as_of = number(&report["request"]["to_ms"], "to_ms");
     let created = |allocation: &Value| number(&allocation["created_at_ms"], "created_at_ms");
     let all_a: Vec<&Value> = a.iter().collect();
@@ -148,11 +148,25 @@ fn check_numbers(report: &Value, a: &[Value], b: &[Value], c: &[Value], preempte
     assert_eq!((report_a["guarantee_gpus"].as_f64(), report_a["limit_gpus"].as_f64()), (Some(8.0), Some(16.0)));
     assert_eq!(report_a["peak_gpus"].as_f64(), Some(16.0));
 
-    // B's eight were granted in the batch that preempted A's borrowed eight.
-    let all_b: Vec<&Value> = b.iter().collect();
+    // Each of B's requests marked one of A's borrowed allocations for reclaim, and
+    // was granted (oldest first) in the batch that preempted it.
+    let mut preempted: Vec<u64> = a
+        .iter()
+        .filter(|allocation| allocation["state"] == "preempted")
+        .map(|allocation| number(&allocation["updated_at_ms"], "updated_at_ms"))
+        .collect();
+    preempted.sort_unstable();
+    let mut all_b: Vec<&Value> = b.iter().collect();
+    all_b.sort_by_key(|allocation| created(allocation));
+    assert_eq!(preempted.len(), all_b.len(), "one preemption per request of B");
+    let granted_at = |allocation: &Value| {
+        let position = all_b.iter().position(|candidate| candidate["id"] == allocation["id"]).expect("one of B's");
+        preempted[position]
+    };
     let report_b = team(report, "b");
-    assert_hours(&report_b["allocated_gpu_h"], held_ms(&all_b, as_of, |_| preempted_at), "team b held");
-    let longest_wait = b.iter().map(|allocation| preempted_at - created(allocation)).max().unwrap_or(0) as f64 / 1000.0;
+    assert_hours(&report_b["allocated_gpu_h"], held_ms(&all_b, as_of, granted_at), "team b held");
+    let longest_wait =
+        all_b.iter().map(|allocation| granted_at(allocation) - created(allocation)).max().unwrap_or(0) as f64 / 1000.0;
     let wait_max = report_b["wait_max_s"].as_f64().expect("b waited");
     assert!(
         (wait_max - longest_wait).abs() < 0.05,
@@ -291,12 +305,6 @@ fn the_capacity_report_matches_the_allocations_survives_a_restart_and_renders() 
     wait_until("C's GPU is granted", LONG, || count(&list(&broker, "c"), "bound") == 1);
 
     let (a, b, c) = (list(&broker, "a"), list(&broker, "b"), list(&broker, "c"));
-    let preempted_at = a
-        .iter()
-        .filter(|job| job["state"] == "preempted")
-        .map(|job| number(&job["updated_at_ms"], "updated_at_ms"))
-        .max()
-        .expect("A's borrowed were preempted");
     let released_at = a
         .iter()
         .find(|job| job["state"] == "released")
@@ -307,7 +315,7 @@ fn the_capacity_report_matches_the_allocations_survives_a_restart_and_renders() 
 
     let out = dir.path().join("report");
     let first = report(&broker, &out, &["--since", "1h"]);
-    check_numbers(&first, &a, &b, &c, preempted_at, released_at);
+    check_numbers(&first, &a, &b, &c, released_at);
     for file in [
         "report.html",
         "history.json",
@@ -379,7 +387,7 @@ fn the_capacity_report_matches_the_allocations_survives_a_restart_and_renders() 
     });
     let again = report(&broker, &dir.path().join("report-again"), &["--since", "1h"]);
     let (a, b, c) = (list(&broker, "a"), list(&broker, "b"), list(&broker, "c"));
-    check_numbers(&again, &a, &b, &c, preempted_at, released_at);
+    check_numbers(&again, &a, &b, &c, released_at);
     let before = team(&first, "a")["allocated_gpu_h"].as_f64().expect("a");
     let after = team(&again, "a")["allocated_gpu_h"].as_f64().expect("a");
     assert!(after > before, "A's GPU-hours kept growing across the restart: {before} then {after}");
