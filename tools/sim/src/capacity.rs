@@ -348,7 +348,8 @@ fn waits_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
         .y_label_formatter(&|y| wait(Some(10f64.powf(*y))))
         .draw()
         .map_err(failed)?;
-    let percentiles: [(&str, fn(&allot_history::figures::TeamRow) -> Option<f64>); 3] =
+    type Percentile = fn(&allot_history::figures::TeamRow) -> Option<f64>;
+    let percentiles: [(&str, Percentile); 3] =
         [("p50", |row| row.wait_p50_s), ("p90", |row| row.wait_p90_s), ("p99", |row| row.wait_p99_s)];
     for (index, (label, value)) in percentiles.iter().enumerate() {
         let colour = PALETTE[index];
@@ -402,7 +403,8 @@ fn models_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
         .y_desc("GPU-hours")
         .draw()
         .map_err(failed)?;
-    let bars: [(&str, fn(&allot_history::figures::ModelRow) -> f64); 2] =
+    type Bar = fn(&allot_history::figures::ModelRow) -> f64;
+    let bars: [(&str, Bar); 2] =
         [("held", |row| row.allocated_gpu_h), ("offered (ready GPUs)", |row| row.capacity_gpu_h)];
     for (index, (label, value)) in bars.iter().enumerate() {
         let colour = PALETTE[index * 2];
@@ -514,8 +516,8 @@ fn hot_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             )))
             .map_err(failed)?;
     }
-    let bars: [(&str, fn(&GpuRow) -> f64); 2] =
-        [("throttled", |row| row.throttled_pct), ("above 80 °C", |row| row.hot_pct)];
+    type Bar = fn(&GpuRow) -> f64;
+    let bars: [(&str, Bar); 2] = [("throttled", |row| row.throttled_pct), ("above 80 °C", |row| row.hot_pct)];
     for (index, (label, value)) in bars.iter().enumerate() {
         let colour = PALETTE[3 - index * 2];
         chart
