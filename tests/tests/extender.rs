@@ -376,3 +376,68 @@ async fn borrowed_pods_are_evicted_when_a_team_asks_within_its_guarantee() {
     assert!(!live.contains_key(&owner_of(victim)), "the victim's allocation is gone: {live:#?}");
     assert_eq!(live.keys().filter(|owner| owner.starts_with("pod:nlp/")).count(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_starts_all_at_once_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        &StoreKind::Embedded(dir.path().join("store")),
+        dir.path(),
+        "broker",
+        "5s",
+        "127.0.0.1:0",
+        &[],
+    );
+    let nodes = ["node-a", "node-b", "node-c", "node-d"];
+    let _nodes: Vec<Process> = nodes.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
+    wait_until("four ready nodes", Duration::from_secs(60), || {
+        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 4
+    });
+    for team in ["ml", "ops"] {
+        let output = allotctl(&broker, &["team", "create", team]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut control_plane = ControlPlane::start().await;
+    let client = control_plane.client();
+    for name in nodes {
+        create_node(&client, name, &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
+            .await
+            .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
+    }
+    for team in ["ml", "ops"] {
+        create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
+    }
+    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
+    control_plane.start_scheduler(&scheduler_config(&address)).await;
+
+    // One node busy: three are free, and the gang needs four.
+    create_pod(&client, &pod_with("ops", "blocker", 8, &[])).await.expect("pod");
+    wait_for_pod(&client, "ops", "blocker", "is bound", LONG, bound).await;
+    let members: Vec<String> = (0..4).map(|index| format!("train-{index}")).collect();
+    for name in &members {
+        let annotations =
+            [("allot.io/gang", "train"), ("allot.io/gang-size", "4"), ("allot.io/interconnect", "nvlink")];
+        create_pod(&client, &pod_with("ml", name, 8, &annotations)).await.expect("pod");
+    }
+    let last = members.last().expect("four members");
+    wait_for_event(&client, "ml", last, "gang train (4 pods) waits until all of them fit at once").await;
+    // A few scheduling rounds later, still none of them runs or holds a GPU.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in &members {
+        let pod = wait_for_pod(&client, "ml", name, "exists", LONG, |_| true).await;
+        assert!(!bound(&pod), "{name} started without its gang");
+    }
+    let live = live_by_owner(&broker);
+    assert!(live.keys().all(|owner| !owner.starts_with("pod:ml/")), "a waiting gang holds nothing: {live:#?}");
+
+    // The fourth node frees: all four start, one per node.
+    force_delete_pod(&client, "ops", "blocker").await.expect("delete");
+    let mut used = std::collections::BTreeSet::new();
+    for name in &members {
+        let pod = wait_for_pod(&client, "ml", name, "is bound with its gang", LONG, bound).await;
+        used.insert(node_name(&pod).unwrap_or_default().to_owned());
+    }
+    assert_eq!(used.len(), 4, "one 8-GPU member per node: {used:?}");
+    let live = live_by_owner(&broker);
+    assert_eq!(live.keys().filter(|owner| owner.starts_with("pod:ml/")).count(), 4);
+}

@@ -7,7 +7,8 @@
 //!   kube-scheduler try it again (a pod update requeues an unschedulable pod);
 //! - the broker marked the allocation for reclaim: a warning event with the time;
 //! - the broker preempted it: the pod is evicted through the Eviction API, with
-//!   an event saying why.
+//!   an event saying why;
+//! - capacity was released: waiting gangs are annotated, so they are tried again.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use crate::App;
-use crate::broker::{self, is_live};
+use crate::broker::is_live;
 use crate::request::{self, OWNER_PREFIX, PodRef};
 
 /// How the controller runs.
@@ -50,6 +51,7 @@ pub struct Pass {
     pub released: Vec<String>,
     pub admitted: Vec<String>,
     pub evicted: Vec<String>,
+    pub retried: Vec<String>,
 }
 
 /// Runs passes until the process ends; a failed pass is logged and retried.
@@ -97,7 +99,34 @@ pub async fn pass(app: &App, settings: Settings, warned_reclaim: &mut HashSet<St
             Some(pod) => act_on_pod(app, pod, allocation, &mut done, warned_reclaim).await,
         }
     }
+    if !done.released.is_empty() {
+        retry_gangs(app, by_uid.values(), &mut done).await;
+    }
     Ok(done)
+}
+
+/// Capacity was released: gangs that wait (they hold no allocation while they
+/// do, so the broker admits nothing for them) are tried again now, rather than
+/// at kube-scheduler's next periodic retry.
+async fn retry_gangs<'a>(app: &App, pods: impl Iterator<Item = &'a Pod>, done: &mut Pass) {
+    let stamp = now_ms().to_string();
+    for pod in pods {
+        let in_gang =
+            pod.metadata.annotations.as_ref().is_some_and(|annotations| annotations.contains_key(request::GANG));
+        let waiting = pod.spec.as_ref().is_some_and(|spec| spec.node_name.is_none())
+            && pod.metadata.deletion_timestamp.is_none()
+            && !terminal(pod);
+        if !(in_gang && waiting) {
+            continue;
+        }
+        let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else { continue };
+        let pods: Api<Pod> = Api::namespaced(app.kube.clone(), namespace);
+        let patch = serde_json::json!({ "metadata": { "annotations": { request::RETRY: stamp } } });
+        match pods.patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => done.retried.push(format!("{namespace}/{name}")),
+            Err(error) => tracing::warn!(pod = %name, %error, "cannot ask for the gang to be tried again"),
+        }
+    }
 }
 
 async fn release(app: &App, allocation: &proto::Allocation, done: &mut Pass, why: &str) {
@@ -147,22 +176,19 @@ async fn act_on_pod(
                 app.event(pod, EventType::Warning, "AllotReclaim", note).await;
             }
         }
-        proto::AllocationState::Preempted => {
-            if pod.metadata.deletion_timestamp.is_none() {
-                let note = format!(
-                    "Allot preempted allocation {} (GPUs borrowed beyond the team's guarantee, reclaimed for {}); \
+        proto::AllocationState::Preempted if pod.metadata.deletion_timestamp.is_none() => {
+            let note = format!(
+                "Allot preempted allocation {} (GPUs borrowed beyond the team's guarantee, reclaimed for {}); \
                      evicting the pod",
-                    allocation.id,
-                    allocation.reclaim_for.as_deref().unwrap_or("another team")
-                );
-                app.event(pod, EventType::Warning, "AllotPreempted", note).await;
-                match pods.evict(&name, &EvictParams::default()).await {
-                    Ok(_) => done.evicted.push(format!("{namespace}/{name}")),
-                    Err(error) => tracing::warn!(pod = %name, %error, "cannot evict"),
-                }
+                allocation.id,
+                allocation.reclaim_for.as_deref().unwrap_or("another team")
+            );
+            app.event(pod, EventType::Warning, "AllotPreempted", note).await;
+            match pods.evict(&name, &EvictParams::default()).await {
+                Ok(_) => done.evicted.push(format!("{namespace}/{name}")),
+                Err(error) => tracing::warn!(pod = %name, %error, "cannot evict"),
             }
         }
         _ => {}
     }
-    let _ = broker::devices;
 }

@@ -125,7 +125,14 @@ impl App {
             Ok(spec) => spec,
             Err(problems) => return refuse(problems.join("; "), "AllotInvalidRequest").await,
         };
+        let gang = match request::gang_of(&annotations(pod)) {
+            Ok(gang) => gang,
+            Err(reason) => return refuse(reason, "AllotInvalidRequest").await,
+        };
         let _one_at_a_time = self.creating.lock().await;
+        if let Some(gang) = gang {
+            return self.gang_verdict(pod, &reference, &team, &gang).await;
+        }
         let found = match self.broker.find(&reference.owner()).await {
             Ok(found) => found,
             Err(error) => return refuse(error.to_string(), "AllotUnavailable").await,
@@ -144,6 +151,96 @@ impl App {
             },
         };
         broker::verdict(&allocation)
+    }
+
+    /// A gang member's verdict. Its allocation, if the gang was placed; else the
+    /// whole gang is placed now, every member with `no_wait`, or none is: what
+    /// one member got is released when another cannot be placed, so a gang
+    /// never holds GPUs it cannot use. Called with `creating` held.
+    async fn gang_verdict(&self, pod: &Pod, reference: &PodRef, team: &str, gang: &request::Gang) -> Verdict {
+        let refuse = async |reason: String, event: &str| {
+            self.event(pod, EventType::Warning, event, reason.clone()).await;
+            Verdict::Refused { reason }
+        };
+        match self.broker.find(&reference.owner()).await {
+            Ok(Some(allocation)) => return broker::verdict(&allocation),
+            Ok(None) => {}
+            Err(error) => return refuse(error.to_string(), "AllotUnavailable").await,
+        }
+        let pods: Api<Pod> = Api::namespaced(self.kube.clone(), &reference.namespace);
+        let members: Vec<Pod> = match pods.list(&kube::api::ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter(|member| {
+                    annotations(member).get(request::GANG).map(|name| name.trim()) == Some(gang.name.as_str())
+                        && member.metadata.deletion_timestamp.is_none()
+                        && !matches!(
+                            member.status.as_ref().and_then(|status| status.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        )
+                })
+                .collect(),
+            Err(error) => return refuse(format!("cannot list the gang's pods: {error}"), "AllotUnavailable").await,
+        };
+        if members.len() < gang.size as usize {
+            return Verdict::Refused {
+                reason: format!(
+                    "gang {}: {} of its {} pods exist; they start together once all do",
+                    gang.name,
+                    members.len(),
+                    gang.size
+                ),
+            };
+        }
+        let mut made: Vec<String> = Vec::new();
+        let mut failure = None;
+        for member in &members {
+            let Some(member_ref) = pod_ref(member) else { continue };
+            match self.broker.find(&member_ref.owner()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(error) => {
+                    failure = Some(error.to_string());
+                    break;
+                }
+            }
+            let spec =
+                match request::spec_for(&self.names, team, &member_ref, &containers(member), &annotations(member)) {
+                    Ok(spec) => spec,
+                    Err(problems) => {
+                        failure = Some(format!("pod {}: {}", member_ref.name, problems.join("; ")));
+                        break;
+                    }
+                };
+            match self.broker.create(spec, true).await {
+                Ok(allocation) => made.push(allocation.id),
+                Err(error) => {
+                    failure = Some(format!("pod {} cannot be placed now: {error}", member_ref.name));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            for id in &made {
+                if let Err(error) = self.broker.release(id).await {
+                    tracing::warn!(allocation = %id, %error, "cannot release a gang member's allocation");
+                }
+            }
+            return Verdict::Refused {
+                reason: format!(
+                    "gang {} ({} pods) waits until all of them fit at once: {reason}",
+                    gang.name,
+                    members.len()
+                ),
+            };
+        }
+        tracing::info!(gang = %gang.name, members = members.len(), "gang placed");
+        match self.broker.find(&reference.owner()).await {
+            Ok(Some(allocation)) => broker::verdict(&allocation),
+            Ok(None) => Verdict::Refused { reason: format!("gang {}: this pod's allocation vanished", gang.name) },
+            Err(error) => refuse(error.to_string(), "AllotUnavailable").await,
+        }
     }
 
     /// Binds a pod to the broker's node: annotate, then the binding subresource.
@@ -252,20 +349,20 @@ pub fn annotations(pod: &Pod) -> BTreeMap<String, String> {
 }
 
 /// Parses a request, or answers 400 naming the field that was wrong.
-fn parse<T: serde::de::DeserializeOwned>(verb: &str, body: &[u8]) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(verb: &str, body: &[u8]) -> Result<T, Box<Response>> {
     let mut reader = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut reader).map_err(|error| {
         let path = error.path().to_string();
         let place = if path == "." { String::new() } else { format!(" at {path}") };
         let text = format!("extender {verb}: malformed request{place}: {}", error.inner());
-        (StatusCode::BAD_REQUEST, text).into_response()
+        Box::new((StatusCode::BAD_REQUEST, text).into_response())
     })
 }
 
 async fn filter(State(app): State<App>, body: Bytes) -> Response {
     let args: ExtenderArgs = match parse("filter", &body) {
         Ok(args) => args,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let verdict = app.verdict_for(&args.pod).await;
     axum::Json(extender::filter(&args, &verdict)).into_response()
@@ -274,7 +371,7 @@ async fn filter(State(app): State<App>, body: Bytes) -> Response {
 async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
     let args: ExtenderArgs = match parse("prioritize", &body) {
         Ok(args) => args,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let placed = match pod_ref(&args.pod) {
         Some(reference) => match app.broker.find(&reference.owner()).await {
@@ -292,7 +389,7 @@ async fn prioritize(State(app): State<App>, body: Bytes) -> Response {
 async fn bind(State(app): State<App>, body: Bytes) -> Response {
     let args: ExtenderBindingArgs = match parse("bind", &body) {
         Ok(args) => args,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let error = match app.bind(&args).await {
         Ok(()) => String::new(),

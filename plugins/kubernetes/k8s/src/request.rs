@@ -14,11 +14,17 @@ pub const RDMA: &str = "allot.io/rdma";
 pub const GPU_MODEL: &str = "allot.io/gpu-model";
 pub const MIN_GPU_MEMORY: &str = "allot.io/min-gpu-memory";
 pub const SHARE_MEMORY: &str = "allot.io/gpu-memory";
+/// Pods with the same gang name in a namespace are admitted all or none, once
+/// at least `gang-size` of them exist.
+pub const GANG: &str = "allot.io/gang";
+pub const GANG_SIZE: &str = "allot.io/gang-size";
 /// Written at bind time: the allocation and its devices.
 pub const ALLOCATION: &str = "allot.io/allocation";
 pub const DEVICES: &str = "allot.io/devices";
 /// Written when the broker admits a waiting pod, so kube-scheduler tries it again.
 pub const ADMITTED: &str = "allot.io/admitted";
+/// Written on waiting gang pods when capacity was released, for the same reason.
+pub const RETRY: &str = "allot.io/retry";
 
 /// The pod as Allot names it: the owner of its allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +222,28 @@ pub fn spec_for(
     Ok((&request).into())
 }
 
+/// A pod's gang: its name and how many members must be placed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gang {
+    pub name: String,
+    pub size: u32,
+}
+
+/// The gang a pod's annotations put it in, if any; both annotations or neither.
+pub fn gang_of(annotations: &BTreeMap<String, String>) -> Result<Option<Gang>, String> {
+    let name = annotations.get(GANG).map(|value| value.trim()).filter(|value| !value.is_empty());
+    let size = annotations.get(GANG_SIZE).map(|value| value.trim());
+    match (name, size) {
+        (None, None) => Ok(None),
+        (Some(name), Some(size)) => match size.parse::<u32>() {
+            Ok(size) if (1..=10_000).contains(&size) => Ok(Some(Gang { name: name.to_owned(), size })),
+            _ => Err(format!("annotation {GANG_SIZE}: {size:?} is not a whole number from 1 to 10000")),
+        },
+        (Some(_), None) => Err(format!("annotation {GANG} needs {GANG_SIZE}: how many pods start together")),
+        (None, Some(_)) => Err(format!("annotation {GANG_SIZE} needs {GANG}: the gang's name")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +339,18 @@ mod tests {
             spec_for(&names, "vision", &pod(), &containers(&[&[("cpu", "1")]]), &BTreeMap::new()),
             Err(vec![NOT_OURS.to_owned()])
         );
+    }
+
+    #[test]
+    fn a_gang_needs_its_name_and_size() {
+        assert_eq!(gang_of(&BTreeMap::new()), Ok(None));
+        assert_eq!(
+            gang_of(&annotations(&[(GANG, "train"), (GANG_SIZE, "4")])),
+            Ok(Some(Gang { name: "train".into(), size: 4 }))
+        );
+        assert!(gang_of(&annotations(&[(GANG, "train")])).expect_err("no size").contains(GANG_SIZE));
+        assert!(gang_of(&annotations(&[(GANG_SIZE, "4")])).expect_err("no name").contains(GANG));
+        assert!(gang_of(&annotations(&[(GANG, "train"), (GANG_SIZE, "0")])).is_err());
     }
 
     #[test]
