@@ -30,7 +30,7 @@ pub const MAX_BATCH: usize = 512;
 
 /// Store operations per transaction: etcd's default limit is 128; keep room for
 /// the leadership fence and the id counter.
-const OPS_PER_TXN: usize = 120;
+pub(crate) const OPS_PER_TXN: usize = 120;
 
 // A tick's deletions stay within the half transaction after which a batch closes.
 const _: () = assert!(retention::PRUNE_LIMIT <= OPS_PER_TXN / 2);

@@ -5,6 +5,7 @@
 //! is in `allot-history`. Every write goes through the writer's batch, like any
 //! other change; the history is stored under `layout::usage_bucket`.
 
+use allot_history::recorder::WRITES_PER_COMPACTION;
 use allot_history::{Bucket, GpuSample, NodeSample};
 use allot_placement::NodeStatus;
 use allot_policy::ResourceClass;
@@ -20,7 +21,14 @@ pub const SAVE_EVERY_MS: u64 = 10_000;
 const SAMPLE_EVERY_MS: u64 = 1_000;
 
 /// The most buckets one tick stores (a long outage credited at start makes many).
-const SAVE_LIMIT: usize = 40;
+const SAVE_LIMIT: usize = 48;
+
+// A tick's history writes plus retention's deletions fit one transaction.
+const _: () = assert!(
+    (if SAVE_LIMIT > WRITES_PER_COMPACTION { SAVE_LIMIT } else { WRITES_PER_COMPACTION })
+        + crate::retention::PRUNE_LIMIT
+        <= crate::core::OPS_PER_TXN
+);
 
 /// GPU units of a class set: `gpu/any` or its families added up, whichever is more.
 fn gpu_total(amounts: &allot_policy::Resources) -> u64 {
@@ -94,12 +102,18 @@ pub fn tick(state: &mut ClusterState, writes: &mut Vec<Op>, now: u64) {
             .collect();
         state.usage.quotas(now, quotas.iter().map(|(team, guarantee, limit)| (team.as_str(), *guarantee, *limit)));
     }
+    // A tick writes either a compaction (at most WRITES_PER_COMPACTION keys) or a save
+    // (at most SAVE_LIMIT buckets), so that with retention's deletions it stays
+    // within one transaction; a save put off waits for the next tick.
     let changes = state.usage.compact(now);
-    for start in changes.delete {
-        writes.push(Op::delete(layout::usage_bucket(start)));
-    }
-    for bucket in &changes.put {
-        put(bucket, writes);
+    if !changes.is_empty() {
+        for start in changes.delete {
+            writes.push(Op::delete(layout::usage_bucket(start)));
+        }
+        for bucket in &changes.put {
+            put(bucket, writes);
+        }
+        return;
     }
     for bucket in state.usage.take_due(now, SAVE_EVERY_MS, SAVE_LIMIT) {
         put(&bucket, writes);

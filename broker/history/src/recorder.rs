@@ -38,9 +38,9 @@ pub const MAX_BUCKETS: usize = 2_000;
 /// a gap (a broker that was down) is not filled with the last telemetry.
 pub const MAX_SAMPLE_GAP_MS: u64 = MINUTE_MS;
 
-/// Groups merged per [`Recorder::compact`], so that one call writes at most
-/// about 50 keys (a five-minute hour is 12 deletions and one put).
-pub const MERGES_PER_COMPACTION: usize = 4;
+/// The most keys one [`Recorder::compact`] writes (a day of hourly buckets is
+/// 23 deletions and one put), so that a tick stays one small transaction.
+pub const WRITES_PER_COMPACTION: usize = 48;
 
 /// A GPU under this utilisation counts as idle while held.
 pub const IDLE_UTILIZATION_PCT: u32 = 5;
@@ -370,12 +370,12 @@ impl Recorder {
     }
 
     /// Downsamples what aged out of its tier and drops what is older than
-    /// [`KEEP_FOR_MS`] (or beyond [`MAX_BUCKETS`]), at most
-    /// [`MERGES_PER_COMPACTION`] merges per call. The changes are already made
+    /// [`KEEP_FOR_MS`] (or beyond [`MAX_BUCKETS`]), writing at most
+    /// [`WRITES_PER_COMPACTION`] keys per call. The changes are already made
     /// in memory; the caller writes them in the same batch.
     pub fn compact(&mut self, now_ms: u64) -> Changes {
         let mut changes = Changes::default();
-        let mut merges = 0;
+        let mut stopped_early = false;
         for (group_ms, older_than_ms) in [(DAY_MS, HOURLY_FOR_MS), (HOUR_MS, FINE_FOR_MS)] {
             let Some(cutoff) = now_ms.checked_sub(older_than_ms) else { continue };
             let mut groups: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -386,10 +386,11 @@ impl Recorder {
                 }
             }
             for (group, starts) in groups {
-                if merges == MERGES_PER_COMPACTION {
+                let written = changes.put.len() + changes.delete.len();
+                if written + starts.len() + 1 > WRITES_PER_COMPACTION {
+                    stopped_early = true;
                     break;
                 }
-                merges += 1;
                 // Any bucket of the group's span: shorter ones, and one of the group's length (none yet).
                 let parts: Vec<Bucket> = self
                     .buckets
@@ -418,14 +419,15 @@ impl Recorder {
         };
         // Beyond the bound only once merging is done (a long gap makes many
         // five-minute buckets that merging will fold).
-        let excess = if merges < MERGES_PER_COMPACTION {
-            self.buckets.len().saturating_sub(expired.len()).saturating_sub(MAX_BUCKETS)
-        } else {
+        let excess = if stopped_early {
             0
+        } else {
+            self.buckets.len().saturating_sub(expired.len()).saturating_sub(MAX_BUCKETS)
         };
+        let room = WRITES_PER_COMPACTION.saturating_sub(changes.put.len() + changes.delete.len());
         let oldest: Vec<u64> =
             self.buckets.keys().filter(|start| !expired.contains(start)).take(excess).copied().collect();
-        for start in expired.into_iter().chain(oldest) {
+        for start in expired.into_iter().chain(oldest).take(room) {
             self.buckets.remove(&start);
             self.dirty.remove(&start);
             changes.delete.push(start);
@@ -621,7 +623,7 @@ mod tests {
             if changes.is_empty() {
                 break;
             }
-            assert!(changes.put.len() + changes.delete.len() <= 4 * 13);
+            assert!(changes.put.len() + changes.delete.len() <= WRITES_PER_COMPACTION);
             for start in changes.delete {
                 stored.remove(&start);
             }
