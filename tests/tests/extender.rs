@@ -4,7 +4,7 @@
 //! dgx-h100 fixture whose names are the Node objects' names.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use allot_tests::control_plane::{
     wait_for_pod,
 };
 use allot_tests::{
-    Broker, Process, StoreKind, allotctl, allotctl_json, binary, node_statuses, start_broker_with, start_node,
+    Broker, Process, StoreKind, allotctl, allotctl_json, binary, node_statuses, repo, start_broker_with, start_node,
     wait_until,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -25,15 +25,70 @@ const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// A scheduling decision shows within a second or two; the margin is for a busy machine.
 const LONG: Duration = Duration::from_secs(60);
 
-/// allot-k8s, started against the broker and the API server; returns it and its address.
+/// Applies the ServiceAccount and RBAC of `plugins/kubernetes/deploy/allot-k8s.yaml`
+/// and returns a kubeconfig with that ServiceAccount's token: allot-k8s runs with
+/// exactly the rights the manifest grants.
+async fn deployed_kubeconfig(control_plane: &ControlPlane, dir: &Path) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::Api;
+    use kube::api::PostParams;
+    let client = control_plane.client();
+    let manifest = std::fs::read_to_string(repo().join("plugins/kubernetes/deploy/allot-k8s.yaml")).expect("manifest");
+    create_namespace(&client, "allot-system", &[]).await.expect("namespace allot-system");
+    let post = PostParams::default();
+    for document in manifest.split("\n---\n") {
+        let value: Value = serde_saphyr::from_str(document).unwrap_or_else(|error| panic!("manifest YAML: {error}"));
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => {
+                let account: ServiceAccount = serde_json::from_value(value).expect("ServiceAccount");
+                Api::<ServiceAccount>::namespaced(client.clone(), "allot-system")
+                    .create(&post, &account)
+                    .await
+                    .expect("create");
+            }
+            Some("ClusterRole") => {
+                let role: ClusterRole = serde_json::from_value(value).expect("ClusterRole");
+                Api::<ClusterRole>::all(client.clone()).create(&post, &role).await.expect("create");
+            }
+            Some("ClusterRoleBinding") => {
+                let binding: ClusterRoleBinding = serde_json::from_value(value).expect("ClusterRoleBinding");
+                Api::<ClusterRoleBinding>::all(client.clone()).create(&post, &binding).await.expect("create");
+            }
+            _ => {}
+        }
+    }
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..TokenRequestSpec::default() }),
+        ..TokenRequest::default()
+    };
+    let issued: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), "allot-system")
+        .create_subresource("token", "allot-k8s", &post, &request)
+        .await
+        .expect("a token for the allot-k8s ServiceAccount");
+    let token = issued.status.and_then(|status| status.token).expect("the issued token");
+    let admin = std::fs::read_to_string(control_plane.kubeconfig()).expect("admin kubeconfig");
+    assert!(admin.contains(control_plane.admin_token()));
+    let path = dir.join("allot-k8s.kubeconfig");
+    std::fs::write(&path, admin.replace(control_plane.admin_token(), &token)).expect("write kubeconfig");
+    path
+}
+
+/// allot-k8s, started against the broker and the API server (as the admin, or
+/// with `kubeconfig`); returns it and its address.
 fn start_allot_k8s(broker: &Broker, control_plane: &ControlPlane, dir: &Path, name: &str) -> (Process, String) {
+    start_allot_k8s_as(broker, control_plane.kubeconfig(), dir, name)
+}
+
+fn start_allot_k8s_as(broker: &Broker, kubeconfig: &Path, dir: &Path, name: &str) -> (Process, String) {
     let mut command = Command::new(binary("allot-k8s"));
     command
         .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0", "--poll", "0.3", "--gone-grace", "3"])
         .arg("--token-file")
         .arg(&broker.admin_token)
         .arg("--kubeconfig")
-        .arg(control_plane.kubeconfig());
+        .arg(kubeconfig);
     let mut process = Process::spawn(name, &mut command, dir);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -153,7 +208,9 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
         create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
     }
     create_namespace(&client, "unmapped", &[]).await.expect("namespace");
-    let (mut extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
+    // allot-k8s with the rights its deploy manifest grants, no more.
+    let kubeconfig = deployed_kubeconfig(&control_plane, dir.path()).await;
+    let (mut extender, address) = start_allot_k8s_as(&broker, &kubeconfig, dir.path(), "allot-k8s");
     control_plane.start_scheduler(&scheduler_config(&address)).await;
 
     // 8 NVLink GPUs land on an empty node, exactly where the broker put them.
@@ -197,7 +254,7 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
 
     // Restart allot-k8s in the middle: nothing lost, nothing duplicated.
     extender.kill();
-    let (restarted, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s-2");
+    let (restarted, address) = start_allot_k8s_as(&broker, &kubeconfig, dir.path(), "allot-k8s-2");
     extender = restarted;
     control_plane.start_scheduler(&scheduler_config(&address)).await;
 
@@ -212,6 +269,14 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
         node_name(&pod),
         "the waiting pod runs where the broker admitted it"
     );
+
+    // allot-k8s's own events go out with the manifest's rights too.
+    create_pod(&client, &pod_with("unmapped", "orphan", 1, &[])).await.expect("pod");
+    wait_for_event(&client, "unmapped", "orphan", "is not mapped to an Allot team").await;
+    for log in ["allot-k8s.log", "allot-k8s-2.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        assert!(!text.contains("forbidden"), "allot-k8s lacked a right its manifest should grant:\n{text}");
+    }
 
     // Every pod holds exactly one live allocation, and every pod allocation has its pod.
     let live = live_by_owner(&broker);
