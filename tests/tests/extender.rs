@@ -115,7 +115,6 @@ fn scheduler_config(extender: &str) -> Value {
             "ignorable": false,
             "managedResources": [
                 {"name": GPU, "ignoredByScheduler": true},
-                {"name": "allot.io/gpu-share", "ignoredByScheduler": true},
             ],
         }]
     })

@@ -96,6 +96,8 @@ pub enum Verdict {
     Waiting { allocation: String, position: u32, reason: String },
     /// Never placeable as asked, or not a valid request: the reason says why.
     Refused { reason: String },
+    /// The pod asks for nothing the extender places: every node passes.
+    Unmanaged,
 }
 
 impl Verdict {
@@ -107,6 +109,7 @@ impl Verdict {
                 format!("Allot: waiting in the broker's queue at position {position} ({allocation}): {reason}")
             }
             Verdict::Refused { reason } => format!("Allot: {reason}"),
+            Verdict::Unmanaged => String::new(),
         }
     }
 }
@@ -123,6 +126,7 @@ pub fn filter(args: &ExtenderArgs, verdict: &Verdict) -> ExtenderFilterResult {
     for name in &candidates {
         match verdict {
             Verdict::Placed { node, .. } if node == name => passing.push(name.clone()),
+            Verdict::Unmanaged => passing.push(name.clone()),
             _ => {
                 result.failed_and_unresolvable_nodes.insert(name.clone(), reason.clone());
             }

@@ -123,6 +123,7 @@ impl App {
         };
         let spec = match request::spec_for(&self.names, &team, &reference, &containers(pod), &annotations(pod)) {
             Ok(spec) => spec,
+            Err(problems) if problems == [request::NOT_OURS] => return Verdict::Unmanaged,
             Err(problems) => return refuse(problems.join("; "), "AllotInvalidRequest").await,
         };
         let gang = match request::gang_of(&annotations(pod)) {
