@@ -115,6 +115,9 @@ fn scheduler_config(extender: &str) -> Value {
             "ignorable": false,
             "managedResources": [
                 {"name": GPU, "ignoredByScheduler": true},
+                // Counted by the scheduler too: a share without its own memory
+                // cap is the device plugin's, and must land where units are free.
+                {"name": "allot.io/gpu-share", "ignoredByScheduler": false},
             ],
         }]
     })
@@ -504,4 +507,46 @@ async fn a_gang_starts_all_at_once_or_not_at_all() {
     assert_eq!(used.len(), 4, "one 8-GPU member per node: {used:?}");
     let live = live_by_owner(&broker);
     assert_eq!(live.keys().filter(|owner| owner.starts_with("pod:ml/")).count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_with_its_own_memory_cap_is_placed_by_the_broker_and_one_without_by_the_plugin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        &StoreKind::Embedded(dir.path().join("store")),
+        dir.path(),
+        "broker",
+        "5s",
+        "127.0.0.1:0",
+        &[],
+    );
+    let _node = start_node(&broker, "dgx-h100", "node-a", dir.path());
+    wait_until("a ready node", Duration::from_secs(60), || {
+        node_statuses(&broker).iter().any(|(_, status)| status == "ready")
+    });
+    let output = allotctl(&broker, &["team", "create", "vision", "--guaranteed", "gpu/any=8"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut control_plane = ControlPlane::start().await;
+    let client = control_plane.client();
+    let resources = [(GPU, "8"), ("allot.io/gpu-share", "800"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")];
+    create_node(&client, "node-a", &[], &resources).await.expect("node");
+    create_namespace(&client, "vision", &[("allot.io/team", "vision")]).await.expect("namespace");
+    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
+    control_plane.start_scheduler(&scheduler_config(&address)).await;
+
+    let mut capped = pod_requesting("vision", "capped", &[("allot.io/gpu-share", "30")]);
+    capped.metadata.annotations = Some([("allot.io/gpu-memory".to_owned(), "10000".to_owned())].into());
+    create_pod(&client, &capped).await.expect("pod");
+    let capped = wait_for_pod(&client, "vision", "capped", "is bound", LONG, bound).await;
+    let live = live_by_owner(&broker);
+    let allocation = &live.get(&owner_of(&capped)).unwrap_or_else(|| panic!("no allocation: {live:#?}"))[0];
+    assert_eq!(allocation["gpus"][0]["share"]["milli_gpu"], 300, "{allocation}");
+    assert_eq!(allocation["gpus"][0]["share"]["memory_mib"], 10000, "its own cap: {allocation}");
+
+    create_pod(&client, &pod_requesting("vision", "plain", &[("allot.io/gpu-share", "25")])).await.expect("pod");
+    let plain = wait_for_pod(&client, "vision", "plain", "is bound", LONG, bound).await;
+    assert!(
+        !live_by_owner(&broker).contains_key(&owner_of(&plain)),
+        "a share without its own cap is left to the device plugin on the node"
+    );
 }

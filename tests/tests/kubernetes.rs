@@ -357,6 +357,34 @@ fn a_pod_the_scheduler_extender_placed_gets_its_allocation_and_no_second_one() {
 }
 
 #[test]
+fn a_share_the_scheduler_extender_placed_keeps_its_own_memory_cap() {
+    let mut world = World::new("dgx-h100", 2);
+    let resource = "allot.io/gpu-share";
+    world.kubelet.wait_allocatable(resource, 800, LONG);
+    // 30 hundredths with a 10,000 MiB cap: not the 30 % of 80 GB the plugin would size.
+    let owner = "pod:default/share-x/5b0e9c1a-0000-4000-8000-0000000000aa";
+    let created = allotctl_json(
+        &world.broker,
+        &["alloc", "create", "--team", TEAM, "--share", "300", "--gpu-memory", "10000", "--owner", owner],
+    );
+    let gpu = binding_uuids(&created).into_iter().next().expect("the share's GPU");
+    let answer = world.kubelet.admit("share-x", &[(resource, "30")]);
+    assert_eq!(answer["admitted"], true, "{answer}\n{}", world.node.log_text());
+    let units = ids(&answer, resource);
+    assert_eq!(units.len(), 30);
+    assert!(units.iter().all(|unit| unit.starts_with(&format!("{gpu}::"))), "units of the broker's GPU: {units:?}");
+    let envs = &answer["containers"]["main"]["envs"];
+    assert_eq!(envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"], "0=10000M", "{envs}");
+    assert_eq!(envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "30", "{envs}");
+    let live = world.live_allocations();
+    assert_eq!(live.len(), 1, "adopted, not allocated twice: {live:#?}");
+    // The kubelet still counts the GPUs' 800 hundredths, 30 of them now in use.
+    assert_eq!(world.kubelet.allocatable(resource), 800);
+    world.kubelet.remove_pod("share-x");
+    wait_until("share-x's allocation is released", LONG, || world.live_allocations().is_empty());
+}
+
+#[test]
 fn a_mig_instance_is_carved_where_the_broker_chose_and_removed_with_its_pod() {
     let mut world = World::new("dgx-a100-mig", 2);
     let resource = "allot.io/mig-3g.40gb";

@@ -6,8 +6,9 @@
 //!   narrowed them), and answers with the broker's choice.
 //! - A pod placed by the scheduler extender (allot-k8s) already has its
 //!   allocation, owned `pod:<ns>/<name>/<uid>` and bound to this node: its devices
-//!   are offered, GetPreferredAllocation answers with them (the oldest such
-//!   allocation of the asked size first) and Allocate adopts it, creating nothing.
+//!   are offered (a share as units of its GPU the plugin picks), GetPreferredAllocation
+//!   answers with them (the oldest such allocation of the asked size first) and
+//!   Allocate adopts it, creating nothing.
 //! - Allocate finds the allocation whose devices are exactly the ones asked for
 //!   (or, when the kubelet had no choice to make and skipped GetPreferredAllocation,
 //!   creates one pinned to exactly those), waits until this node enforced it
@@ -209,20 +210,49 @@ impl Shared {
 
     /// Allocations the scheduler extender made for pods bound to this node that
     /// no grant holds yet, with their device ids under `resource`, oldest first.
+    ///
+    /// A share's units are the lowest-numbered units of its GPU that no grant and
+    /// no older share holds: a pure function of the grants and the snapshot, so
+    /// the lists the kubelet sees and the answers it gets agree.
     fn adoptable(&self, resource: &Resource) -> Vec<(AllocationId, BTreeSet<String>, u64)> {
         let grants = self.lock_grants();
         let snapshot = self.snapshot.borrow();
-        let mut found: Vec<(AllocationId, BTreeSet<String>, u64)> = snapshot
+        let mut waiting: Vec<&allot_api::allocation::Allocation> = snapshot
             .allocations
             .values()
             .filter(|allocation| !grants.grants.contains_key(&allocation.id))
             .filter(|allocation| allocation.binding.as_ref().is_some_and(|binding| binding.node == self.config.node))
-            .filter_map(|allocation| {
-                let ids = resources::pod_allocation_ids(resource, allocation)?;
-                Some((allocation.id, ids, allocation.created_at_ms))
-            })
+            .filter(|allocation| resources::is_pod_allocation(allocation))
             .collect();
-        found.sort_by_key(|(id, _, created)| (*created, *id));
+        waiting.sort_by_key(|allocation| (allocation.created_at_ms, allocation.id));
+        let mut taken: BTreeSet<String> = grants
+            .grants
+            .values()
+            .filter(|grant| grant.resource == resource.name)
+            .flat_map(|grant| grant.device_ids.iter().cloned())
+            .collect();
+        let mut found = Vec::new();
+        for allocation in waiting {
+            let ids = match (&resource.kind, resources::pod_share(allocation)) {
+                (Kind::Share, Some((gpu, units))) => {
+                    let free: BTreeSet<String> = (0..resources::SHARE_UNITS_PER_GPU)
+                        .map(|unit| resources::share_id(&gpu, unit))
+                        .filter(|id| !taken.contains(id))
+                        .take(units as usize)
+                        .collect();
+                    if free.len() != units as usize {
+                        continue;
+                    }
+                    taken.extend(free.iter().cloned());
+                    Some(free)
+                }
+                (Kind::Share, None) => None,
+                _ => resources::pod_allocation_ids(resource, allocation),
+            };
+            if let Some(ids) = ids {
+                found.push((allocation.id, ids, allocation.created_at_ms));
+            }
+        }
         found
     }
 

@@ -288,13 +288,27 @@ pub fn devices(
 /// Owners of allocations the scheduler extender (allot-k8s) made for pods.
 pub const POD_OWNER_PREFIX: &str = "pod:";
 
+/// Whether an allocation was made by the scheduler extender for a pod.
+pub fn is_pod_allocation(allocation: &Allocation) -> bool {
+    allocation.request.owner.as_deref().is_some_and(|owner| owner.starts_with(POD_OWNER_PREFIX))
+}
+
+/// A pod's share allocation: its GPU and how many hundredths it holds.
+pub fn pod_share(allocation: &Allocation) -> Option<(String, u32)> {
+    if !is_pod_allocation(allocation) {
+        return None;
+    }
+    let GpuDemand::Share { compute, .. } = &allocation.request.gpus else { return None };
+    let gpu = allocation.binding.as_ref()?.gpus.first()?.uuid.clone()?;
+    Some((gpu, compute.0.div_ceil(1000 / SHARE_UNITS_PER_GPU)))
+}
+
 /// The device ids of a pod's allocation (made by the scheduler extender, owner
 /// `pod:...`) under `resource`, when it is one this resource can hand out:
-/// whole GPUs by UUID, a MIG instance by its slot. Shares are not adopted (their
-/// unit ids are this plugin's own), so a share pod comes through the plugin's
-/// own allocation.
+/// whole GPUs by UUID, a MIG instance by its slot. A share's units are chosen by
+/// the plugin (`Shared::adoptable`), since unit ids are its own.
 pub fn pod_allocation_ids(resource: &Resource, allocation: &Allocation) -> Option<BTreeSet<String>> {
-    if !allocation.request.owner.as_deref().is_some_and(|owner| owner.starts_with(POD_OWNER_PREFIX)) {
+    if !is_pod_allocation(allocation) {
         return None;
     }
     let binding = allocation.binding.as_ref()?;

@@ -117,6 +117,9 @@ impl App {
             self.event(pod, EventType::Warning, event, reason.clone()).await;
             Verdict::Refused { reason }
         };
+        if !request::manages(&self.names, &containers(pod), &annotations(pod)) {
+            return Verdict::Unmanaged;
+        }
         let team = match self.team_of(&reference.namespace).await {
             Ok(team) => team,
             Err(reason) => return refuse(reason, "AllotNoTeam").await,
@@ -260,6 +263,10 @@ impl App {
         }
         let reference =
             PodRef { namespace: args.pod_namespace.clone(), name: args.pod_name.clone(), uid: args.pod_uid.clone() };
+        if !request::manages(&self.names, &containers(&pod), &annotations(&pod)) {
+            // Nothing of Allot's to hold (a share the device plugin places): bind as chosen.
+            return self.bind_to_node(&pods, args).await;
+        }
         let allocation = {
             let _one_at_a_time = self.creating.lock().await;
             match self.broker.find(&reference.owner()).await.map_err(|error| error.to_string())? {
@@ -288,6 +295,13 @@ impl App {
         pods.patch_metadata(&args.pod_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|error| format!("cannot annotate pod {}/{}: {error}", args.pod_namespace, args.pod_name))?;
+        self.bind_to_node(&pods, args).await?;
+        tracing::info!(pod = %reference.owner(), node = %args.node, allocation = %allocation.id, "bound");
+        Ok(())
+    }
+
+    /// The `pods/binding` subresource: the pod is on `args.node` from now on.
+    async fn bind_to_node(&self, pods: &Api<Pod>, args: &ExtenderBindingArgs) -> Result<(), String> {
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(args.pod_name.clone()),
@@ -312,7 +326,6 @@ impl App {
         .map_err(|error| {
             format!("cannot bind pod {}/{} to {}: {error}", args.pod_namespace, args.pod_name, args.node)
         })?;
-        tracing::info!(pod = %reference.owner(), node = %args.node, allocation = %allocation.id, "bound");
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use allot_api::allocation::{GpuDemand, Interconnect, TeamName, ValidatedRequest};
+use allot_api::allocation::{GpuDemand, Interconnect, MilliGpu, TeamName, ValidatedRequest};
 use allot_api::proto;
 use allot_api::units::MiB;
 
@@ -13,6 +13,7 @@ pub const INTERCONNECT: &str = "allot.io/interconnect";
 pub const RDMA: &str = "allot.io/rdma";
 pub const GPU_MODEL: &str = "allot.io/gpu-model";
 pub const MIN_GPU_MEMORY: &str = "allot.io/min-gpu-memory";
+pub const SHARE_MEMORY: &str = "allot.io/gpu-memory";
 /// Pods with the same gang name in a namespace are admitted all or none, once
 /// at least `gang-size` of them exist.
 pub const GANG: &str = "allot.io/gang";
@@ -61,29 +62,44 @@ impl PodRef {
 /// Per container: the resource limits (or requests) by name, as quantities.
 pub type Resources = BTreeMap<String, String>;
 
-/// The Allot resources the extender places, named in a domain (`allot.io`).
-/// GPU shares (`<domain>/gpu-share`) are not among them: the device plugin
-/// places a share itself, against the kubelet's team, since its unit ids are
-/// the plugin's own and it cannot adopt an allocation made here.
+/// The Allot resources of a pod, named in a domain (`allot.io`). A GPU share is
+/// placed here only with its own memory cap (`allot.io/gpu-memory`); without
+/// one the device plugin places it, sizing its memory like its compute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub gpu: String,
     pub mig_prefix: String,
+    pub share: String,
 }
 
 impl Names {
     pub fn new(domain: &str) -> Names {
-        Names { gpu: format!("{domain}/gpu"), mig_prefix: format!("{domain}/mig-") }
+        Names {
+            gpu: format!("{domain}/gpu"),
+            mig_prefix: format!("{domain}/mig-"),
+            share: format!("{domain}/gpu-share"),
+        }
     }
 
     /// Whether a resource name is one of Allot's.
     pub fn is_allot(&self, resource: &str) -> bool {
-        resource == self.gpu || resource.starts_with(&self.mig_prefix)
+        resource == self.gpu || resource == self.share || resource.starts_with(&self.mig_prefix)
     }
 }
 
 /// A pod that asks for no Allot resource.
 pub const NOT_OURS: &str = "asks for no Allot resource";
+
+/// Whether the extender places this pod: it asks for whole GPUs or a MIG
+/// instance, or for a share with its own memory cap. Anything else (a share
+/// without a cap, no Allot resource) is bound as kube-scheduler chose.
+pub fn manages(names: &Names, containers: &[Resources], annotations: &BTreeMap<String, String>) -> bool {
+    let asks = |wanted: &dyn Fn(&str) -> bool| {
+        containers.iter().flatten().any(|(resource, quantity)| wanted(resource) && quantity.trim() != "0")
+    };
+    asks(&|resource| resource == names.gpu || resource.starts_with(&names.mig_prefix))
+        || (asks(&|resource| resource == names.share) && annotations.contains_key(SHARE_MEMORY))
+}
 
 fn count(resource: &str, quantity: &str) -> Result<u64, String> {
     quantity.trim().parse::<u64>().map_err(|_| {
@@ -101,6 +117,7 @@ pub fn spec_for(
 ) -> Result<proto::AllocationSpec, Vec<String>> {
     let mut problems = Vec::new();
     let mut whole = 0u64;
+    let mut share = 0u64;
     let mut mig: BTreeMap<String, u64> = BTreeMap::new();
     for resources in containers {
         for (resource, quantity) in resources {
@@ -116,21 +133,23 @@ pub fn spec_for(
             };
             if resource == &names.gpu {
                 whole += amount;
+            } else if resource == &names.share {
+                share += amount;
             } else if let Some(profile) = resource.strip_prefix(&names.mig_prefix) {
                 *mig.entry(profile.to_owned()).or_default() += amount;
             }
         }
     }
     mig.retain(|_, amount| *amount > 0);
-    let kinds = usize::from(whole > 0) + mig.len();
+    let kinds = usize::from(whole > 0) + usize::from(share > 0) + mig.len();
     if kinds == 0 && problems.is_empty() {
         return Err(vec![NOT_OURS.into()]);
     }
     if kinds > 1 {
         problems.push(format!(
-            "a pod asks Allot for one kind of GPU: whole GPUs ({}) or one MIG profile ({}<profile>); this one asks \
-             for more than one",
-            names.gpu, names.mig_prefix
+            "a pod asks Allot for one kind of GPU: whole GPUs ({}), one MIG profile ({}<profile>) or a share ({}); \
+             this one asks for more than one",
+            names.gpu, names.mig_prefix, names.share
         ));
     }
     if let Some((profile, amount)) = mig.iter().next()
@@ -139,6 +158,12 @@ pub fn spec_for(
         problems.push(format!(
             "resource {}{profile}: a pod gets one MIG instance; ask for 1, or use several pods",
             names.mig_prefix
+        ));
+    }
+    if share > 100 {
+        problems.push(format!(
+            "resource {}: {share} hundredths is more than one GPU; ask for whole GPUs with {}",
+            names.share, names.gpu
         ));
     }
     let annotation = |key: &str| annotations.get(key).map(|value| value.trim());
@@ -174,8 +199,12 @@ pub fn spec_for(
         },
     };
     let min_gpu_memory = mebibytes(MIN_GPU_MEMORY, &mut problems);
+    let share_memory = mebibytes(SHARE_MEMORY, &mut problems);
     if !models.is_empty() && whole == 0 {
         problems.push(format!("annotation {GPU_MODEL}: applies to whole GPUs ({}) only", names.gpu));
+    }
+    if share_memory.is_some() && share == 0 {
+        problems.push(format!("annotation {SHARE_MEMORY}: applies to GPU shares ({}) only", names.share));
     }
     let team: TeamName = match team.parse() {
         Ok(team) => team,
@@ -187,10 +216,19 @@ pub fn spec_for(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let gpus = match mig.keys().next() {
-        Some(profile) if whole == 0 => GpuDemand::Mig { profile: profile.clone() },
-        _ => GpuDemand::Whole { count: whole.min(u32::MAX as u64) as u32, models },
+    let gpus = if whole > 0 {
+        GpuDemand::Whole { count: whole.min(u32::MAX as u64) as u32, models }
+    } else if let Some(profile) = mig.keys().next() {
+        GpuDemand::Mig { profile: profile.clone() }
+    } else {
+        // Hundredths of a GPU, with the pod's own memory cap.
+        GpuDemand::Share { compute: MilliGpu(share as u32 * 10), memory: MiB(share_memory.unwrap_or(0)) }
     };
+    if matches!(gpus, GpuDemand::Share { memory: MiB(0), .. }) {
+        // No cap of its own: the device plugin places it, its memory the same
+        // fraction of the GPU as its compute.
+        return Err(vec![NOT_OURS.into()]);
+    }
     let request =
         ValidatedRequest::new(team, gpus, 0, MiB(0), interconnect, rdma, min_gpu_memory.map(MiB), Some(pod.owner()))
             .map_err(|error| vec![format!("{}: {}", error.field, error.problem)])?;
@@ -262,16 +300,22 @@ mod tests {
     }
 
     #[test]
-    fn a_mig_instance_becomes_its_demand_and_shares_are_left_to_the_device_plugin() {
+    fn mig_and_shares_become_their_demands() {
         let names = Names::new("allot.io");
         let spec = spec_for(&names, "nlp", &pod(), &containers(&[&[("allot.io/mig-3g.40gb", "1")]]), &BTreeMap::new())
             .expect("valid");
         let request = ValidatedRequest::try_from(spec.clone()).expect("round trip");
         assert_eq!(request.gpus, GpuDemand::Mig { profile: "3g.40gb".into() });
-        assert_eq!(
-            spec_for(&names, "nlp", &pod(), &containers(&[&[("allot.io/gpu-share", "25")]]), &BTreeMap::new()),
-            Err(vec![NOT_OURS.to_owned()])
-        );
+        let spec = spec_for(
+            &names,
+            "nlp",
+            &pod(),
+            &containers(&[&[("allot.io/gpu-share", "25")]]),
+            &annotations(&[(SHARE_MEMORY, "20480")]),
+        )
+        .expect("valid");
+        let request = ValidatedRequest::try_from(spec.clone()).expect("round trip");
+        assert_eq!(request.gpus, GpuDemand::Share { compute: MilliGpu(250), memory: MiB(20480) });
     }
 
     #[test]
@@ -294,6 +338,15 @@ mod tests {
         assert!(text.contains("annotation allot.io/rdma: \"yes\" is not true or false"));
         assert!(text.contains("annotation allot.io/min-gpu-memory"));
         assert!(text.contains("one kind of GPU"));
+        assert_eq!(
+            spec_for(&names, "vision", &pod(), &containers(&[&[("allot.io/gpu-share", "30")]]), &BTreeMap::new()),
+            Err(vec![NOT_OURS.to_owned()]),
+            "a share without its own memory cap is the device plugin's"
+        );
+        assert!(!manages(&names, &containers(&[&[("allot.io/gpu-share", "30")]]), &BTreeMap::new()));
+        assert!(manages(&names, &containers(&[&[("allot.io/gpu-share", "30")]]), &annotations(&[(SHARE_MEMORY, "1")])));
+        assert!(manages(&names, &containers(&[&[("allot.io/mig-1g.10gb", "1")]]), &BTreeMap::new()));
+        assert!(!manages(&names, &containers(&[&[("allot.io/gpu", "0"), ("cpu", "2")]]), &BTreeMap::new()));
         let problems = spec_for(&names, "vision", &pod(), &containers(&[&[("allot.io/gpu", "1.5")]]), &BTreeMap::new())
             .expect_err("fraction");
         assert!(problems[0].contains("not a whole number"));
