@@ -224,6 +224,7 @@ impl AllotScore {
 ///   share-heavy mixes: gpushare=60, 80 and 90 (generator seed 7) and
 ///   gpushare=60 and 80 (seed 11). gpushare=80 (seed 11), held out until then,
 ///   is therefore no longer held out.
+///
 /// No default was chosen on multigpu=40 (seed 13), gpuspec=10 (seed 17) or
 /// cpu=50 (seed 19), though they were among the lists checked before some
 /// alternatives were dropped.

@@ -862,30 +862,9 @@ fn spec_from_wire(team: proto::Team) -> Result<TeamSpec, String> {
 /// Writes the files into `out`, replacing what was there, so that `out` never
 /// holds half an export.
 fn write_all_or_nothing(out: &Path, files: &[File]) -> Result<(), CtlError> {
-    let failed =
-        |path: &Path, error: std::io::Error| CtlError::Usage(format!("cannot write {}: {error}", path.display()));
-    let name = out.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let parent = out.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temporary = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&temporary);
-    std::fs::create_dir_all(&temporary).map_err(|error| failed(&temporary, error))?;
-    let result = (|| {
-        for file in files {
-            let path = temporary.join(file.name);
-            std::fs::write(&path, &file.text).map_err(|error| failed(&path, error))?;
-        }
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if out.exists() {
-            std::fs::rename(out, &old).map_err(|error| failed(out, error))?;
-        }
-        std::fs::rename(&temporary, out).map_err(|error| failed(out, error))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&temporary);
-    }
-    result
+    let files: Vec<(&str, &str)> = files.iter().map(|file| (file.name, file.text.as_str())).collect();
+    allot_sim::output::write_folder(out, &files)
+        .map_err(|(path, error)| CtlError::Usage(format!("cannot write {}: {error}", path.display())))
 }
 
 #[cfg(test)]

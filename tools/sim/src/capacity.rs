@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use allot_history::Export;
 use allot_history::figures::{Figures, GpuRow, TimelinePoint, figures};
 use plotters::prelude::*;
+
+use crate::output::{PALETTE, escape};
 use serde::Serialize;
 
 /// What went wrong, worded for the person at the terminal.
@@ -110,47 +112,7 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, ReportError> {
 
 /// Writes the files into a temporary folder beside `out`, then renames it into place.
 fn write_all_or_nothing(out: &Path, files: &[(&str, String)]) -> Result<(), ReportError> {
-    let write_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source: std::io::Error| ReportError::Write { path, source }
-    };
-    let name = out.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let parent = out.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temporary: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&temporary);
-    std::fs::create_dir_all(&temporary).map_err(write_error(&temporary))?;
-    let result = (|| {
-        for (file, contents) in files {
-            let path = temporary.join(file);
-            std::fs::write(&path, contents).map_err(write_error(&path))?;
-        }
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if out.exists() {
-            std::fs::rename(out, &old).map_err(write_error(out))?;
-        }
-        std::fs::rename(&temporary, out).map_err(write_error(out))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&temporary);
-    }
-    result
-}
-
-const PALETTE: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    crate::output::write_folder(out, files).map_err(|(path, source)| ReportError::Write { path, source })
 }
 
 fn csv_field(text: &str) -> String {

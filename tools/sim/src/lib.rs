@@ -14,6 +14,7 @@ pub mod batch;
 pub mod capacity;
 pub mod cli;
 pub mod generate;
+pub mod output;
 pub mod protocol;
 pub mod report;
 pub mod size;

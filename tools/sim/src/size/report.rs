@@ -2,9 +2,11 @@
 //! tables and SVG charts drawn by plotters, no scripts, no network), written to a
 //! temporary folder beside the output and renamed into place at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use plotters::prelude::*;
+
+use crate::output::{PALETTE, escape};
 
 use super::search::duration;
 use super::{Recommendation, SizeError};
@@ -14,50 +16,13 @@ const WAIT_FLOOR_H: f64 = 0.01;
 
 const MIXES: &str = "two models";
 
-const PALETTE: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
-
 /// Writes report.json and report.html into `out`, replacing what was there,
 /// so that `out` never holds half a report.
 pub fn write_all_or_nothing(out: &Path, recommendation: &Recommendation) -> Result<(), SizeError> {
-    let write_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source: std::io::Error| SizeError::Write { path, source }
-    };
-    let name = out.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let parent = out.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temporary: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&temporary);
-    std::fs::create_dir_all(&temporary).map_err(write_error(&temporary))?;
-    let result = (|| {
-        let json = serde_json::to_string_pretty(recommendation)
-            .map_err(|error| SizeError::Usage(format!("cannot write the report as JSON: {error}")))?;
-        let path = temporary.join("report.json");
-        std::fs::write(&path, json).map_err(write_error(&path))?;
-        let path = temporary.join("report.html");
-        std::fs::write(&path, html(recommendation)).map_err(write_error(&path))?;
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        if out.exists() {
-            std::fs::rename(out, &old).map_err(write_error(out))?;
-        }
-        std::fs::rename(&temporary, out).map_err(write_error(out))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&temporary);
-    }
-    result
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    let json = serde_json::to_string_pretty(recommendation)
+        .map_err(|error| SizeError::Usage(format!("cannot write the report as JSON: {error}")))?;
+    let files = [("report.json", json), ("report.html", html(recommendation))];
+    crate::output::write_folder(out, &files).map_err(|(path, source)| SizeError::Write { path, source })
 }
 
 /// A chart, or a note saying why it could not be drawn.
