@@ -75,13 +75,9 @@ async fn deployed_kubeconfig(control_plane: &ControlPlane, dir: &Path) -> PathBu
     path
 }
 
-/// allot-k8s, started against the broker and the API server (as the admin, or
-/// with `kubeconfig`); returns it and its address.
-fn start_allot_k8s(broker: &Broker, control_plane: &ControlPlane, dir: &Path, name: &str) -> (Process, String) {
-    start_allot_k8s_as(broker, control_plane.kubeconfig(), dir, name)
-}
-
-fn start_allot_k8s_as(broker: &Broker, kubeconfig: &Path, dir: &Path, name: &str) -> (Process, String) {
+/// allot-k8s, started against the broker and the API server with `kubeconfig`;
+/// returns it and its address.
+fn start_allot_k8s(broker: &Broker, kubeconfig: &Path, dir: &Path, name: &str) -> (Process, String) {
     let mut command = Command::new(binary("allot-k8s"));
     command
         .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0", "--poll", "0.3", "--gone-grace", "3"])
@@ -179,46 +175,93 @@ fn bound(pod: &Pod) -> bool {
     node_name(pod).is_some()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_queue() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = start_broker_with(
-        &StoreKind::Embedded(dir.path().join("store")),
-        dir.path(),
-        "broker",
-        "5s",
-        "127.0.0.1:0",
-        &[],
-    );
-    let _nodes: Vec<Process> = NODES.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
-    wait_until("three ready nodes", Duration::from_secs(60), || {
-        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
-    });
-    for (team, guaranteed) in [("vision", "gpu/any=8"), ("nlp", "gpu/any=16")] {
-        let output = allotctl(&broker, &["team", "create", team, "--guaranteed", guaranteed]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+/// A broker with dgx-h100 node daemons, the teams, and the control plane with
+/// a Ready Node object per daemon, sized from what the broker knows of it (its
+/// GPUs, its cores, share units for its GPUs).
+struct World {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    _nodes: Vec<Process>,
+    control_plane: ControlPlane,
+    client: Client,
+}
+
+impl World {
+    /// `teams`: name and guarantee (`gpu/any=8`), or none. `namespaces`: name and
+    /// the team its `allot.io/team` label names, or none (unmapped).
+    async fn start(
+        nodes: &[&str],
+        teams: &[(&str, Option<&str>)],
+        namespaces: &[(&str, Option<&str>)],
+        broker_args: &[&str],
+    ) -> World {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = StoreKind::Embedded(dir.path().join("store"));
+        let broker = start_broker_with(&store, dir.path(), "broker", "5s", "127.0.0.1:0", broker_args);
+        let daemons: Vec<Process> =
+            nodes.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
+        wait_until("every node ready", Duration::from_secs(60), || {
+            node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == nodes.len()
+        });
+        for (team, guaranteed) in teams {
+            let mut args = vec!["team", "create", team];
+            if let Some(guaranteed) = guaranteed {
+                args.extend(["--guaranteed", guaranteed]);
+            }
+            let output = allotctl(&broker, &args);
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let control_plane = ControlPlane::start().await;
+        let client = control_plane.client();
+        for node in allotctl_json(&broker, &["nodes", "list"]).as_array().cloned().unwrap_or_default() {
+            let name = node["name"].as_str().unwrap_or_default();
+            let gpus = node["gpus"].as_u64().unwrap_or_default();
+            let (gpus, shares, cores) = (gpus.to_string(), (gpus * 100).to_string(), node["cores"].to_string());
+            let resources = [
+                (GPU, gpus.as_str()),
+                ("allot.io/gpu-share", &shares),
+                ("cpu", &cores),
+                ("memory", "2Ti"),
+                ("pods", "110"),
+            ];
+            create_node(&client, name, &[], &resources)
+                .await
+                .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
+        }
+        for (namespace, team) in namespaces {
+            let labels: Vec<(&str, &str)> = team.iter().map(|team| ("allot.io/team", *team)).collect();
+            create_namespace(&client, namespace, &labels).await.expect("namespace");
+        }
+        World { dir, broker, _nodes: daemons, control_plane, client }
     }
 
-    let mut control_plane = ControlPlane::start().await;
-    let client = control_plane.client();
-    for name in NODES {
-        create_node(&client, name, &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
-            .await
-            .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
+    fn path(&self) -> &Path {
+        self.dir.path()
     }
-    for team in ["vision", "nlp"] {
-        create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
+
+    /// allot-k8s (as the admin, or with `kubeconfig`) and kube-scheduler pointed at it.
+    async fn start_extender(&mut self, kubeconfig: Option<&Path>, name: &str) -> (Process, String) {
+        let kubeconfig = kubeconfig.unwrap_or(self.control_plane.kubeconfig()).to_owned();
+        let (extender, address) = start_allot_k8s(&self.broker, &kubeconfig, self.dir.path(), name);
+        self.control_plane.start_scheduler(&scheduler_config(&address)).await;
+        (extender, address)
     }
-    create_namespace(&client, "unmapped", &[]).await.expect("namespace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_queue() {
+    let teams = [("vision", Some("gpu/any=8")), ("nlp", Some("gpu/any=16"))];
+    let namespaces = [("vision", Some("vision")), ("nlp", Some("nlp")), ("unmapped", None)];
+    let mut world = World::start(&NODES, &teams, &namespaces, &[]).await;
+    let client = world.client.clone();
     // allot-k8s with the rights its deploy manifest grants, no more.
-    let kubeconfig = deployed_kubeconfig(&control_plane, dir.path()).await;
-    let (mut extender, address) = start_allot_k8s_as(&broker, &kubeconfig, dir.path(), "allot-k8s");
-    control_plane.start_scheduler(&scheduler_config(&address)).await;
+    let kubeconfig = deployed_kubeconfig(&world.control_plane, world.path()).await;
+    let (mut extender, _) = world.start_extender(Some(&kubeconfig), "allot-k8s").await;
 
     // 8 NVLink GPUs land on an empty node, exactly where the broker put them.
     create_pod(&client, &pod_with("vision", "big", 8, &[("allot.io/interconnect", "nvlink")])).await.expect("pod");
     let big = wait_for_pod(&client, "vision", "big", "is bound", LONG, bound).await;
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     let allocation =
         &live.get(&owner_of(&big)).unwrap_or_else(|| panic!("no allocation owned by {}: {live:#?}", owner_of(&big)))[0];
     assert_eq!(allocation["node"].as_str(), node_name(&big), "the pod is where the broker placed it");
@@ -234,7 +277,7 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
     }
     for name in ["nlp-0", "nlp-1"] {
         let pod = wait_for_pod(&client, "nlp", name, "is bound", LONG, bound).await;
-        let live = live_by_owner(&broker);
+        let live = live_by_owner(&world.broker);
         let allocation = &live[&owner_of(&pod)][0];
         assert_eq!(allocation["numa_nodes"].as_array().map(Vec::len), Some(1), "{name}: one NUMA node: {allocation}");
         assert_eq!(allocation["node"].as_str(), node_name(&pod));
@@ -252,22 +295,20 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
     let pod = wait_for_pod(&client, "vision", "waiting", "exists", LONG, |_| true).await;
     assert!(!bound(&pod), "a waiting pod stays Pending");
     let waiting_owner = owner_of(&pod);
-    assert_eq!(live_by_owner(&broker)[&waiting_owner][0]["state"], "pending");
+    assert_eq!(live_by_owner(&world.broker)[&waiting_owner][0]["state"], "pending");
 
     // Restart allot-k8s in the middle: nothing lost, nothing duplicated.
     extender.kill();
-    let (restarted, address) = start_allot_k8s_as(&broker, &kubeconfig, dir.path(), "allot-k8s-2");
-    extender = restarted;
-    control_plane.start_scheduler(&scheduler_config(&address)).await;
+    extender = world.start_extender(Some(&kubeconfig), "allot-k8s-2").await.0;
 
     // Deleting a pod releases its allocation; the waiting pod is bound soon after.
     let nlp3 = wait_for_pod(&client, "nlp", "nlp-3", "exists", LONG, |_| true).await;
     force_delete_pod(&client, "nlp", "nlp-3").await.expect("delete");
     let released = owner_of(&nlp3);
-    wait_until("nlp-3's allocation is released", LONG, || !live_by_owner(&broker).contains_key(&released));
+    wait_until("nlp-3's allocation is released", LONG, || !live_by_owner(&world.broker).contains_key(&released));
     let pod = wait_for_pod(&client, "vision", "waiting", "is bound once nlp-3 is gone", LONG, bound).await;
     assert_eq!(
-        live_by_owner(&broker)[&waiting_owner][0]["node"].as_str(),
+        live_by_owner(&world.broker)[&waiting_owner][0]["node"].as_str(),
         node_name(&pod),
         "the waiting pod runs where the broker admitted it"
     );
@@ -276,12 +317,12 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
     create_pod(&client, &pod_with("unmapped", "orphan", 1, &[])).await.expect("pod");
     wait_for_event(&client, "unmapped", "orphan", "is not mapped to an Allot team").await;
     for log in ["allot-k8s.log", "allot-k8s-2.log"] {
-        let text = std::fs::read_to_string(dir.path().join(log)).unwrap_or_default();
+        let text = std::fs::read_to_string(world.path().join(log)).unwrap_or_default();
         assert!(!text.contains("forbidden"), "allot-k8s lacked a right its manifest should grant:\n{text}");
     }
 
     // Every pod holds exactly one live allocation, and every pod allocation has its pod.
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     for (namespace, name) in
         [("vision", "big"), ("vision", "waiting"), ("nlp", "nlp-0"), ("nlp", "nlp-1"), ("nlp", "nlp-2")]
     {
@@ -295,30 +336,11 @@ async fn kube_scheduler_places_gpu_pods_where_the_broker_does_and_waits_in_its_q
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pods_get_events_that_say_what_to_fix_and_bad_json_gets_a_400() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = start_broker_with(
-        &StoreKind::Embedded(dir.path().join("store")),
-        dir.path(),
-        "broker",
-        "5s",
-        "127.0.0.1:0",
-        &[],
-    );
-    let _node = start_node(&broker, "dgx-h100", "node-a", dir.path());
-    wait_until("a ready node", Duration::from_secs(60), || {
-        node_statuses(&broker).iter().any(|(_, status)| status == "ready")
-    });
-    let output = allotctl(&broker, &["team", "create", "vision", "--guaranteed", "gpu/any=8"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let mut control_plane = ControlPlane::start().await;
-    let client = control_plane.client();
-    create_node(&client, "node-a", &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
-        .await
-        .expect("node");
-    create_namespace(&client, "vision", &[("allot.io/team", "vision")]).await.expect("namespace");
-    create_namespace(&client, "unmapped", &[]).await.expect("namespace");
-    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
-    control_plane.start_scheduler(&scheduler_config(&address)).await;
+    let teams = [("vision", Some("gpu/any=8"))];
+    let namespaces = [("vision", Some("vision")), ("unmapped", None)];
+    let mut world = World::start(&["node-a"], &teams, &namespaces, &[]).await;
+    let client = world.client.clone();
+    let (_extender, address) = world.start_extender(None, "allot-k8s").await;
 
     // An annotation with a value Allot does not know.
     create_pod(&client, &pod_with("vision", "typo", 2, &[("allot.io/interconnect", "infiniband")])).await.expect("pod");
@@ -335,7 +357,7 @@ async fn bad_pods_get_events_that_say_what_to_fix_and_bad_json_gets_a_400() {
     // A namespace with no team.
     create_pod(&client, &pod_with("unmapped", "orphan", 1, &[])).await.expect("pod");
     wait_for_event(&client, "unmapped", "orphan", "kubectl label namespace unmapped allot.io/team=<team>").await;
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     assert!(live.keys().all(|owner| !owner.starts_with("pod:")), "nothing was granted: {live:#?}");
 
     // Malformed and truncated JSON: a 400 naming what is wrong.
@@ -353,7 +375,7 @@ async fn bad_pods_get_events_that_say_what_to_fix_and_bad_json_gets_a_400() {
     assert!(text.contains("PodNamespace") || text.contains("PodUID"), "{text}");
 
     // The broker unreachable: filter fails closed and nothing is bound.
-    drop(broker);
+    drop(world.broker);
     create_pod(&client, &pod_with("vision", "no-broker", 1, &[])).await.expect("pod");
     wait_for_event(&client, "vision", "no-broker", "does not answer").await;
     let pod = wait_for_pod(&client, "vision", "no-broker", "exists", LONG, |_| true).await;
@@ -378,35 +400,11 @@ async fn post(address: &str, path: &str, body: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn borrowed_pods_are_evicted_when_a_team_asks_within_its_guarantee() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = start_broker_with(
-        &StoreKind::Embedded(dir.path().join("store")),
-        dir.path(),
-        "broker",
-        "5s",
-        "127.0.0.1:0",
-        &["--reclaim-grace", "2s"],
-    );
-    let _nodes: Vec<Process> = NODES.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
-    wait_until("three ready nodes", Duration::from_secs(60), || {
-        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 3
-    });
-    for (team, guaranteed) in [("vision", "gpu/any=8"), ("nlp", "gpu/any=16")] {
-        let output = allotctl(&broker, &["team", "create", team, "--guaranteed", guaranteed]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    }
-    let mut control_plane = ControlPlane::start().await;
-    let client = control_plane.client();
-    for name in NODES {
-        create_node(&client, name, &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
-            .await
-            .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
-    }
-    for team in ["vision", "nlp"] {
-        create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
-    }
-    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
-    control_plane.start_scheduler(&scheduler_config(&address)).await;
+    let teams = [("vision", Some("gpu/any=8")), ("nlp", Some("gpu/any=16"))];
+    let namespaces = [("vision", Some("vision")), ("nlp", Some("nlp"))];
+    let mut world = World::start(&NODES, &teams, &namespaces, &["--reclaim-grace", "2s"]).await;
+    let client = world.client.clone();
+    let _extender = world.start_extender(None, "allot-k8s").await;
 
     // nlp (guaranteed 16) fills all 24 GPUs: its last two pods borrow vision's idle 8.
     let mut nlp = Vec::new();
@@ -415,7 +413,7 @@ async fn borrowed_pods_are_evicted_when_a_team_asks_within_its_guarantee() {
         create_pod(&client, &pod_with("nlp", &name, 4, &[])).await.expect("pod");
         nlp.push(wait_for_pod(&client, "nlp", &name, "is bound", LONG, bound).await);
     }
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     let borrowed: Vec<&Pod> = nlp.iter().filter(|pod| live[&owner_of(pod)][0]["preemptible"] == true).collect();
     assert_eq!(borrowed.len(), 2, "two nlp pods borrow: {live:#?}");
 
@@ -439,43 +437,19 @@ async fn borrowed_pods_are_evicted_when_a_team_asks_within_its_guarantee() {
         let now = wait_for_pod(&client, "nlp", &name, "exists", LONG, |_| true).await;
         assert!(now.metadata.deletion_timestamp.is_none(), "{name} was not reclaimed");
     }
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     assert!(!live.contains_key(&owner_of(victim)), "the victim's allocation is gone: {live:#?}");
     assert_eq!(live.keys().filter(|owner| owner.starts_with("pod:nlp/")).count(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gang_starts_all_at_once_or_not_at_all() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = start_broker_with(
-        &StoreKind::Embedded(dir.path().join("store")),
-        dir.path(),
-        "broker",
-        "5s",
-        "127.0.0.1:0",
-        &[],
-    );
     let nodes = ["node-a", "node-b", "node-c", "node-d"];
-    let _nodes: Vec<Process> = nodes.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
-    wait_until("four ready nodes", Duration::from_secs(60), || {
-        node_statuses(&broker).iter().filter(|(_, status)| status == "ready").count() == 4
-    });
-    for team in ["ml", "ops"] {
-        let output = allotctl(&broker, &["team", "create", team]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    }
-    let mut control_plane = ControlPlane::start().await;
-    let client = control_plane.client();
-    for name in nodes {
-        create_node(&client, name, &[], &[(GPU, "8"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")])
-            .await
-            .unwrap_or_else(|error| panic!("cannot create node {name}: {error}"));
-    }
-    for team in ["ml", "ops"] {
-        create_namespace(&client, team, &[("allot.io/team", team)]).await.expect("namespace");
-    }
-    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
-    control_plane.start_scheduler(&scheduler_config(&address)).await;
+    let teams = [("ml", None), ("ops", None)];
+    let namespaces = [("ml", Some("ml")), ("ops", Some("ops"))];
+    let mut world = World::start(&nodes, &teams, &namespaces, &[]).await;
+    let client = world.client.clone();
+    let _extender = world.start_extender(None, "allot-k8s").await;
 
     // One node busy: three are free, and the gang needs four.
     create_pod(&client, &pod_with("ops", "blocker", 8, &[])).await.expect("pod");
@@ -494,7 +468,7 @@ async fn a_gang_starts_all_at_once_or_not_at_all() {
         let pod = wait_for_pod(&client, "ml", name, "exists", LONG, |_| true).await;
         assert!(!bound(&pod), "{name} started without its gang");
     }
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     assert!(live.keys().all(|owner| !owner.starts_with("pod:ml/")), "a waiting gang holds nothing: {live:#?}");
 
     // The fourth node frees: all four start, one per node.
@@ -505,40 +479,22 @@ async fn a_gang_starts_all_at_once_or_not_at_all() {
         used.insert(node_name(&pod).unwrap_or_default().to_owned());
     }
     assert_eq!(used.len(), 4, "one 8-GPU member per node: {used:?}");
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     assert_eq!(live.keys().filter(|owner| owner.starts_with("pod:ml/")).count(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_with_its_own_memory_cap_is_placed_by_the_broker_and_one_without_by_the_plugin() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = start_broker_with(
-        &StoreKind::Embedded(dir.path().join("store")),
-        dir.path(),
-        "broker",
-        "5s",
-        "127.0.0.1:0",
-        &[],
-    );
-    let _node = start_node(&broker, "dgx-h100", "node-a", dir.path());
-    wait_until("a ready node", Duration::from_secs(60), || {
-        node_statuses(&broker).iter().any(|(_, status)| status == "ready")
-    });
-    let output = allotctl(&broker, &["team", "create", "vision", "--guaranteed", "gpu/any=8"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let mut control_plane = ControlPlane::start().await;
-    let client = control_plane.client();
-    let resources = [(GPU, "8"), ("allot.io/gpu-share", "800"), ("cpu", "224"), ("memory", "2Ti"), ("pods", "110")];
-    create_node(&client, "node-a", &[], &resources).await.expect("node");
-    create_namespace(&client, "vision", &[("allot.io/team", "vision")]).await.expect("namespace");
-    let (_extender, address) = start_allot_k8s(&broker, &control_plane, dir.path(), "allot-k8s");
-    control_plane.start_scheduler(&scheduler_config(&address)).await;
+    let teams = [("vision", Some("gpu/any=8"))];
+    let mut world = World::start(&["node-a"], &teams, &[("vision", Some("vision"))], &[]).await;
+    let client = world.client.clone();
+    let _extender = world.start_extender(None, "allot-k8s").await;
 
     let mut capped = pod_requesting("vision", "capped", &[("allot.io/gpu-share", "30")]);
     capped.metadata.annotations = Some([("allot.io/gpu-memory".to_owned(), "10000".to_owned())].into());
     create_pod(&client, &capped).await.expect("pod");
     let capped = wait_for_pod(&client, "vision", "capped", "is bound", LONG, bound).await;
-    let live = live_by_owner(&broker);
+    let live = live_by_owner(&world.broker);
     let allocation = &live.get(&owner_of(&capped)).unwrap_or_else(|| panic!("no allocation: {live:#?}"))[0];
     assert_eq!(allocation["gpus"][0]["share"]["milli_gpu"], 300, "{allocation}");
     assert_eq!(allocation["gpus"][0]["share"]["memory_mib"], 10000, "its own cap: {allocation}");
@@ -546,7 +502,7 @@ async fn a_share_with_its_own_memory_cap_is_placed_by_the_broker_and_one_without
     create_pod(&client, &pod_requesting("vision", "plain", &[("allot.io/gpu-share", "25")])).await.expect("pod");
     let plain = wait_for_pod(&client, "vision", "plain", "is bound", LONG, bound).await;
     assert!(
-        !live_by_owner(&broker).contains_key(&owner_of(&plain)),
+        !live_by_owner(&world.broker).contains_key(&owner_of(&plain)),
         "a share without its own cap is left to the device plugin on the node"
     );
 }
