@@ -304,6 +304,11 @@ impl Shared {
     /// Records a pod's allocation as the grant of `ids`.
     fn adopt(&self, resource: &Resource, id: AllocationId, ids: &BTreeSet<String>) {
         tracing::info!(resource = %resource, allocation = %id, devices = ?ids, "adopted the scheduler extender's allocation");
+        self.record_grant(resource, id, ids);
+    }
+
+    /// Records that allocation `id` holds `ids` of `resource`, not yet claimed by a container.
+    fn record_grant(&self, resource: &Resource, id: AllocationId, ids: &BTreeSet<String>) {
         self.update_grants(|grants| {
             grants.grants.insert(
                 id,
@@ -407,17 +412,7 @@ impl Shared {
                 return Err(Status::internal(problem));
             }
         };
-        self.update_grants(|grants| {
-            grants.grants.insert(
-                id,
-                Grant {
-                    resource: resource.name.clone(),
-                    device_ids: ids.clone(),
-                    created_ms: now_ms(),
-                    allocated_ms: None,
-                },
-            );
-        });
+        self.record_grant(resource, id, &ids);
         Ok((id, ids))
     }
 

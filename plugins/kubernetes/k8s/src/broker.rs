@@ -52,21 +52,21 @@ impl Broker {
         }
     }
 
+    /// Allocations with `owner` (every owner when empty), finished ones too if asked.
+    async fn list(&self, owner: &str, include_finished: bool) -> Result<Vec<proto::Allocation>, BrokerError> {
+        let request = proto::ListAllocationsRequest {
+            team: String::new(),
+            node: String::new(),
+            owner: owner.to_owned(),
+            include_finished,
+        };
+        let reply = self.client.clone().list(request).await.map_err(|status| self.error(status))?;
+        Ok(reply.into_inner().allocations)
+    }
+
     /// The live allocation owned by `owner`, if any (pending counts as live).
     pub async fn find(&self, owner: &str) -> Result<Option<proto::Allocation>, BrokerError> {
-        let reply = self
-            .client
-            .clone()
-            .list(proto::ListAllocationsRequest {
-                team: String::new(),
-                node: String::new(),
-                owner: owner.to_owned(),
-                include_finished: false,
-            })
-            .await
-            .map_err(|status| self.error(status))?
-            .into_inner();
-        Ok(reply.allocations.into_iter().min_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms)))
+        Ok(self.list(owner, false).await?.into_iter().min_by_key(|allocation| allocation.created_at_ms))
     }
 
     /// Creates the allocation, waiting in the broker's queue when it cannot be granted now.
@@ -83,26 +83,15 @@ impl Broker {
 
     /// Every allocation a pod owns, live or finished (preempted ones included).
     pub async fn pods_allocations(&self, prefix: &str) -> Result<Vec<proto::Allocation>, BrokerError> {
-        let reply = self
-            .client
-            .clone()
-            .list(proto::ListAllocationsRequest {
-                team: String::new(),
-                node: String::new(),
-                owner: String::new(),
-                include_finished: true,
-            })
-            .await
-            .map_err(|status| self.error(status))?
-            .into_inner();
-        Ok(reply
-            .allocations
+        let all = self.list("", true).await?;
+        Ok(all
             .into_iter()
             .filter(|allocation| {
                 allocation
                     .spec
                     .as_ref()
-                    .is_some_and(|spec| spec.owner.as_deref().is_some_and(|owner| owner.starts_with(prefix)))
+                    .and_then(|spec| spec.owner.as_deref())
+                    .is_some_and(|owner| owner.starts_with(prefix))
             })
             .collect())
     }
