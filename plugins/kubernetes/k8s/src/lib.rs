@@ -19,6 +19,7 @@ pub mod request;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -50,7 +51,16 @@ pub struct App {
     /// Warnings already published, per pod, so a pod the scheduler retries does
     /// not collect the same event again and again.
     warned: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Namespaces' teams as last read, with when: filter runs for every pod, and
+    /// a label change shows within `TEAM_TTL`.
+    teams: Arc<Mutex<TeamCache>>,
 }
+
+/// Per namespace: when its team was read, and the team or why there is none.
+type TeamCache = BTreeMap<String, (Instant, Result<String, String>)>;
+
+/// How long a namespace's team is taken from the cache.
+const TEAM_TTL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +79,7 @@ impl App {
             team_label: team_label.to_owned(),
             creating: Arc::new(tokio::sync::Mutex::new(())),
             warned: Arc::new(Mutex::new(HashSet::new())),
+            teams: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -93,6 +104,23 @@ impl App {
     }
 
     async fn team_of(&self, namespace: &str) -> Result<String, String> {
+        if let Ok(teams) = self.teams.lock()
+            && let Some((read, team)) = teams.get(namespace)
+            && read.elapsed() < TEAM_TTL
+        {
+            return team.clone();
+        }
+        let team = self.read_team(namespace).await;
+        if let Ok(mut teams) = self.teams.lock() {
+            if teams.len() > 10_000 {
+                teams.clear();
+            }
+            teams.insert(namespace.to_owned(), (Instant::now(), team.clone()));
+        }
+        team
+    }
+
+    async fn read_team(&self, namespace: &str) -> Result<String, String> {
         let namespaces: Api<Namespace> = Api::all(self.kube.clone());
         let found = namespaces
             .get_opt(namespace)
