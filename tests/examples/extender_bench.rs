@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::topology::NodeInventory;
 use allot_tests::control_plane::{ControlPlane, create_namespace, create_node, create_pod, node_name, pod_requesting};
-use allot_tests::{Broker, Process, StoreKind, binary, start_broker};
+use allot_tests::{Broker, Process, StoreKind, start_broker};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, WatchEvent, WatchParams};
 use kube::{Client, Config};
@@ -197,27 +196,15 @@ async fn create_nodes(client: &Client, nodes: usize) -> Duration {
 
 /// allot-k8s with its deployment's defaults; returns it and its address.
 fn start_allot_k8s(broker: &Broker, control_plane: &ControlPlane, dir: &Path) -> (Process, String) {
-    let mut command = Command::new(binary("allot-k8s"));
-    command
-        .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0"])
-        .arg("--token-file")
-        .arg(&broker.admin_token)
-        .arg("--kubeconfig")
-        .arg(control_plane.kubeconfig())
-        // Its pod events and logs, not every request.
-        .env("RUST_LOG", "warn");
-    let mut process = Process::spawn("allot-k8s", &mut command, dir);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = process.log_text();
-        if let Some(line) = log.lines().find_map(|line| line.strip_prefix("allot-k8s: listening on ")) {
-            return (process, line.trim().to_owned());
-        }
-        if process.has_exited() || Instant::now() > deadline {
-            panic!("allot-k8s did not start:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Its pod events and logs, not every request.
+    allot_tests::control_plane::start_allot_k8s(
+        broker,
+        control_plane.kubeconfig(),
+        dir,
+        "allot-k8s",
+        &[],
+        &[("RUST_LOG", "warn")],
+    )
 }
 
 fn scheduler_config(extender: Option<&str>, percentage: u32) -> Value {

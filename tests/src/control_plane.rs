@@ -255,6 +255,43 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Starts `allot-k8s` against `broker` and the API server `kubeconfig` names,
+/// with `extra` arguments and environment; returns it and the address its
+/// extender listens on (it picks a free port and says which on stderr).
+///
+/// # Panics
+/// When it does not start within 30 s, with its log.
+pub fn start_allot_k8s(
+    broker: &crate::Broker,
+    kubeconfig: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (crate::Process, String) {
+    let mut command = Command::new(crate::binary("allot-k8s"));
+    command
+        .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0"])
+        .arg("--token-file")
+        .arg(&broker.admin_token)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(extra)
+        .envs(env.iter().copied());
+    let mut process = crate::Process::spawn(name, &mut command, dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = process.log_text();
+        if let Some(line) = log.lines().find_map(|line| line.strip_prefix("allot-k8s: listening on ")) {
+            return (process, line.trim().to_owned());
+        }
+        if process.has_exited() || Instant::now() > deadline {
+            panic!("allot-k8s did not start:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Creates a Node with `labels` whose capacity and allocatable are `resources`
 /// (like `[("allot.io/gpu", "8"), ("cpu", "64"), ("memory", "512Gi"), ("pods", "110")]`),
 /// Ready, as a kubelet would register it. The status goes through the `/status`

@@ -5,16 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use allot_tests::control_plane::{
     ControlPlane, create_namespace, create_node, create_pod, force_delete_pod, node_name, pod_events, pod_requesting,
-    wait_for_pod,
+    start_allot_k8s, wait_for_pod,
 };
 use allot_tests::{
-    Broker, Process, StoreKind, allotctl, allotctl_json, binary, node_statuses, repo, start_broker_with, start_node,
-    wait_until,
+    Broker, Process, StoreKind, allotctl, allotctl_json, node_statuses, repo, start_broker_with, start_node, wait_until,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -73,30 +71,6 @@ async fn deployed_kubeconfig(control_plane: &ControlPlane, dir: &Path) -> PathBu
     let path = dir.join("allot-k8s.kubeconfig");
     std::fs::write(&path, admin.replace(control_plane.admin_token(), &token)).expect("write kubeconfig");
     path
-}
-
-/// allot-k8s, started against the broker and the API server with `kubeconfig`;
-/// returns it and its address.
-fn start_allot_k8s(broker: &Broker, kubeconfig: &Path, dir: &Path, name: &str) -> (Process, String) {
-    let mut command = Command::new(binary("allot-k8s"));
-    command
-        .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0", "--poll", "0.3", "--gone-grace", "3"])
-        .arg("--token-file")
-        .arg(&broker.admin_token)
-        .arg("--kubeconfig")
-        .arg(kubeconfig);
-    let mut process = Process::spawn(name, &mut command, dir);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = process.log_text();
-        if let Some(line) = log.lines().find_map(|line| line.strip_prefix("allot-k8s: listening on ")) {
-            return (process, line.trim().to_owned());
-        }
-        if process.has_exited() || Instant::now() > deadline {
-            panic!("allot-k8s did not start:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn scheduler_config(extender: &str) -> Value {
@@ -242,7 +216,8 @@ impl World {
     /// allot-k8s (as the admin, or with `kubeconfig`) and kube-scheduler pointed at it.
     async fn start_extender(&mut self, kubeconfig: Option<&Path>, name: &str) -> (Process, String) {
         let kubeconfig = kubeconfig.unwrap_or(self.control_plane.kubeconfig()).to_owned();
-        let (extender, address) = start_allot_k8s(&self.broker, &kubeconfig, self.dir.path(), name);
+        let fast = ["--poll", "0.3", "--gone-grace", "3"];
+        let (extender, address) = start_allot_k8s(&self.broker, &kubeconfig, self.dir.path(), name, &fast, &[]);
         self.control_plane.start_scheduler(&scheduler_config(&address)).await;
         (extender, address)
     }

@@ -44,10 +44,8 @@ impl Kubelet {
             binary.display()
         );
         // SAFETY: geteuid has no preconditions and touches no memory.
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "the kubelet peer needs root (it bind-mounts the device plugin directory)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert!(euid == 0, "the kubelet peer needs root (it bind-mounts the device plugin directory)");
         std::fs::create_dir_all(dir).expect("plugin dir");
         let log = std::fs::File::create(dir.with_extension("log")).expect("peer log");
         let mut child = Command::new("unshare")
