@@ -18,7 +18,7 @@ use crate::state::ClusterState;
 pub const SAVE_EVERY_MS: u64 = 10_000;
 
 /// The least time between two telemetry samples.
-const SAMPLE_EVERY_MS: u64 = 1_000;
+const SAMPLE_EVERY_MS: u64 = 5_000;
 
 /// The most buckets one tick stores (a long outage credited at start makes many).
 const SAVE_LIMIT: usize = 48;
