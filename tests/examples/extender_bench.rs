@@ -207,20 +207,13 @@ fn start_allot_k8s(broker: &Broker, control_plane: &ControlPlane, dir: &Path) ->
     )
 }
 
+/// kube-scheduler alone, or with the extender as deployed, scoring `percentage` of the nodes.
 fn scheduler_config(extender: Option<&str>, percentage: u32) -> Value {
-    let mut config = json!({ "percentageOfNodesToScore": percentage });
-    if let Some(extender) = extender {
-        config["extenders"] = json!([{
-            "urlPrefix": format!("http://{extender}"),
-            "filterVerb": "filter",
-            "prioritizeVerb": "prioritize",
-            "bindVerb": "bind",
-            "weight": 1,
-            "nodeCacheCapable": true,
-            "ignorable": false,
-            "managedResources": [{"name": GPU, "ignoredByScheduler": true}],
-        }]);
-    }
+    let mut config = match extender {
+        Some(address) => allot_tests::control_plane::deployed_scheduler_config(address),
+        None => json!({}),
+    };
+    config["percentageOfNodesToScore"] = json!(percentage);
     config
 }
 

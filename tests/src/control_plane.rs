@@ -255,6 +255,25 @@ impl Drop for ControlPlane {
     }
 }
 
+/// kube-scheduler's configuration as `plugins/kubernetes/deploy/scheduler-config.yaml`
+/// ships it, its extender pointed at `address` (`start_scheduler` sets the
+/// kubeconfig): the tests run what users deploy.
+///
+/// # Panics
+/// When the shipped file cannot be read or has no extender.
+pub fn deployed_scheduler_config(address: &str) -> Value {
+    let path = crate::repo().join("plugins/kubernetes/deploy/scheduler-config.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let mut config: Value =
+        serde_saphyr::from_str(&text).unwrap_or_else(|error| panic!("{}: not YAML: {error}", path.display()));
+    if let Some(object) = config.as_object_mut() {
+        object.remove("clientConnection");
+    }
+    let extender = config["extenders"][0].as_object_mut().unwrap_or_else(|| panic!("{}: no extender", path.display()));
+    extender.insert("urlPrefix".into(), Value::String(format!("http://{address}")));
+    config
+}
+
 /// Starts `allot-k8s` against `broker` and the API server `kubeconfig` names,
 /// with `extra` arguments and environment; returns it and the address its
 /// extender listens on (it picks a free port and says which on stderr).

@@ -210,62 +210,9 @@ fn check_numbers(report: &Value, a: &[Value], b: &[Value], c: &[Value], released
     assert!((utilization - 60.0).abs() < 1e-6, "node-b's GPUs report 60 %, node-a's none: {utilization}");
 }
 
-fn chromium(profile: &Path, extra: &[&str]) -> std::process::Output {
-    let binary = "/usr/bin/chromium";
-    assert!(
-        Path::new(binary).exists(),
-        "{binary} is missing: run `bash scripts/setup.sh` (it installs chromium from scripts/system-packages.txt)"
-    );
-    let mut command = Command::new(binary);
-    command.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--enable-logging=stderr",
-        "--v=0",
-    ]);
-    command.arg(format!("--user-data-dir={}", profile.display()));
-    command.args(extra);
-    command.output().expect("chromium runs")
-}
-
 fn check_in_chromium(page: &Path) {
-    let url = format!("file://{}", page.canonicalize().expect("report.html").display());
-    let profile = tempfile::tempdir().expect("profile");
-    let dom = chromium(profile.path(), &["--dump-dom", &url]);
-    let stderr = String::from_utf8_lossy(&dom.stderr);
-    let html = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom.status.success(), "chromium failed: {stderr}");
-    for id in ["chart-usage", "chart-waits", "chart-models", "chart-capacity", "chart-hot", "chart-demand"] {
-        let at = html.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("{id} is not in the DOM"));
-        assert!(
-            html[at..].trim_start_matches(|c| c != '>').get(1..).is_some_and(|rest| rest.starts_with("<svg")),
-            "{id} holds no <svg>"
-        );
-    }
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.contains("Uncaught") || (line.contains("CONSOLE") && line.contains("rror")))
-        .collect();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
-
-    let artifacts = allot_tests::repo().join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).expect("artifacts folder");
-    let screenshot = artifacts.join("capacity.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let profile = tempfile::tempdir().expect("profile");
-    let shot = chromium(
-        profile.path(),
-        &[&format!("--screenshot={}", screenshot.display()), "--window-size=1280,4000", "--hide-scrollbars", &url],
-    );
-    assert!(shot.status.success(), "chromium screenshot failed: {}", String::from_utf8_lossy(&shot.stderr));
-    let png = std::fs::read(&screenshot).expect("the screenshot was written");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real PNG, {} bytes", png.len());
+    let charts = ["chart-usage", "chart-waits", "chart-models", "chart-capacity", "chart-hot", "chart-demand"];
+    allot_tests::chromium::check_report(page, &charts, "capacity.png", 4000);
 }
 
 #[test]

@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use allot_tests::control_plane::{
-    ControlPlane, create_namespace, create_node, create_pod, force_delete_pod, node_name, pod_events, pod_requesting,
-    start_allot_k8s, wait_for_pod,
+    ControlPlane, create_namespace, create_node, create_pod, deployed_scheduler_config, force_delete_pod, node_name,
+    pod_events, pod_requesting, start_allot_k8s, wait_for_pod,
 };
 use allot_tests::{
     Broker, Process, StoreKind, allotctl, allotctl_json, node_statuses, repo, start_broker_with, start_node, wait_until,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const GPU: &str = "allot.io/gpu";
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
@@ -71,26 +71,6 @@ async fn deployed_kubeconfig(control_plane: &ControlPlane, dir: &Path) -> PathBu
     let path = dir.join("allot-k8s.kubeconfig");
     std::fs::write(&path, admin.replace(control_plane.admin_token(), &token)).expect("write kubeconfig");
     path
-}
-
-fn scheduler_config(extender: &str) -> Value {
-    json!({
-        "extenders": [{
-            "urlPrefix": format!("http://{extender}"),
-            "filterVerb": "filter",
-            "prioritizeVerb": "prioritize",
-            "bindVerb": "bind",
-            "weight": 1,
-            "nodeCacheCapable": true,
-            "ignorable": false,
-            "managedResources": [
-                {"name": GPU, "ignoredByScheduler": true},
-                // Counted by the scheduler too: a share without its own memory
-                // cap is the device plugin's, and must land where units are free.
-                {"name": "allot.io/gpu-share", "ignoredByScheduler": false},
-            ],
-        }]
-    })
 }
 
 fn pod_with(namespace: &str, name: &str, gpus: u32, annotations: &[(&str, &str)]) -> Pod {
@@ -218,7 +198,7 @@ impl World {
         let kubeconfig = kubeconfig.unwrap_or(self.control_plane.kubeconfig()).to_owned();
         let fast = ["--poll", "0.3", "--gone-grace", "3"];
         let (extender, address) = start_allot_k8s(&self.broker, &kubeconfig, self.dir.path(), name, &fast, &[]);
-        self.control_plane.start_scheduler(&scheduler_config(&address)).await;
+        self.control_plane.start_scheduler(&deployed_scheduler_config(&address)).await;
         (extender, address)
     }
 }

@@ -14,7 +14,7 @@ use allot_history::Export;
 use allot_history::figures::{Figures, GpuRow, TimelinePoint, figures};
 use plotters::prelude::*;
 
-use crate::output::{PALETTE, escape};
+use crate::output::{PALETTE, escape, legend};
 use serde::Serialize;
 
 /// What went wrong, worded for the person at the terminal.
@@ -271,13 +271,7 @@ fn usage_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             .map_err(failed)?
             .label("limit")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], PALETTE[3].stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(failed)?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     }
     root.present().map_err(failed)?;
     Ok(())
@@ -332,13 +326,7 @@ fn waits_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             Text::new(row.team.clone(), (position as f64 + 0.15, log(WAIT_FLOOR_S) + rise), ("sans-serif", 14))
         }))
         .map_err(failed)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(failed)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(failed)?;
     Ok(())
 }
@@ -384,13 +372,7 @@ fn models_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             Text::new(row.model.clone(), (position as f64 + 0.15, top * 0.93), ("sans-serif", 14))
         }))
         .map_err(failed)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(failed)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(failed)?;
     Ok(())
 }
@@ -437,13 +419,7 @@ fn capacity_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             .label(label)
             .legend(legend_box(colour));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(failed)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(failed)?;
     Ok(())
 }
@@ -500,13 +476,7 @@ fn hot_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             )
         }))
         .map_err(failed)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(failed)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(failed)?;
     Ok(())
 }
@@ -570,13 +540,7 @@ fn demand_chart(figures: &Figures, svg: &mut String) -> Result<(), String> {
             .label("runs out")
             .legend(|(x, y)| Circle::new((x + 8, y), 5, PALETTE[3].filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(failed)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(failed)?;
     Ok(())
 }

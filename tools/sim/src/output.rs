@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use plotters::style::RGBColor;
+use plotters::chart::{ChartContext, SeriesLabelPosition};
+use plotters::coord::CoordTranslate;
+use plotters::prelude::DrawingBackend;
+use plotters::style::{BLACK, Color, RGBColor, WHITE};
 
 /// The charts' colours, in order (matplotlib's, which readers know).
 pub const PALETTE: [RGBColor; 8] = [
@@ -16,6 +19,20 @@ pub const PALETTE: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
 ];
+
+/// Draws a chart's legend at `position`, alike on every chart of every report.
+pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(|error| error.to_string())
+}
 
 /// Text for HTML, attributes included.
 pub fn escape(text: &str) -> String {

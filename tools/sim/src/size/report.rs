@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::output::{PALETTE, escape};
+use crate::output::{PALETTE, escape, legend};
 
 use super::search::duration;
 use super::{Recommendation, SizeError};
@@ -111,13 +111,7 @@ fn cost_chart(recommendation: &Recommendation, svg: &mut String, wait: bool) -> 
             .label(server.as_str())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|error| error.to_string())?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(|error| error.to_string())?;
     Ok(())
 }
@@ -193,13 +187,7 @@ fn usage_chart(recommendation: &Recommendation, svg: &mut String) -> Result<(), 
         .map_err(|error| error.to_string())?
         .label("fleet GPUs")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|error| error.to_string())?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(|error| error.to_string())?;
     Ok(())
 }
