@@ -194,7 +194,7 @@ impl proto::admin_service_server::AdminService for Services {
         }
         let state = self.core.state();
         let nodes = state
-            .nodes
+            .nodes()
             .iter()
             .map(|(name, entry)| {
                 let inventory = &entry.record.inventory;
@@ -233,7 +233,7 @@ impl proto::admin_service_server::AdminService for Services {
         let name: allot_api::allocation::NodeName =
             request.into_inner().name.parse().map_err(|error| invalid("name", error))?;
         let state = self.core.state();
-        let Some(entry) = state.nodes.get(&name) else {
+        let Some(entry) = state.nodes().get(&name) else {
             return Err(BrokerError::NotFound { what: format!("node {name}") }.into());
         };
         let status = match entry.status {

@@ -232,7 +232,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     for record in decode_all::<NodeRecord>(&nodes)? {
         // A node gets one timeout after a broker start to show it is alive.
         let entry = NodeEntry::new(record, NodeStatus::Ready, now);
-        state.nodes.insert(entry.record.name.clone(), entry);
+        state.insert_node(entry);
     }
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
         let record: TeamRecord = decode(&kv.key, &kv.value)?;
@@ -288,13 +288,13 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     // A node whose allocations were lost when the broker stopped is still lost
     // until it heartbeats: then they are bound again and it is told.
     let lost_nodes: Vec<NodeName> = state
-        .nodes
+        .nodes()
         .keys()
         .filter(|name| state.live_on(name).iter().any(|allocation| allocation.state == AllocationState::Lost))
         .cloned()
         .collect();
     for name in lost_nodes {
-        if let Some(entry) = state.nodes.get_mut(&name) {
+        if let Some(mut entry) = state.node_mut(&name) {
             entry.status = NodeStatus::Lost;
         }
     }
@@ -360,7 +360,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 }
                 state.unpersisted.insert(allocation.id);
                 if let Some(binding) = &allocation.binding
-                    && let Some(entry) = state.nodes.get_mut(&binding.node)
+                    && let Some(mut entry) = state.node_mut(&binding.node)
                 {
                     entry.usage.add(binding);
                 }
@@ -433,7 +433,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 let _ = reply.send(Err(BrokerError::FailedPrecondition(problem)));
                 return None;
             }
-            let epoch = state.nodes.get(&name).map_or(1, |entry| entry.record.epoch + 1);
+            let epoch = state.nodes().get(&name).map_or(1, |entry| entry.record.epoch + 1);
             let shape = Some(crate::state::placement_shape(&inventory));
             let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now, shape };
             match encode(&record) {
@@ -450,11 +450,11 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                     return None;
                 }
             }
-            let was_lost = state.nodes.get(&name).is_some_and(|entry| entry.status == NodeStatus::Lost);
-            let usage = state.nodes.get(&name).map(|entry| entry.usage.clone()).unwrap_or_default();
+            let was_lost = state.nodes().get(&name).is_some_and(|entry| entry.status == NodeStatus::Lost);
+            let usage = state.nodes().get(&name).map(|entry| entry.usage.clone()).unwrap_or_default();
             let mut entry = NodeEntry::new(record, NodeStatus::Ready, now);
             entry.usage = usage;
-            state.nodes.insert(name.clone(), entry);
+            state.insert_node(entry);
             let mut changed = Vec::new();
             if was_lost {
                 changed = set_lost_allocations(state, &name, false, now, writes);
@@ -465,23 +465,25 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             Some(Pending::Registered(reply, epoch, changed))
         }
         Command::NodeLost { name, last_heartbeat_ms } => {
-            let entry = state.nodes.get_mut(&name)?;
+            let mut entry = state.node_mut(&name)?;
             // A heartbeat that arrived after the detector looked keeps the node.
             if entry.status == NodeStatus::Lost || entry.last_heartbeat_ms != last_heartbeat_ms {
                 return None;
             }
             entry.status = NodeStatus::Lost;
+            drop(entry);
             tracing::warn!(node = %name, "node lost: no heartbeat within the timeout");
             let changed = set_lost_allocations(state, &name, true, now, writes);
             state.recompute_capacity();
             Some(Pending::Changed(changed))
         }
         Command::NodeReturned { name } => {
-            let entry = state.nodes.get_mut(&name)?;
+            let mut entry = state.node_mut(&name)?;
             if entry.status != NodeStatus::Lost {
                 return None;
             }
             entry.status = NodeStatus::Ready;
+            drop(entry);
             tracing::info!(node = %name, "node back");
             let changed = set_lost_allocations(state, &name, false, now, writes);
             state.recompute_capacity();
@@ -672,7 +674,8 @@ pub fn dry_run(
     if !state.teams.contains_key(&request.team) {
         return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
     }
-    let decision = decide(&state, request)?;
+    // On demand, every node's verdict: the exhaustive engine over all nodes.
+    let decision = decide_over(&state, request, true)?;
     Ok((decision.binding, decision.explanation))
 }
 
@@ -682,16 +685,37 @@ pub(crate) struct Decided {
     pub(crate) explanation: String,
 }
 
-/// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`)
-/// and says in the explanation which identical idle nodes it did not list.
-pub(crate) fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
+/// Places a request as the exhaustive engine would over every node. Whole GPUs,
+/// MIG and CPU-only requests go through the placement index, which reads the few
+/// groups of identical nodes that can be best instead of scoring every node;
+/// shares (ranked under the learned mix, which weighs the whole cluster), pinned
+/// requests and requests nothing can take now go to [`decide_over`].
+pub(crate) fn decide(state: &mut ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
+    if request.pin.is_none()
+        && !matches!(request.gpus, GpuDemand::Share { .. })
+        && let Some(decision) = state.place_indexed(request)
+    {
+        return Ok(Decided { binding: decision.binding, explanation: decision.explanation.to_string() });
+    }
+    decide_over(state, request, false)
+}
+
+/// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`),
+/// or over every node when `every_node`, and says in the explanation which
+/// identical nodes it did not list.
+pub(crate) fn decide_over(
+    state: &ClusterState,
+    request: &ValidatedRequest,
+    every_node: bool,
+) -> Result<Decided, BrokerError> {
     let (views, twins) = match &request.pin {
-        // A pinned request looks at its node only, even when it is an idle twin
-        // that the distinct views would have left out.
+        // A pinned request looks at its node only, even when it is a twin that
+        // the distinct views would have left out.
         Some(pin) => (
             state.node_views().into_iter().filter(|view| view.name == &pin.node).collect(),
             std::collections::BTreeMap::new(),
         ),
+        None if every_node => (state.node_views(), std::collections::BTreeMap::new()),
         None => state.distinct_node_views(),
     };
     let note = || -> String {
@@ -699,7 +723,7 @@ pub(crate) fn decide(state: &ClusterState, request: &ValidatedRequest) -> Result
             return String::new();
         }
         let listed: Vec<String> = twins.iter().map(|(name, count)| format!("{count} like {name}")).collect();
-        format!("\nidle nodes identical to a listed one, not listed: {}", listed.join(", "))
+        format!("\nnodes identical to a listed one (hardware, status and usage), not listed: {}", listed.join(", "))
     };
     // Shares are ranked by Allot's policy under the learned mix, which counts
     // the identical idle nodes left out of `views` in the cluster's supply.
@@ -1010,9 +1034,11 @@ mod tests {
             .expect("valid request")
     }
 
-    /// Placing over distinct nodes decides exactly what placing over all nodes does.
+    /// Placing over distinct nodes, and through the placement index, decides
+    /// exactly what placing over all nodes does, and the index follows every
+    /// change made through the state.
     #[test]
-    fn leaving_out_idle_twins_changes_no_decision() {
+    fn leaving_out_twins_and_the_index_change_no_decision() {
         let mut state = ClusterState::default();
         for (index, fixture_name) in
             ["dgx-h100", "dgx-h100", "dgx-a100-mig", "dgx-h100", "pcie-l40s", "dgx-h100", "pcie-l40s"]
@@ -1027,7 +1053,7 @@ mod tests {
             }
             let name: NodeName = format!("n{index}").parse().expect("name");
             let record = NodeRecord { name: name.clone(), inventory, epoch: 1, registered_at_ms: 0, shape: None };
-            state.nodes.insert(name, NodeEntry::new(record, NodeStatus::Ready, 0));
+            state.insert_node(NodeEntry::new(record, NodeStatus::Ready, 0));
         }
         let (views, twins) = state.distinct_node_views();
         assert_eq!(views.len(), 3, "one of each shape while all are idle");
@@ -1049,14 +1075,23 @@ mod tests {
         for (step, request) in sequence.iter().enumerate() {
             let all = allot_placement::place(request, &state.node_views());
             let distinct = allot_placement::place(request, &state.distinct_node_views().0);
+            let indexed = match &request.gpus {
+                GpuDemand::Share { .. } => None,
+                _ => state.place_indexed(request).map(|decision| decision.binding),
+            };
+            assert!(state.index_agrees(), "step {step}");
             match (&all, &distinct) {
                 (Ok(all), Ok(distinct)) => {
                     assert_eq!(all.binding, distinct.binding, "step {step}: {request:?}");
+                    if !matches!(request.gpus, GpuDemand::Share { .. }) {
+                        assert_eq!(indexed.as_ref(), Some(&all.binding), "step {step}: {request:?}");
+                    }
                     let binding = all.binding.clone();
                     let node = binding.node.clone();
-                    state.nodes.get_mut(&node).expect("node").usage.add(&binding);
+                    state.node_mut(&node).expect("node").usage.add(&binding);
                 }
                 (Err(all), Err(distinct)) => {
+                    assert_eq!(indexed, None, "step {step}");
                     assert_eq!(all.is_impossible(), distinct.is_impossible(), "step {step}: {request:?}");
                 }
                 _ => panic!("step {step}: {request:?}: all nodes gave {all:?}, distinct nodes gave {distinct:?}"),

@@ -103,7 +103,7 @@ impl proto::node_service_server::NodeService for Services {
         let interval = self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
         let returned = {
             let mut state = self.core.state();
-            let Some(entry) = state.nodes.get_mut(&name) else {
+            let Some(mut entry) = state.node_mut(&name) else {
                 return Ok(Response::new(proto::HeartbeatResponse {
                     register_again: true,
                     heartbeat_interval_ms: interval,
@@ -124,6 +124,7 @@ impl proto::node_service_server::NodeService for Services {
                 entry.shape = shape;
             }
             let returned = entry.status == NodeStatus::Lost;
+            drop(entry);
             (returned, reshaped && !state.queue.is_empty())
         };
         let (returned, reschedule) = returned;
@@ -147,7 +148,7 @@ impl proto::node_service_server::NodeService for Services {
         let mut changes = self.core.assignments.subscribe();
         let existing = {
             let state = self.core.state();
-            if !state.nodes.contains_key(&name) {
+            if !state.nodes().contains_key(&name) {
                 return Err(BrokerError::NotFound { what: format!("node {name}; register it first") }.into());
             }
             // Allocations whose batch is not stored yet arrive as changes once it is.
@@ -424,7 +425,7 @@ fn mig_uuid(
     grant: &allot_api::allocation::GpuGrant,
 ) -> Option<String> {
     let mig = grant.mig.as_ref()?;
-    let entry = state.nodes.get(node)?;
+    let entry = state.nodes().get(node)?;
     let gpu = entry.record.inventory.gpus.iter().find(|gpu| gpu.index == grant.index)?;
     gpu.mig
         .as_ref()?

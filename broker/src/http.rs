@@ -68,7 +68,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     // allot_nodes{status}: nodes the broker knows, by status.
     out.push_str("# HELP allot_nodes Nodes known to the broker, by status.\n# TYPE allot_nodes gauge\n");
     for (label, status) in [("ready", NodeStatus::Ready), ("lost", NodeStatus::Lost)] {
-        let count = state.nodes.values().filter(|entry| entry.status == status).count();
+        let count = state.nodes().values().filter(|entry| entry.status == status).count();
         out.push_str(&format!("allot_nodes{{status=\"{label}\"}} {count}\n"));
     }
     // allot_allocations{state}: allocations by lifecycle state.
@@ -88,9 +88,9 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         ));
     }
     // allot_gpus{use}: GPUs in the cluster, and those holding any allocation.
-    let total: usize = state.nodes.values().map(|entry| entry.record.inventory.gpus.len()).sum();
+    let total: usize = state.nodes().values().map(|entry| entry.record.inventory.gpus.len()).sum();
     let used: usize = state
-        .nodes
+        .nodes()
         .values()
         .map(|entry| entry.record.inventory.gpus.iter().filter(|gpu| entry.usage.gpu_in_use(gpu.index)).count())
         .sum();

@@ -85,7 +85,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     {
         let state = core.state();
         tracing::info!(
-            nodes = state.nodes.len(),
+            nodes = state.nodes().len(),
             allocations = state.allocations.len(),
             teams = state.teams.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -165,7 +165,7 @@ async fn detect_lost_nodes(core: Arc<Core>) {
         let lost: Vec<_> = {
             let state = core.state();
             state
-                .nodes
+                .nodes()
                 .iter()
                 .filter(|(_, entry)| {
                     entry.status == NodeStatus::Ready && now.saturating_sub(entry.last_heartbeat_ms) > timeout

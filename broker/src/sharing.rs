@@ -57,7 +57,7 @@ pub fn request_charge(request: &ValidatedRequest) -> allot_policy::Resources {
 /// The GPU model a decision landed on.
 pub fn decided_model(state: &ClusterState, binding: &allot_api::allocation::Binding) -> Option<String> {
     let gpu = binding.gpus.first()?;
-    let entry = state.nodes.get(&binding.node)?;
+    let entry = state.nodes().get(&binding.node)?;
     entry.record.inventory.gpus.iter().find(|candidate| candidate.index == gpu.index).map(|found| found.model.clone())
 }
 
@@ -91,7 +91,7 @@ impl Placer for StatePlacer<'_> {
         let Some(request) = self.requests.get(&id) else { return Err("unknown request".into()) };
         match decide(self.state, request) {
             Ok(decided) => {
-                if let Some(entry) = self.state.nodes.get_mut(&decided.binding.node) {
+                if let Some(mut entry) = self.state.node_mut(&decided.binding.node) {
                     entry.usage.add(&decided.binding);
                 }
                 let model = decided_model(self.state, &decided.binding);
@@ -106,7 +106,7 @@ impl Placer for StatePlacer<'_> {
         if let Some(decided) = self.placed.remove(&id) {
             let node = decided.binding.node.clone();
             let usage = self.usage_of(&node, &[]);
-            if let Some(entry) = self.state.nodes.get_mut(&node) {
+            if let Some(mut entry) = self.state.node_mut(&node) {
                 entry.usage = usage;
             }
         }
@@ -124,13 +124,13 @@ impl Placer for StatePlacer<'_> {
         let mut saved = Vec::new();
         for node in &nodes {
             let usage = self.usage_of(node, victims);
-            if let Some(entry) = self.state.nodes.get_mut(node) {
+            if let Some(mut entry) = self.state.node_mut(node) {
                 saved.push((node.clone(), std::mem::replace(&mut entry.usage, usage)));
             }
         }
         let fits = decide(self.state, &request).is_ok();
         for (node, usage) in saved {
-            if let Some(entry) = self.state.nodes.get_mut(&node) {
+            if let Some(mut entry) = self.state.node_mut(&node) {
                 entry.usage = usage;
             }
         }

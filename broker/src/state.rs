@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName, TeamName};
+use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName, TeamName, ValidatedRequest};
 use allot_api::topology::NodeInventory;
 
 use allot_placement::{NodeStatus, NodeUsage, NodeView};
@@ -74,57 +74,45 @@ impl NodeEntry {
     }
 }
 
-/// A fingerprint of what placement looks at in an inventory: the hardware, its
-/// topology, health, whether a GPU throttles, and MIG state; not names, UUIDs,
-/// serials or exact temperatures. Two idle nodes with the same shape get the same
-/// score for any request, so placement need only see the first of them by name
-/// (the one it would pick anyway, since ties go to the smaller name).
-pub fn placement_shape(inventory: &NodeInventory) -> u64 {
-    use std::hash::Hasher;
-    let mut shape = inventory.clone();
-    shape.hostname.clear();
-    shape.warnings.clear();
-    shape.nvml = allot_api::topology::NvmlStatus::Absent { reason: String::new() };
-    for gpu in &mut shape.gpus {
-        gpu.uuid = None;
-        // Placement asks only whether a GPU throttles.
-        let throttling = gpu.telemetry.as_ref().is_some_and(|telemetry| telemetry.is_throttling());
-        gpu.telemetry = throttling.then(|| allot_api::topology::GpuTelemetry {
-            throttle_reasons: vec![allot_api::topology::ThrottleReason::SwThermalSlowdown],
-            ..Default::default()
-        });
-        if let Some(mig) = &mut gpu.mig {
-            for instance in &mut mig.instances {
-                instance.uuid = None;
-            }
-        }
+pub use allot_placement::placement_shape;
+
+/// One node being changed: derefs to its entry, and tells the placement index
+/// what changed when dropped.
+#[derive(Debug)]
+pub struct NodeMut<'a> {
+    name: NodeName,
+    entry: &'a mut NodeEntry,
+    index: &'a mut allot_placement::PlacementIndex,
+}
+
+impl std::ops::Deref for NodeMut<'_> {
+    type Target = NodeEntry;
+    fn deref(&self) -> &NodeEntry {
+        self.entry
     }
-    /// Feeds serialised bytes straight into the hasher, without building a string.
-    struct HashWriter(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.write(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+}
+
+impl std::ops::DerefMut for NodeMut<'_> {
+    fn deref_mut(&mut self) -> &mut NodeEntry {
+        self.entry
     }
-    // DefaultHasher::new() has fixed keys: the same shape hashes the same in every run.
-    let mut writer = HashWriter(std::collections::hash_map::DefaultHasher::new());
-    if serde_json::to_writer(&mut writer, &shape).is_err() {
-        // Unreachable for plain data; hashing the name keeps the node out of any group.
-        let mut by_name = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&inventory.hostname, &mut by_name);
-        return by_name.finish();
+}
+
+impl Drop for NodeMut<'_> {
+    fn drop(&mut self) {
+        self.index.update(&self.name, self.entry.shape, self.entry.status, &self.entry.usage);
     }
-    writer.0.finish()
 }
 
 /// Everything the broker knows.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    pub nodes: BTreeMap<NodeName, NodeEntry>,
+    /// Private so that every change goes through [`ClusterState::node_mut`] or
+    /// [`ClusterState::insert_node`], which keep `index` in step.
+    nodes: BTreeMap<NodeName, NodeEntry>,
+    /// The nodes grouped for placement (classes of identical shape, status and
+    /// usage, ranked per request shape), updated with every node change.
+    index: allot_placement::PlacementIndex,
     pub allocations: BTreeMap<AllocationId, Allocation>,
     pub teams: BTreeMap<TeamName, TeamRecord>,
     /// The checked quota tree made of `teams` and the GPU values.
@@ -365,7 +353,7 @@ impl ClusterState {
             ),
             None => NodeUsage::default(),
         };
-        if let Some(entry) = self.nodes.get_mut(node) {
+        if let Some(mut entry) = self.node_mut(node) {
             entry.usage = usage;
         }
     }
@@ -421,24 +409,17 @@ impl ClusterState {
             .collect()
     }
 
-    /// The nodes placement must look at: every node in use or not ready, and of
-    /// the idle ready nodes only the first by name of each shape. Placement's
-    /// decision is the same as over all nodes (an idle twin scores the same as its
-    /// representative and loses the tie on name), at a fraction of the cost on a
-    /// cluster of identical machines. Also returns how many twins were left out,
-    /// by representative.
+    /// The nodes placement must look at: one node of each group of identical
+    /// nodes (same placement shape, status and usage; the first by name), which
+    /// decides exactly as over all nodes: the others score the same and lose the
+    /// tie on name. Also returns how many twins each stands for (when any).
     pub fn distinct_node_views(&self) -> (Vec<NodeView<'_>>, BTreeMap<&NodeName, usize>) {
-        let mut seen: BTreeMap<u64, &NodeName> = BTreeMap::new();
         let mut twins: BTreeMap<&NodeName, usize> = BTreeMap::new();
         let mut views = Vec::new();
-        for (name, entry) in &self.nodes {
-            let idle = entry.status == NodeStatus::Ready && entry.usage.is_empty();
-            if idle {
-                if let Some(representative) = seen.get(&entry.shape) {
-                    *twins.entry(*representative).or_default() += 1;
-                    continue;
-                }
-                seen.insert(entry.shape, name);
+        for representative in self.index.representatives() {
+            let Some((name, entry)) = self.nodes.get_key_value(&representative.name) else { continue };
+            if representative.twins > 0 {
+                twins.insert(name, representative.twins);
             }
             views.push(NodeView {
                 name,
@@ -448,6 +429,46 @@ impl ClusterState {
             });
         }
         (views, twins)
+    }
+
+    /// Every node, by name.
+    pub fn nodes(&self) -> &BTreeMap<NodeName, NodeEntry> {
+        &self.nodes
+    }
+
+    /// Adds or replaces a node.
+    pub fn insert_node(&mut self, entry: NodeEntry) {
+        let name = entry.record.name.clone();
+        self.index.update(&name, entry.shape, entry.status, &entry.usage);
+        self.nodes.insert(name, entry);
+    }
+
+    /// A node to change; the placement index follows when the guard drops.
+    pub fn node_mut(&mut self, name: &NodeName) -> Option<NodeMut<'_>> {
+        let entry = self.nodes.get_mut(name)?;
+        Some(NodeMut { name: name.clone(), entry, index: &mut self.index })
+    }
+
+    /// Places an unpinned request through the placement index: the decision the
+    /// exhaustive engine would make over every node, with a short explanation.
+    /// `None` when nothing can take it now, or the index does not decide it (see
+    /// [`allot_placement::PlacementIndex::place`]).
+    pub fn place_indexed(&mut self, request: &ValidatedRequest) -> Option<allot_placement::Decision> {
+        let Self { index, nodes, .. } = self;
+        index.place(request, |name| {
+            nodes.get_key_value(name).map(|(name, entry)| NodeView {
+                name,
+                inventory: &entry.record.inventory,
+                status: entry.status,
+                usage: &entry.usage,
+            })
+        })
+    }
+
+    /// Whether the placement index agrees with every node (for tests).
+    pub fn index_agrees(&self) -> bool {
+        self.index.len() == self.nodes.len()
+            && self.nodes.iter().all(|(name, entry)| self.index.agrees(name, entry.shape, entry.status, &entry.usage))
     }
 
     /// Allocations on a node that hold capacity, as the node should see them.

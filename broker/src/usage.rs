@@ -40,7 +40,7 @@ fn gpu_total(amounts: &allot_policy::Resources) -> u64 {
 /// The ready nodes as the history samples them.
 fn samples(state: &ClusterState) -> Vec<NodeSample> {
     state
-        .nodes
+        .nodes()
         .iter()
         .filter(|(_, entry)| entry.status == NodeStatus::Ready)
         .map(|(name, entry)| {

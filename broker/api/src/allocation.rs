@@ -217,7 +217,7 @@ impl fmt::Display for Interconnect {
 }
 
 /// What kind of GPU capacity is asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum GpuDemand {
     /// No GPU: a CPU-only request.

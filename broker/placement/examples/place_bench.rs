@@ -15,8 +15,12 @@ use allot_api::allocation::{
 };
 use allot_api::topology::{GpuHealth, MigMode, NodeInventory, ThrottleReason};
 use allot_api::units::MiB;
+use allot_placement::learn::RequestMix;
 use allot_placement::synthetic::{PcieServer, pcie_gpu_server};
-use allot_placement::{NodeStatus, NodeUsage, NodeView, place};
+use allot_placement::{
+    ClusterContext, NodeStatus, NodeUsage, NodeView, PlacementIndex, PlacementOptions, place, place_learned,
+    placement_shape,
+};
 
 /// SplitMix64: a small seeded generator, so every run replays.
 struct Rng(u64);
@@ -137,6 +141,67 @@ fn run(
         }
     }
     result
+}
+
+/// How shares are ranked in [`run_indexed`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shares {
+    /// Best fit, as `place` without a mix: through the index like the rest.
+    BestFit,
+    /// As the broker does: Allot's policy under the task mix learned from the
+    /// requests so far, over the index's representatives (one node per group of
+    /// identical nodes, the others counted as twins).
+    Learned,
+}
+
+/// Places every request in turn through the placement index, as the broker does,
+/// committing each binding; the time of a decision includes the index update
+/// that the commit makes.
+fn run_indexed(cluster: &mut Cluster, requests: &[ValidatedRequest], shares: Shares) -> (Run, usize) {
+    let mut index = PlacementIndex::new(PlacementOptions::default());
+    let shapes: Vec<u64> = cluster.inventories.iter().map(placement_shape).collect();
+    let positions: std::collections::HashMap<NodeName, usize> =
+        cluster.names.iter().enumerate().map(|(position, name)| (name.clone(), position)).collect();
+    for ((name, shape), usage) in cluster.names.iter().zip(&shapes).zip(&cluster.usages) {
+        index.update(name, *shape, NodeStatus::Ready, usage);
+    }
+    let mut mix = RequestMix::default();
+    let mut result = Run { latencies: Vec::with_capacity(requests.len()), placed: 0 };
+    for request in requests {
+        let start = Instant::now();
+        let view_of = |name: &NodeName| {
+            positions.get(name).map(|position| NodeView {
+                name: &cluster.names[*position],
+                inventory: &cluster.inventories[*position],
+                status: NodeStatus::Ready,
+                usage: &cluster.usages[*position],
+            })
+        };
+        let binding = match (&request.gpus, shares) {
+            (GpuDemand::Share { .. }, Shares::Learned) => {
+                mix.observe(request);
+                let representatives = index.representatives();
+                let views: Vec<NodeView<'_>> = representatives.iter().filter_map(|rep| view_of(&rep.name)).collect();
+                let twins: Vec<usize> = representatives.iter().map(|rep| rep.twins).collect();
+                place_learned(request, &views, &ClusterContext { mix: &mix, twins: &twins })
+                    .ok()
+                    .map(|decision| decision.binding)
+            }
+            _ => {
+                mix.observe(request);
+                index.place(request, view_of).map(|decision| decision.binding)
+            }
+        };
+        if let Some(binding) = &binding
+            && let Some(position) = positions.get(&binding.node).copied()
+        {
+            cluster.usages[position].add(binding);
+            index.update(&cluster.names[position], shapes[position], NodeStatus::Ready, &cluster.usages[position]);
+            result.placed += 1;
+        }
+        result.latencies.push(start.elapsed());
+    }
+    (result, index.classes())
 }
 
 fn allot(request: &ValidatedRequest, views: &[NodeView<'_>]) -> Option<Binding> {
@@ -434,9 +499,12 @@ fn main() -> Result<(), String> {
     let setup = built.elapsed();
     let (fresh_before, gpus_before) = (fresh_nodes(&cluster, 8), allocated_gpus(&cluster));
     let mut baseline_state = copy(&cluster);
+    let mut indexed_state = copy(&cluster);
     let mut allot_state = cluster;
     let baseline = run(&mut baseline_state, &requests, first_fit);
+    let (indexed, classes) = run_indexed(&mut indexed_state, &requests, Shares::BestFit);
     let ours = run(&mut allot_state, &requests, allot);
+    let same = indexed_state.usages == allot_state.usages;
     let scenario = format!("(a) {} DGX H100, 1/2/4/8-GPU NVLink", args.nodes);
     let outcome = |state: &Cluster| {
         format!(
@@ -445,18 +513,30 @@ fn main() -> Result<(), String> {
             allocated_gpus(state)
         )
     };
-    row(&scenario, "allot place", &ours, &baseline, &outcome(&allot_state));
+    row(
+        &scenario,
+        "allot index",
+        &indexed,
+        &baseline,
+        &format!("{}; {classes} classes at the end; same bindings as exhaustive: {same}", outcome(&indexed_state)),
+    );
+    row(&scenario, "allot place (exhaustive)", &ours, &baseline, &outcome(&allot_state));
     row(&scenario, "naive first-fit", &baseline, &baseline, &outcome(&baseline_state));
-    drop((allot_state, baseline_state));
+    drop((allot_state, baseline_state, indexed_state));
 
     match (alibaba_cluster(&args.trace), alibaba_requests(&args.trace, args.pods)) {
         (Ok(cluster), Ok(pods)) => {
             let capacity: usize = cluster.inventories.iter().map(|inventory| inventory.gpus.len()).sum();
             let idle_before = fresh_nodes(&cluster, 8);
             let mut baseline_state = copy(&cluster);
+            let mut indexed_state = copy(&cluster);
+            let mut learned_state = copy(&cluster);
             let mut allot_state = cluster;
             let baseline = run(&mut baseline_state, &pods, first_fit);
+            let (indexed, classes) = run_indexed(&mut indexed_state, &pods, Shares::BestFit);
+            let (learned, learned_classes) = run_indexed(&mut learned_state, &pods, Shares::Learned);
             let ours = run(&mut allot_state, &pods, allot);
+            let same = indexed_state.usages == allot_state.usages;
             let scenario = format!("(b) Alibaba {} nodes, first {} pods", allot_state.names.len(), pods.len());
             let outcome = |state: &Cluster| {
                 format!(
@@ -465,7 +545,24 @@ fn main() -> Result<(), String> {
                     fresh_nodes(state, 8)
                 )
             };
-            row(&scenario, "allot place", &ours, &baseline, &outcome(&allot_state));
+            row(
+                &scenario,
+                "allot index",
+                &indexed,
+                &baseline,
+                &format!(
+                    "{}; {classes} classes at the end; same bindings as exhaustive: {same}",
+                    outcome(&indexed_state)
+                ),
+            );
+            row(
+                &scenario,
+                "allot index, shares by the learned mix (the broker's path)",
+                &learned,
+                &baseline,
+                &format!("{}; {learned_classes} classes at the end", outcome(&learned_state)),
+            );
+            row(&scenario, "allot place (exhaustive)", &ours, &baseline, &outcome(&allot_state));
             row(&scenario, "naive first-fit", &baseline, &baseline, &outcome(&baseline_state));
         }
         (Err(error), _) | (_, Err(error)) => println!("\n(b) skipped: {error}"),

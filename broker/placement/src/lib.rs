@@ -41,6 +41,7 @@ mod cores;
 mod explain;
 pub mod fragment;
 mod gpus;
+mod index;
 pub mod learn;
 mod learned;
 mod mig;
@@ -50,6 +51,7 @@ mod place;
 mod refuse;
 pub mod scarcity;
 mod score;
+mod shape;
 mod share;
 pub mod synthetic;
 mod usage;
@@ -59,8 +61,10 @@ use allot_api::allocation::{Binding, NodeName, ValidatedRequest};
 use allot_api::topology::NodeInventory;
 
 pub use explain::{Explanation, GpuExclusions, NodeRefusal, NodeVerdict, Refusal, RefusalReason, Verdict};
+pub use index::{PlacementIndex, Representative};
 pub use learned::ClusterContext;
 pub use score::{BlockedProfile, CpuScore, MigScore, Score, ShareScore, WholeScore};
+pub use shape::placement_shape;
 pub use share::{ShareCandidate, SharePolicy};
 pub use usage::{MigSlot, NodeUsage, ShareLoad};
 

@@ -162,6 +162,29 @@ pub(crate) fn place_with(
     Ok(Decision { binding: binding.binding, explanation })
 }
 
+/// The decision for an offer already known to be the best, as the index finds it:
+/// the binding, and an explanation that names the runner-up (a node whose offer
+/// scored next) instead of every node's verdict; `note` is added to the words.
+pub(crate) fn decide_offer(
+    request: &ValidatedRequest,
+    chosen: NodeView<'_>,
+    offer: &Offer,
+    runner_up: Option<(NodeView<'_>, Score)>,
+    note: &str,
+) -> Result<Decision, String> {
+    let mut nodes = vec![chosen];
+    let mut outcomes: Vec<(usize, Result<Score, NodeRefusal>)> = vec![(0, Ok(offer.score.clone()))];
+    if let Some((view, score)) = runner_up {
+        nodes.push(view);
+        outcomes.push((1, Ok(score)));
+    }
+    let bound = bind(request, &chosen, offer)?;
+    let mut text = chosen_text(request, &chosen, offer, &bound, &outcomes, 0, &nodes);
+    text.push_str(note);
+    let explanation = explanation(request, &nodes, outcomes, Some(0), Some(text));
+    Ok(Decision { binding: bound.binding, explanation })
+}
+
 /// A binding with the core grant it was built from (for the explanation).
 struct Bound {
     binding: Binding,

@@ -215,7 +215,9 @@ impl Scarcity {
     /// last call are recounted) and prepares the cost tables for one decision.
     pub fn sync(&mut self, nodes: &[NodeState]) {
         let count = self.classes.len();
-        if self.nodes.len() != nodes.len() {
+        // The first call (also with no node at all, which a cluster whose nodes
+        // are all lost or cordoned gives) sizes the supply.
+        if self.nodes.len() != nodes.len() || self.supply.len() != count {
             self.nodes = nodes.to_vec();
             self.slots = vec![0.0; nodes.len() * count];
             self.supply = vec![0.0; count];

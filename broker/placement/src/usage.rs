@@ -25,7 +25,7 @@ impl MigSlot {
 }
 
 /// The shares granted on one GPU, added up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ShareLoad {
     pub compute: MilliGpu,
     pub memory: MiB,
@@ -39,7 +39,7 @@ pub struct ShareLoad {
 const CORE_BITS_LIMIT: u32 = 1 << 16;
 
 /// A set of core indices, quick to test for the few hundred cores of a server.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct CoreSet {
     bits: Vec<u64>,
     overflow: BTreeSet<u32>,
@@ -75,7 +75,7 @@ impl CoreSet {
 
 /// Everything taken on one node: whole GPUs, MIG instances, GPU shares, cores and
 /// memory. GPUs are named by their index (`Gpu::index`), as in [`Binding`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct NodeUsage {
     whole: BTreeSet<u32>,
     mig: BTreeMap<u32, Vec<MigSlot>>,
