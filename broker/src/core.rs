@@ -339,6 +339,18 @@ impl<T: Send> Deliver for Answer<T> {
 fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, policy: PolicySettings) -> Option<Pending> {
     let now = now_ms();
     match command {
+        // A retry of a create: the allocation its request id made, answered once
+        // it is stored (it may be in this very batch), not a second one.
+        Command::CreateAllocation { request, reply, .. } if retried(state, &request).is_some() => {
+            match retried(state, &request) {
+                Some(Ok((id, explanation))) => return Some(Pending::Allocation(reply, id, explanation)),
+                Some(Err(error)) => {
+                    let _ = reply.send(Err(error));
+                }
+                None => {}
+            }
+            None
+        }
         Command::CreateAllocation { request, no_wait, reply } => match admit_request(state, *request, no_wait, now) {
             Ok((allocation, explanation)) => {
                 match encode(&allocation) {
@@ -567,6 +579,21 @@ fn set_lost_allocations(
 /// Admits a request now (placed and bound), queues it (pending), or refuses it:
 /// an unknown team, a request no node could ever hold, one larger than a limit
 /// of its team, or (with `no_wait`) one that cannot be granted now.
+/// What an earlier create with this request's id made: its allocation and
+/// explanation, or an error when the id was used for a different request.
+fn retried(state: &ClusterState, request: &ValidatedRequest) -> Option<Result<(AllocationId, String), BrokerError>> {
+    let key = request.request_id.as_ref()?;
+    let existing = state.by_request_id(&request.team, key)?;
+    if existing.request.same_ask(request) {
+        return Some(Ok((existing.id, existing.explanation.clone())));
+    }
+    Some(Err(BrokerError::FailedPrecondition(format!(
+        "E-REQUEST-ID-REUSED: request id {key:?} of team {} made allocation {} for a different request; \
+         give each create its own request id",
+        request.team, existing.id
+    ))))
+}
+
 fn admit_request(
     state: &mut ClusterState,
     request: ValidatedRequest,

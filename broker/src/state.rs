@@ -156,6 +156,9 @@ pub struct ClusterState {
     /// Finished allocations (released, preempted) by the time of their last
     /// change, oldest first: what `retention` prunes, without a scan.
     pub(crate) finished: BTreeSet<(u64, AllocationId)>,
+    /// Allocations by their caller's request id, per team (idempotent creates);
+    /// kept as long as the allocation is.
+    by_request_id: BTreeMap<(TeamName, String), AllocationId>,
     /// The usage history, recorded from every allocation change (see `usage.rs`).
     pub usage: allot_history::Recorder,
     /// The task mix learned from the requests that arrived (each allocation
@@ -171,6 +174,9 @@ impl ClusterState {
     pub fn put_allocation(&mut self, allocation: Allocation) {
         if !self.allocations.contains_key(&allocation.id) {
             self.learned_mix.observe(&allocation.request);
+        }
+        if let Some(key) = &allocation.request.request_id {
+            self.by_request_id.insert((allocation.request.team.clone(), key.clone()), allocation.id);
         }
         self.record_usage(&allocation);
         if let Some(previous) = self.allocations.get(&allocation.id)
@@ -285,6 +291,9 @@ impl ClusterState {
         // A finished allocation holds no capacity and waits in no queue, so
         // `put_allocation` keeps it in no other index.
         self.finished.remove(&(allocation.updated_at_ms, id));
+        if let Some(key) = &allocation.request.request_id {
+            self.by_request_id.remove(&(allocation.request.team.clone(), key.clone()));
+        }
         self.node_reports.remove(&id);
         self.allocations.remove(&id)
     }
@@ -366,8 +375,12 @@ impl ClusterState {
         self.queue.clear();
         self.reclaiming.clear();
         self.finished.clear();
+        self.by_request_id.clear();
         let mut charged = Vec::new();
         for allocation in self.allocations.values() {
+            if let Some(key) = &allocation.request.request_id {
+                self.by_request_id.insert((allocation.request.team.clone(), key.clone()), allocation.id);
+            }
             if allocation.state == AllocationState::Pending {
                 self.queue.insert(allocation.id);
             }
@@ -429,6 +442,12 @@ impl ClusterState {
             });
         }
         (views, twins)
+    }
+
+    /// The allocation a team's request id made, if it is still kept.
+    pub fn by_request_id(&self, team: &TeamName, request_id: &str) -> Option<&Allocation> {
+        let id = self.by_request_id.get(&(team.clone(), request_id.to_owned()))?;
+        self.allocations.get(id)
     }
 
     /// Every node, by name.

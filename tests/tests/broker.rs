@@ -286,6 +286,77 @@ fn a_second_broker_on_the_same_etcd_waits_until_it_leads() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("\"ml\""), "{}", String::from_utf8_lossy(&output.stdout));
 }
 
+/// Idempotent creates: a create repeated with its request id gets the allocation
+/// that id made, a different ask under the same id is refused, and after the
+/// leading broker is killed (SIGKILL, also while a create is in flight) the new
+/// leader answers the same: every request id ends with exactly one allocation.
+#[test]
+fn a_create_retried_with_its_request_id_returns_one_allocation_across_a_failover() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let etcd = runtime.block_on(allot_store::testing::EtcdHarness::start());
+    let store = StoreKind::Etcd(etcd.endpoint());
+    let mut first = start_broker(&store, dir.path(), "first", "3s");
+    allotctl_json(&first, &["team", "create", "ml"]);
+    let mut node = start_node(&first, "dgx-h100", "node-a", dir.path());
+    wait_until("the node registers", Duration::from_secs(20), || !node_statuses(&first).is_empty());
+
+    let made = create(&first, &["--gpus", "1", "--request-id", "job-1"]);
+    let again = create(&first, &["--gpus", "1", "--request-id", "job-1"]);
+    assert_eq!(made["id"], again["id"], "the same request id made a second allocation: {again}");
+    assert_eq!(made["request_id"], "job-1");
+    refused(
+        &first,
+        &["alloc", "create", "--team", "ml", "--gpus", "2", "--request-id", "job-1"],
+        "E-REQUEST-ID-REUSED",
+        "job-1",
+    );
+    let other = create(&first, &["--gpus", "1"]);
+    assert_ne!(other["id"], made["id"], "a create without a request id gets its own allocation");
+
+    // A create in flight when the leader dies: it may or may not have been stored.
+    let (second, ready) = spawn_standby_broker(&store, dir.path(), "second");
+    let in_flight = std::process::Command::new(allot_tests::binary("allotctl"))
+        .args(["--broker", &first.grpc, "-o", "json", "alloc", "create", "--team", "ml", "--gpus", "1"])
+        .args(["--request-id", "job-2"])
+        .env("ALLOT_TOKEN_FILE", &first.admin_token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("allotctl");
+    std::thread::sleep(Duration::from_millis(20));
+    first.process.kill();
+    node.kill();
+    let mut in_flight = in_flight;
+    let _ = in_flight.wait();
+    wait_until("the second broker leads", Duration::from_secs(40), || ready.exists());
+    let text = std::fs::read_to_string(&ready).expect("ready file");
+    let addresses: Value = serde_json::from_str(&text).expect("the ready file is written whole");
+    let mut second_broker = Broker {
+        process: second,
+        grpc: addresses["grpc"].as_str().expect("grpc").to_owned(),
+        http: addresses["http"].as_str().expect("http").to_owned(),
+        admin_token: first.admin_token.clone(),
+        node_token: first.node_token.clone(),
+    };
+    let retried = create(&second_broker, &["--gpus", "1", "--request-id", "job-1"]);
+    assert_eq!(retried["id"], made["id"], "after the failover the request id made a second allocation: {retried}");
+    // The in-flight create retried: one allocation for job-2, stored or made now
+    // (or refused for capacity, when the node is already lost: then none).
+    let output = allotctl(&second_broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--request-id", "job-2"]);
+    let all = allotctl_json(&second_broker, &["alloc", "list", "--all"]);
+    let count =
+        |key: &str| all.as_array().expect("list").iter().filter(|allocation| allocation["request_id"] == key).count();
+    assert_eq!(count("job-1"), 1, "{all}");
+    assert_eq!(
+        count("job-2"),
+        usize::from(output.status.success()),
+        "{all}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    second_broker.process.kill();
+}
+
 /// A node that was lost when the broker stopped is still lost after the restart,
 /// and its allocations hold again once it comes back.
 #[test]

@@ -252,6 +252,11 @@ pub struct ValidatedRequest {
     /// with [`ValidatedRequest::pinned`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Pin>,
+    /// The caller's key for this create: the same key from the same team gets
+    /// the allocation it made instead of a second one. Set with
+    /// [`ValidatedRequest::with_request_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A request's node, and the devices on it among which placement may choose.
@@ -372,7 +377,37 @@ impl ValidatedRequest {
         {
             return error("owner", "at most 253 bytes without control characters".into());
         }
-        Ok(ValidatedRequest { team, gpus, cpus, memory, interconnect, rdma, min_gpu_memory, owner, pin: None })
+        Ok(ValidatedRequest {
+            team,
+            gpus,
+            cpus,
+            memory,
+            interconnect,
+            rdma,
+            min_gpu_memory,
+            owner,
+            pin: None,
+            request_id: None,
+        })
+    }
+
+    /// The same request with the caller's idempotency key: 1 to 128 bytes, no
+    /// whitespace or control characters.
+    pub fn with_request_id(mut self, id: String) -> Result<Self, RequestError> {
+        if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(RequestError {
+                field: "request_id",
+                problem: format!("{id:?}: give 1 to 128 bytes without spaces or control characters, like a UUID"),
+            });
+        }
+        self.request_id = Some(id);
+        Ok(self)
+    }
+
+    /// Whether `other` asks for the same thing (everything but the request id).
+    pub fn same_ask(&self, other: &ValidatedRequest) -> bool {
+        let strip = |request: &ValidatedRequest| ValidatedRequest { request_id: None, ..request.clone() };
+        strip(self) == strip(other)
     }
 
     /// The same request, allowed only on `pin.node` and its listed devices.
@@ -521,6 +556,29 @@ pub struct QuotaStanding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_checked_and_do_not_change_the_ask() {
+        let request = ValidatedRequest::new(
+            "ml".parse().expect("team"),
+            GpuDemand::Whole { count: 1, models: vec![] },
+            2,
+            MiB(1024),
+            Interconnect::Any,
+            false,
+            None,
+            None,
+        )
+        .expect("request");
+        for bad in ["", "a b", "tab\there", &"x".repeat(129)] {
+            let error = request.clone().with_request_id(bad.to_owned()).expect_err(bad);
+            assert_eq!(error.field, "request_id");
+        }
+        let keyed = request.clone().with_request_id("job-7".into()).expect("a good id");
+        assert!(keyed.same_ask(&request) && request.same_ask(&keyed));
+        let bigger = ValidatedRequest { cpus: 4, ..keyed.clone() };
+        assert!(!bigger.same_ask(&keyed));
+    }
 
     #[test]
     fn names_follow_their_rules() {

@@ -147,6 +147,12 @@ pub struct CreateArgs {
     /// Fail at once instead of waiting in the queue when it cannot be granted now.
     #[arg(long)]
     pub no_wait: bool,
+    /// Idempotency key: a create with a key its team already used returns the
+    /// allocation that key made instead of a second one (also after a broker
+    /// failover). Without it allotctl makes one, and reuses it when it retries
+    /// on its own after a lost connection or a leader change.
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -291,7 +297,38 @@ fn spec(args: &CreateArgs) -> Result<proto::AllocationSpec, CtlError> {
         args.owner.clone(),
     )
     .map_err(|error| usage(format!("--{}: {}", error.field.replace('_', "-"), error.problem)))?;
+    let request = match &args.request_id {
+        Some(id) => request.with_request_id(id.clone()),
+        None => request.with_request_id(new_request_id()),
+    }
+    .map_err(|error| usage(format!("--{}: {}", error.field.replace('_', "-"), error.problem)))?;
     Ok((&request).into())
+}
+
+/// A fresh request id: 128 bits from the standard library's per-process random
+/// hash keys, mixed with the time and the process id.
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let half = |salt: u64| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(now);
+        hasher.write_u32(std::process::id());
+        hasher.write_u64(salt);
+        hasher.finish()
+    };
+    format!("allotctl-{:016x}{:016x}", half(1), half(2))
+}
+
+/// How often, and after how long, allotctl retries a create whose answer it did
+/// not get (the same request id each time, so a retry never makes a second
+/// allocation).
+const CREATE_RETRIES: [u64; 4] = [250, 500, 1000, 2000];
+
+/// Whether a failed call may not have reached the broker's decision, so a retry
+/// with the same request id is safe and useful.
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
 }
 
 /// Runs one command and returns what to print.
@@ -343,14 +380,22 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             match command {
                 AllocCommand::Create(args) => {
                     let spec = create_spec.ok_or_else(|| CtlError::Usage("missing request".into()))?;
-                    let reply = allocations
-                        .create(proto::CreateAllocationRequest {
-                            spec: Some(spec),
-                            dry_run: args.dry_run,
-                            no_wait: args.no_wait,
-                        })
-                        .await?
-                        .into_inner();
+                    let request = proto::CreateAllocationRequest {
+                        spec: Some(spec),
+                        dry_run: args.dry_run,
+                        no_wait: args.no_wait,
+                    };
+                    let mut waits = CREATE_RETRIES.iter();
+                    let reply = loop {
+                        match allocations.create(request.clone()).await {
+                            Ok(reply) => break reply.into_inner(),
+                            Err(status) if retryable(&status) => match waits.next() {
+                                Some(wait) => tokio::time::sleep(std::time::Duration::from_millis(*wait)).await,
+                                None => return Err(status.into()),
+                            },
+                            Err(status) => return Err(status.into()),
+                        }
+                    };
                     output::created(reply, format)
                 }
                 AllocCommand::List(args) => {

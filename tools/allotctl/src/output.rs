@@ -143,6 +143,7 @@ fn allocation_json(shown: &Shown) -> Value {
         "state": allocation.state.as_str(),
         "team": allocation.request.team.to_string(),
         "owner": allocation.request.owner,
+        "request_id": allocation.request.request_id,
         "node": binding.map(|binding| binding.node.to_string()),
         "cpus": binding.map(|binding| binding.cores.clone()).unwrap_or_default(),
         "pus": binding.map(|binding| binding.cpus.clone()).unwrap_or_default(),

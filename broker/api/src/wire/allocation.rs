@@ -54,6 +54,7 @@ impl From<&ValidatedRequest> for proto::AllocationSpec {
                     })
                     .collect(),
             }),
+            request_id: request.request_id.clone(),
         }
     }
 }
@@ -91,6 +92,10 @@ impl TryFrom<proto::AllocationSpec> for ValidatedRequest {
             spec.owner.filter(|owner| !owner.is_empty()),
         )
         .map_err(|error| wire_error(error.field, error.problem))?;
+        let request = match spec.request_id.filter(|id| !id.is_empty()) {
+            Some(id) => request.with_request_id(id).map_err(|error| wire_error(error.field, error.problem))?,
+            None => request,
+        };
         let Some(pin) = spec.pin else { return Ok(request) };
         let node = pin.node.parse().map_err(|error| wire_error("pin.node", error))?;
         let devices = pin
