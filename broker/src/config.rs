@@ -48,7 +48,7 @@ pub struct ServeArgs {
     pub usage_half_life: String,
     /// How long released and preempted allocations stay listed (and stored) after
     /// they finished (`7d`, `12h`); older ones are deleted, live ones never.
-    #[arg(long, default_value = crate::retention::DEFAULT_RETENTION)]
+    #[arg(long, default_value = crate::rounds::retention::DEFAULT_RETENTION)]
     pub released_retention: String,
     /// On first start (no token in the store yet) create an admin token and write it
     /// here, readable only by its owner. Default with the embedded store:
@@ -76,7 +76,7 @@ pub struct ServeConfig {
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub ready_file: Option<PathBuf>,
-    pub policy: crate::sharing::PolicySettings,
+    pub policy: crate::rounds::sharing::PolicySettings,
     /// Where to write the first admin token (None: create none).
     pub admin_token_file: Option<PathBuf>,
     pub node_token_file: Option<PathBuf>,
@@ -170,7 +170,7 @@ impl ServeArgs {
             (None, StoreSpec::Etcd(_)) => None,
         };
         Ok(ServeConfig {
-            policy: crate::sharing::PolicySettings { grace, half_life, released_retention },
+            policy: crate::rounds::sharing::PolicySettings { grace, half_life, released_retention },
             admin_token_file,
             node_token_file: self.node_token_file.clone(),
             store,

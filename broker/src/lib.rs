@@ -4,20 +4,25 @@
 //! `serve` wires the pieces: the store (etcd or embedded), leadership, the core
 //! (state plus the group-commit writer), the lost-node detector, the gRPC
 //! services and the HTTP endpoint.
+//!
+//! The crate is four layers, each importing only the ones below it (a test
+//! checks every `crate::` path):
+//! 1. `state`: the cluster state and its indexes as plain data, how records are
+//!    encoded, the writer's counters;
+//! 2. `rounds`: what is decided over the state without IO (placement,
+//!    scheduling rounds, retention, the usage history), as store writes;
+//! 3. `writer`: the single writer that applies commands, commits them fenced on
+//!    leadership and answers; team commands; leadership;
+//! 4. `service`: gRPC, HTTP and the authorization every call passes.
+//!
+//! `error` sits below all of them; `config` and this file wire them.
 
-pub mod admin;
-pub mod auth;
 pub mod config;
-pub mod core;
 pub mod error;
-pub mod grpc;
-pub mod http;
-pub mod leader;
-pub mod retention;
-pub mod sharing;
+pub mod rounds;
+pub mod service;
 pub mod state;
-pub mod teams;
-pub mod usage;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +34,8 @@ use allot_store::Store;
 use anyhow::Context;
 
 use crate::config::{ServeConfig, StoreSpec};
-use crate::core::{Command, Core, now_ms};
+use crate::service::{auth, grpc, http};
+use crate::writer::{Command, Core, leader, now_ms};
 
 /// Opens the configured store, retrying an unreachable etcd with backoff.
 pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
@@ -193,4 +199,49 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "broker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The layer of a module path under `src/` (0 for `error`, 5 for the wiring).
+    fn layer(module: &str) -> Option<u8> {
+        match module {
+            "error" => Some(0),
+            "state" => Some(1),
+            "rounds" => Some(2),
+            "writer" => Some(3),
+            "service" => Some(4),
+            "config" | "lib" | "main" => Some(5),
+            _ => None,
+        }
+    }
+
+    /// Every `crate::` path points at the same layer or one below.
+    #[test]
+    fn layers_import_only_downwards() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![root.clone()];
+        let mut checked = 0;
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).expect("src dir").map(|entry| entry.expect("entry").path()));
+                continue;
+            }
+            let relative = path.strip_prefix(&root).expect("under src").to_string_lossy().into_owned();
+            let top = relative.split(['/', '.']).next().unwrap_or_default().to_owned();
+            let own = layer(&top).unwrap_or_else(|| panic!("{relative}: a module in no layer; add it to `layer`"));
+            let text = std::fs::read_to_string(&path).expect("source");
+            for (at, _) in text.match_indices("crate::") {
+                let target: String =
+                    text[at + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let Some(theirs) = layer(&target) else { continue };
+                assert!(
+                    theirs <= own,
+                    "{relative} (layer {own}) imports crate::{target} (layer {theirs}): layers import only downwards"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} paths checked: is the source tree where the test looks?");
+    }
 }

@@ -12,6 +12,9 @@ use allot_placement::{NodeStatus, NodeUsage, NodeView};
 use allot_policy::{Quota, QuotaTree, Resources, TeamSpec, UsageHistory};
 use serde::{Deserialize, Serialize};
 
+pub mod codec;
+pub mod metrics;
+
 /// Whether an allocation is finished: released or preempted, it holds nothing,
 /// waits for nothing and never changes again. Only finished allocations are
 /// ever forgotten (see `retention`).
@@ -104,6 +107,13 @@ impl Drop for NodeMut<'_> {
     }
 }
 
+/// A bearer token's record: only its hash is the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub subject: String,
+    pub created_at_ms: u64,
+}
+
 /// Everything the broker knows.
 #[derive(Debug, Default)]
 pub struct ClusterState {
@@ -140,7 +150,7 @@ pub struct ClusterState {
     /// Role grants (the casbin `g` lines in the store).
     pub grants: BTreeSet<allot_policy::Grant>,
     /// Bearer tokens by the hex SHA-256 of the token.
-    pub tokens: BTreeMap<String, crate::teams::TokenRecord>,
+    pub tokens: BTreeMap<String, TokenRecord>,
     /// Whether the role permissions (casbin `p` lines) are in the store.
     pub permissions_stored: bool,
     /// The next allocation id to hand out.

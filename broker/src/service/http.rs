@@ -3,7 +3,7 @@
 //! Metric names and labels are an API; each is documented where it is written.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use allot_api::allocation::AllocationState;
 use allot_placement::NodeStatus;
@@ -11,24 +11,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 
-use crate::auth::Auth;
-use crate::core::Core;
-
-/// Counters the writer updates.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    batches: AtomicU64,
-    commands: AtomicU64,
-    writes: AtomicU64,
-}
-
-impl Metrics {
-    pub fn batch(&self, commands: usize, writes: usize) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
-        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
-    }
-}
+use crate::service::auth::Auth;
+use crate::writer::Core;
 
 pub fn router(core: Arc<Core>, auth: Arc<Auth>) -> Router {
     Router::new()

@@ -11,12 +11,12 @@ use allot_policy::file::parse_amounts;
 use allot_policy::{Grant, Quota, ResourceClass, TeamsFile};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Caller, new_token, token_hash};
-use crate::core::Command;
 use crate::error::BrokerError;
-use crate::grpc::{Services, allocation_to_wire};
+use crate::service::auth::{Caller, new_token, token_hash};
+use crate::service::grpc::{Services, allocation_to_wire};
 use crate::state::{ClusterState, TeamRecord};
-use crate::teams::{TeamCommand, children_of, user_amounts};
+use crate::writer::Command;
+use crate::writer::teams::{TeamCommand, children_of, user_amounts};
 
 fn invalid(field: &str, problem: impl ToString) -> Status {
     BrokerError::InvalidArgument { field: field.to_owned(), problem: problem.to_string() }.into()
@@ -113,7 +113,7 @@ impl proto::admin_service_server::AdminService for Services {
                 Some(readable.iter().map(ToString::to_string).collect())
             }
         };
-        let export = self.core.state().usage.export(request.since_ms, crate::core::now_ms(), teams.as_ref());
+        let export = self.core.state().usage.export(request.since_ms, crate::writer::now_ms(), teams.as_ref());
         // A team neither known now nor in the history is a mistake worth saying.
         if !request.team.is_empty()
             && !self.core.state().teams.keys().any(|known| known.as_str() == request.team)
@@ -283,7 +283,7 @@ impl proto::admin_service_server::AdminService for Services {
             &state.capacity,
             !half_life.is_zero(),
         );
-        let ledger = crate::sharing::ledger(&state);
+        let ledger = crate::rounds::sharing::ledger(&state);
         let capacity = allot_policy::Dimensions::of(&state.capacity, &state.tree);
         let mut teams = Vec::new();
         for spec in state.tree.teams().filter(|spec| readable.contains(&spec.name)) {

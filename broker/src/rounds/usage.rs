@@ -11,8 +11,8 @@ use allot_placement::NodeStatus;
 use allot_policy::ResourceClass;
 use allot_store::{Op, layout};
 
-use crate::core::encode;
 use crate::state::ClusterState;
+use crate::state::codec::encode;
 
 /// How often changed buckets are stored (the shutdown stores the rest).
 pub const SAVE_EVERY_MS: u64 = 10_000;
@@ -26,8 +26,8 @@ const SAVE_LIMIT: usize = 48;
 // A tick's history writes plus retention's deletions fit one transaction.
 const _: () = assert!(
     (if SAVE_LIMIT > WRITES_PER_COMPACTION { SAVE_LIMIT } else { WRITES_PER_COMPACTION })
-        + crate::retention::PRUNE_LIMIT
-        <= crate::core::OPS_PER_TXN
+        + crate::rounds::retention::PRUNE_LIMIT
+        <= crate::state::codec::OPS_PER_TXN
 );
 
 /// GPU units of a class set: `gpu/any` or its families added up, whichever is more.

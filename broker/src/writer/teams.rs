@@ -10,21 +10,14 @@ use allot_policy::authz::PERMISSIONS;
 use allot_policy::file::plan;
 use allot_policy::{Change, Grant, Quota, QuotaTree, ResourceClass, TeamsFile};
 use allot_store::{Op, layout};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::core::{Answer, Pending, encode};
 use crate::error::BrokerError;
-use crate::state::{ClusterState, TeamRecord};
+use crate::state::codec::encode;
+use crate::state::{ClusterState, TeamRecord, TokenRecord};
+use crate::writer::{Answer, Pending};
 
 type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
-
-/// A bearer token's record: only its hash is the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub subject: String,
-    pub created_at_ms: u64,
-}
 
 /// A change to teams, quotas or authorization.
 #[derive(Debug)]

@@ -10,9 +10,10 @@ use allot_placement::NodeStatus;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Auth, Caller};
-use crate::core::{Command, Core, dry_run, now_ms};
 use crate::error::BrokerError;
+use crate::rounds::placing::decide_over;
+use crate::service::auth::{Auth, Caller};
+use crate::writer::{Command, Core, now_ms};
 
 #[derive(Debug, Clone)]
 pub struct Services {
@@ -434,4 +435,17 @@ fn mig_uuid(
         .find(|instance| instance.start == mig.start && instance.profile == mig.profile)?
         .uuid
         .clone()
+}
+
+pub fn dry_run(
+    core: &Core,
+    request: &ValidatedRequest,
+) -> Result<(allot_api::allocation::Binding, String), BrokerError> {
+    let state = core.state();
+    if !state.teams.contains_key(&request.team) {
+        return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
+    }
+    // On demand, every node's verdict: the exhaustive engine over all nodes.
+    let decision = decide_over(&state, request, true)?;
+    Ok((decision.binding, decision.explanation))
 }

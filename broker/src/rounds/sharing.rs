@@ -17,8 +17,9 @@ use allot_policy::admission::Ledger;
 use allot_policy::{Placer, RoundSettings, Running, Waiting};
 use allot_store::{Op, layout};
 
-use crate::core::{Decided, decide, encode};
+use crate::rounds::placing::{Decided, decide};
 use crate::state::ClusterState;
+use crate::state::codec::encode;
 
 /// How reclaim, fair share and the ticker's housekeeping behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,15 @@ use std::time::Duration;
 
 use allot_store::{Compare, Op, Store, Txn, layout};
 
-use crate::core::Leadership;
 use crate::error::BrokerError;
+
+/// Identity of this broker as the store's leader.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub lease: allot_store::LeaseId,
+}
 
 const LEASE_TTL: Duration = Duration::from_secs(10);
 

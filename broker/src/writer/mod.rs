@@ -13,31 +13,29 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use allot_api::allocation::{Allocation, AllocationId, AllocationState, GpuDemand, NodeName, ValidatedRequest};
+use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName, ValidatedRequest};
 use allot_api::topology::NodeInventory;
-use allot_placement::{NodeStatus, RefusalReason};
+use allot_placement::NodeStatus;
 use allot_store::{Compare, Op, Store, Txn, layout};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::BrokerError;
-use crate::retention;
-use crate::sharing::{self, PolicySettings};
+use crate::rounds::placing::decide;
+use crate::rounds::retention;
+use crate::rounds::sharing::{self, PolicySettings};
+use crate::state::codec::{MAX_RECORD_BYTES, OPS_PER_TXN, decode, decode_all, encode};
 use crate::state::{ClusterState, NodeEntry, NodeRecord, TeamRecord};
-use crate::teams::{self, TeamCommand};
+pub use leader::Leadership;
+use teams::TeamCommand;
+
+pub mod leader;
+pub mod teams;
 
 /// The most commands one writer batch takes.
 pub const MAX_BATCH: usize = 512;
 
-/// Store operations per transaction: etcd's default limit is 128; keep room for
-/// the leadership fence and the id counter.
-pub(crate) const OPS_PER_TXN: usize = 120;
-
 // A tick's deletions stay within the half transaction after which a batch closes.
 const _: () = assert!(retention::PRUNE_LIMIT <= OPS_PER_TXN / 2);
-
-/// The largest record the broker writes; larger requests or inventories are
-/// refused on their own, before they can fail anyone else's batch.
-const MAX_RECORD_BYTES: usize = 256 * 1024;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
@@ -95,14 +93,6 @@ pub enum Command {
     },
 }
 
-/// Identity of this broker as the store's leader.
-#[derive(Debug, Clone)]
-pub struct Leadership {
-    pub key: String,
-    pub value: Vec<u8>,
-    pub lease: allot_store::LeaseId,
-}
-
 /// The broker: state, the writer's queue, and the node notification channel.
 #[derive(Debug)]
 pub struct Core {
@@ -113,7 +103,7 @@ pub struct Core {
     pub node_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub policy: PolicySettings,
-    pub metrics: crate::http::Metrics,
+    pub metrics: crate::state::metrics::Metrics,
     /// Signalled when a write finds that another broker leads now.
     pub fenced: tokio::sync::Notify,
 }
@@ -137,7 +127,7 @@ impl Core {
             node_timeout,
             heartbeat_interval,
             policy,
-            metrics: crate::http::Metrics::default(),
+            metrics: crate::state::metrics::Metrics::default(),
             fenced: tokio::sync::Notify::new(),
         });
         tokio::spawn(writer(Arc::clone(&core), store, leadership, receiver));
@@ -187,42 +177,6 @@ impl Core {
     }
 }
 
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
-    serde_json::to_vec(value).map_err(|error| BrokerError::Internal(format!("cannot encode a record: {error}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, BrokerError> {
-    serde_json::from_slice(bytes)
-        .map_err(|error| BrokerError::Internal(format!("record {key} in the store is unreadable: {error}")))
-}
-
-/// Decodes many records on every core: at start a broker may read 100,000
-/// allocations and thousands of node inventories. Keeps the store's order.
-fn decode_all<T: serde::de::DeserializeOwned + Send>(kvs: &[allot_store::KeyValue]) -> Result<Vec<T>, BrokerError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    if kvs.len() < 1024 || threads == 1 {
-        return kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect();
-    }
-    let chunk = kvs.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = kvs
-            .chunks(chunk)
-            .map(|part| {
-                scope
-                    .spawn(move || part.iter().map(|kv| decode::<T>(&kv.key, &kv.value)).collect::<Result<Vec<T>, _>>())
-            })
-            .collect();
-        let mut all = Vec::with_capacity(kvs.len());
-        for worker in workers {
-            match worker.join() {
-                Ok(part) => all.extend(part?),
-                Err(_) => return Err(BrokerError::Internal("a decoding thread panicked".into())),
-            }
-        }
-        Ok(all)
-    })
-}
-
 /// Reads everything the broker persists.
 pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
@@ -255,7 +209,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.permissions_stored |= line.first().is_some_and(|kind| kind == "p");
     }
     for kv in store.range(layout::prefix_tokens()).await.map_err(unavailable)?.kvs {
-        let record: teams::TokenRecord = decode(&kv.key, &kv.value)?;
+        let record: crate::state::TokenRecord = decode(&kv.key, &kv.value)?;
         if let Some(allot_store::layout::LayoutKey::Token(hash)) = layout::parse(&kv.key) {
             state.tokens.insert(hash, record);
         }
@@ -275,7 +229,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     }
     state.recompute_all_usage();
     let usage = store.range(layout::prefix_usage()).await.map_err(unavailable)?.kvs;
-    crate::usage::resume(&mut state, &usage, now);
+    crate::rounds::usage::resume(&mut state, &usage, now);
     // Every record was checked before it was written; a tree that does not check
     // now (a GPU family no node has any more, say) is still the admins' intent.
     if let Err(problems) = state.rebuild_tree(gpu_values.clone()) {
@@ -429,11 +383,11 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             let (changed, round) = sharing::tick(state, writes, now, policy);
             state.round_wanted |= round;
             retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
-            crate::usage::tick(state, writes, now);
+            crate::rounds::usage::tick(state, writes, now);
             (!changed.is_empty()).then_some(Pending::Changed(changed))
         }
         Command::FlushUsage { reply } => {
-            let value = crate::usage::flush(state, writes, now);
+            let value = crate::rounds::usage::flush(state, writes, now);
             Some(Pending::Done(Box::new(Answer { reply, value })))
         }
         Command::Prune { reply } => {
@@ -681,94 +635,6 @@ fn new_allocation(
 }
 
 /// A placement refusal for the caller: the one-line reason first, then each node's verdict.
-fn refusal_error(refusal: allot_placement::Refusal, note: &str) -> BrokerError {
-    match refusal.reason {
-        RefusalReason::Impossible { detail } => {
-            BrokerError::Impossible { reason: format!("{detail}\n{}{note}", refusal.explanation) }
-        }
-        RefusalReason::NoCapacityNow { detail } => {
-            BrokerError::NoCapacity { reason: format!("{detail}\n{}{note}", refusal.explanation) }
-        }
-    }
-}
-
-/// Where a request would go now, without taking anything.
-pub fn dry_run(
-    core: &Core,
-    request: &ValidatedRequest,
-) -> Result<(allot_api::allocation::Binding, String), BrokerError> {
-    let state = core.state();
-    if !state.teams.contains_key(&request.team) {
-        return Err(BrokerError::UnknownTeam { team: request.team.to_string() });
-    }
-    // On demand, every node's verdict: the exhaustive engine over all nodes.
-    let decision = decide_over(&state, request, true)?;
-    Ok((decision.binding, decision.explanation))
-}
-
-/// A placement decision with its explanation in words.
-pub(crate) struct Decided {
-    pub(crate) binding: allot_api::allocation::Binding,
-    pub(crate) explanation: String,
-}
-
-/// Places a request as the exhaustive engine would over every node. Whole GPUs,
-/// MIG and CPU-only requests go through the placement index, which reads the few
-/// groups of identical nodes that can be best instead of scoring every node;
-/// shares (ranked under the learned mix, which weighs the whole cluster), pinned
-/// requests and requests nothing can take now go to [`decide_over`].
-pub(crate) fn decide(state: &mut ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
-    if request.pin.is_none()
-        && !matches!(request.gpus, GpuDemand::Share { .. })
-        && let Some(decision) = state.place_indexed(request)
-    {
-        return Ok(Decided { binding: decision.binding, explanation: decision.explanation.to_string() });
-    }
-    decide_over(state, request, false)
-}
-
-/// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`),
-/// or over every node when `every_node`, and says in the explanation which
-/// identical nodes it did not list.
-pub(crate) fn decide_over(
-    state: &ClusterState,
-    request: &ValidatedRequest,
-    every_node: bool,
-) -> Result<Decided, BrokerError> {
-    let (views, twins) = match &request.pin {
-        // A pinned request looks at its node only, even when it is a twin that
-        // the distinct views would have left out.
-        Some(pin) => (
-            state.node_views().into_iter().filter(|view| view.name == &pin.node).collect(),
-            std::collections::BTreeMap::new(),
-        ),
-        None if every_node => (state.node_views(), std::collections::BTreeMap::new()),
-        None => state.distinct_node_views(),
-    };
-    let note = || -> String {
-        if twins.is_empty() {
-            return String::new();
-        }
-        let listed: Vec<String> = twins.iter().map(|(name, count)| format!("{count} like {name}")).collect();
-        format!("\nnodes identical to a listed one (hardware, status and usage), not listed: {}", listed.join(", "))
-    };
-    // Shares are ranked by Allot's policy under the learned mix, which counts
-    // the identical idle nodes left out of `views` in the cluster's supply.
-    let twin_counts: Vec<usize> = views.iter().map(|view| twins.get(view.name).copied().unwrap_or(0)).collect();
-    let context = allot_placement::ClusterContext { mix: &state.learned_mix, twins: &twin_counts };
-    match allot_placement::place_learned(request, &views, &context) {
-        Ok(decision) => {
-            Ok(Decided { binding: decision.binding, explanation: format!("{}{}", decision.explanation, note()) })
-        }
-        Err(refusal) => Err(refusal_error(refusal, &note())),
-    }
-}
-
-/// Whether a demand names GPUs at all (for metrics).
-pub fn wants_gpus(request: &ValidatedRequest) -> bool {
-    !matches!(request.gpus, GpuDemand::None)
-}
-
 /// The writer task: batches commands, persists each batch, then answers.
 async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, mut receiver: mpsc::Receiver<Command>) {
     let mut queued: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
@@ -1043,88 +909,7 @@ fn fail(pending: Vec<Pending>, error: &BrokerError) {
 
 #[cfg(test)]
 mod tests {
-    use allot_api::allocation::{Interconnect, MilliGpu};
-    use allot_api::units::MiB;
-
     use super::*;
-
-    fn fixture(name: &str) -> NodeInventory {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("placement/tests/data/{name}.json"));
-        let text = std::fs::read_to_string(&path).expect("fixture inventory");
-        let mut value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-        value.as_object_mut().expect("object").remove("links");
-        serde_json::from_value(value).expect("inventory")
-    }
-
-    fn request(gpus: GpuDemand, cpus: u32, interconnect: Interconnect) -> ValidatedRequest {
-        ValidatedRequest::new("t".parse().expect("team"), gpus, cpus, MiB(0), interconnect, false, None, None)
-            .expect("valid request")
-    }
-
-    /// Placing over distinct nodes, and through the placement index, decides
-    /// exactly what placing over all nodes does, and the index follows every
-    /// change made through the state.
-    #[test]
-    fn leaving_out_twins_and_the_index_change_no_decision() {
-        let mut state = ClusterState::default();
-        for (index, fixture_name) in
-            ["dgx-h100", "dgx-h100", "dgx-a100-mig", "dgx-h100", "pcie-l40s", "dgx-h100", "pcie-l40s"]
-                .iter()
-                .enumerate()
-        {
-            let mut inventory = fixture(fixture_name);
-            // Twins differ in what placement ignores: names and UUIDs.
-            inventory.hostname = format!("n{index}");
-            for gpu in &mut inventory.gpus {
-                gpu.uuid = Some(format!("GPU-{index}-{}", gpu.index));
-            }
-            let name: NodeName = format!("n{index}").parse().expect("name");
-            let record = NodeRecord { name: name.clone(), inventory, epoch: 1, registered_at_ms: 0, shape: None };
-            state.insert_node(NodeEntry::new(record, NodeStatus::Ready, 0));
-        }
-        let (views, twins) = state.distinct_node_views();
-        assert_eq!(views.len(), 3, "one of each shape while all are idle");
-        assert_eq!(twins.values().sum::<usize>(), 4);
-
-        let sequence = [
-            request(GpuDemand::Whole { count: 1, models: vec![] }, 2, Interconnect::Any),
-            request(GpuDemand::Whole { count: 4, models: vec![] }, 8, Interconnect::Nvlink),
-            request(GpuDemand::Mig { profile: "3g.40gb".into() }, 1, Interconnect::Any),
-            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
-            request(GpuDemand::Share { compute: MilliGpu(300), memory: MiB(8000) }, 1, Interconnect::Any),
-            request(GpuDemand::Whole { count: 2, models: vec!["L40S".into()] }, 4, Interconnect::PcieSwitch),
-            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
-            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
-            request(GpuDemand::Whole { count: 8, models: vec![] }, 0, Interconnect::Nvlink),
-            request(GpuDemand::Whole { count: 9, models: vec![] }, 0, Interconnect::Nvlink),
-            request(GpuDemand::None, 4, Interconnect::Any),
-        ];
-        for (step, request) in sequence.iter().enumerate() {
-            let all = allot_placement::place(request, &state.node_views());
-            let distinct = allot_placement::place(request, &state.distinct_node_views().0);
-            let indexed = match &request.gpus {
-                GpuDemand::Share { .. } => None,
-                _ => state.place_indexed(request).map(|decision| decision.binding),
-            };
-            assert!(state.index_agrees(), "step {step}");
-            match (&all, &distinct) {
-                (Ok(all), Ok(distinct)) => {
-                    assert_eq!(all.binding, distinct.binding, "step {step}: {request:?}");
-                    if !matches!(request.gpus, GpuDemand::Share { .. }) {
-                        assert_eq!(indexed.as_ref(), Some(&all.binding), "step {step}: {request:?}");
-                    }
-                    let binding = all.binding.clone();
-                    let node = binding.node.clone();
-                    state.node_mut(&node).expect("node").usage.add(&binding);
-                }
-                (Err(all), Err(distinct)) => {
-                    assert_eq!(indexed, None, "step {step}");
-                    assert_eq!(all.is_impossible(), distinct.is_impossible(), "step {step}: {request:?}");
-                }
-                _ => panic!("step {step}: {request:?}: all nodes gave {all:?}, distinct nodes gave {distinct:?}"),
-            }
-        }
-    }
 
     #[test]
     fn a_batch_writes_each_key_once_with_its_last_value() {

@@ -19,9 +19,9 @@ use allot_store::{Compare, Op, Store, Txn, layout};
 use casbin::{Adapter, CoreApi, DefaultModel, Enforcer, Filter, Model};
 use sha2::{Digest, Sha256};
 
-use crate::core::{Command, Core, Leadership};
 use crate::error::BrokerError;
-use crate::teams::TeamCommand;
+use crate::writer::teams::TeamCommand;
+use crate::writer::{Command, Core, Leadership};
 
 /// Who a request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
