@@ -357,6 +357,46 @@ fn a_create_retried_with_its_request_id_returns_one_allocation_across_a_failover
     second_broker.process.kill();
 }
 
+/// What `allot_learned_requests` says on the broker's `/metrics`.
+fn learned_requests(broker: &Broker) -> Option<u64> {
+    use std::io::{Read, Write};
+    let token = std::fs::read_to_string(&broker.admin_token).ok()?;
+    let mut stream = std::net::TcpStream::connect(&broker.http).ok()?;
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        broker.http,
+        token.trim()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| line.strip_prefix("allot_learned_requests ")).and_then(|n| n.trim().parse().ok())
+}
+
+/// The task mix that share packing learns (shares and MIG requests) is stored
+/// and comes back after a restart, before any new request arrives.
+#[test]
+fn the_learned_task_mix_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = StoreKind::Embedded(dir.path().join("store"));
+    let mut broker = start_broker(&store, dir.path(), "broker", "3s");
+    allotctl_json(&broker, &["team", "create", "ml"]);
+    let mut node = start_node(&broker, "dgx-a100-mig", "node-mig", dir.path());
+    wait_until("the node registers", Duration::from_secs(20), || !node_statuses(&broker).is_empty());
+    assert_eq!(learned_requests(&broker), Some(0));
+    create(&broker, &["--share", "250", "--gpu-memory", "8000", "--cpus", "1"]);
+    create(&broker, &["--share", "500", "--gpu-memory", "8000", "--cpus", "1"]);
+    create(&broker, &["--mig", "3g.40gb", "--cpus", "1"]);
+    assert_eq!(learned_requests(&broker), Some(3), "shares and MIG requests are counted");
+    // The ticker stores the mix within a second; give it a few.
+    std::thread::sleep(Duration::from_secs(3));
+    let address = broker.grpc.clone();
+    broker.process.kill();
+    node.kill();
+    let restarted = start_broker_on(&store, dir.path(), "broker-restarted", "3s", &address);
+    assert_eq!(learned_requests(&restarted), Some(3), "the mix was not stored:\n{}", restarted.process.log_text());
+}
+
 /// A node that was lost when the broker stopped is still lost after the restart,
 /// and its allocations hold again once it comes back.
 #[test]

@@ -59,7 +59,7 @@ impl ShapeLearner {
 /// A request's shape as the broker learns it: like [`TaskShape`], but naming the
 /// GPU models a whole-GPU request accepts, since model ids are only given out
 /// when a decision maps the cluster's models (see [`RequestMix::shape_mix`]).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 struct RequestShape {
     cpu_milli: u32,
     memory_mib: u64,
@@ -70,8 +70,9 @@ struct RequestShape {
 }
 
 impl RequestShape {
-    /// `None` for MIG requests: they take MIG slices, which the shape model of
-    /// whole GPUs and shares does not describe.
+    /// A MIG request counts as the fraction of a GPU its compute slices are (a
+    /// `3g` profile is 3 of 7): what packing knows of fractional demand. `None`
+    /// for a profile whose name does not start with its slice count.
     fn of(request: &ValidatedRequest) -> Option<RequestShape> {
         let (gpu_count, gpu_milli, models) = match &request.gpus {
             GpuDemand::None => (0, 0, Vec::new()),
@@ -84,7 +85,13 @@ impl RequestShape {
             GpuDemand::Share { compute, .. } => {
                 (1, u16::try_from(compute.0.min(u32::from(WHOLE_GPU_MILLI))).unwrap_or(WHOLE_GPU_MILLI), Vec::new())
             }
-            GpuDemand::Mig { .. } => return None,
+            GpuDemand::Mig { profile } => {
+                let slices: u16 = profile.split_once('g').and_then(|(slices, _)| slices.parse().ok())?;
+                if slices == 0 || slices > MIG_SLICES {
+                    return None;
+                }
+                (1, (slices * WHOLE_GPU_MILLI).div_ceil(MIG_SLICES), Vec::new())
+            }
         };
         Some(RequestShape {
             cpu_milli: request.cpus.saturating_mul(1000),
@@ -96,15 +103,40 @@ impl RequestShape {
     }
 }
 
+/// Compute slices of a whole GPU in MIG (A100, H100, H200).
+const MIG_SLICES: u16 = 7;
+
+/// The most request shapes a [`RequestMix`] keeps; past it, the rarest goes.
+pub const MIX_SHAPES: usize = 2048;
+
 /// The broker's learned task mix: how many requests of each shape have arrived.
 /// The broker feeds it every request that becomes an allocation (placed or
 /// queued), once, like the simulator's [`ShapeLearner`]; it never looks at what
 /// has not arrived. Requests refused outright (impossible, over a limit, or not
-/// willing to wait) are not counted. MIG requests are not counted either.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// willing to wait) are not counted. MIG requests count as the fraction of a GPU
+/// their slices are. Serializable: the broker stores it, so it survives restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RequestMix {
+    #[serde(with = "shape_counts")]
     counts: BTreeMap<RequestShape, u64>,
     seen: u64,
+}
+
+/// The counts as a list of pairs (JSON keys must be strings).
+mod shape_counts {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::RequestShape;
+
+    pub fn serialize<S: Serializer>(counts: &BTreeMap<RequestShape, u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        counts.iter().collect::<Vec<_>>().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<RequestShape, u64>, D::Error> {
+        Ok(Vec::<(RequestShape, u64)>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 impl RequestMix {
@@ -113,6 +145,12 @@ impl RequestMix {
         if let Some(shape) = RequestShape::of(request) {
             *self.counts.entry(shape).or_default() += 1;
             self.seen += 1;
+            if self.counts.len() > MIX_SHAPES
+                && let Some(rarest) =
+                    self.counts.iter().min_by_key(|(_, count)| **count).map(|(shape, _)| shape.clone())
+            {
+                self.counts.remove(&rarest);
+            }
         }
     }
 
@@ -190,8 +228,7 @@ mod tests {
         mix.observe(&h100);
         mix.observe(&share);
         mix.observe(&share);
-        mix.observe(&request(GpuDemand::Mig { profile: "3g.40gb".into() }, 1));
-        assert_eq!(mix.seen(), 3, "MIG is not counted");
+        assert_eq!(mix.seen(), 3);
         // Model id 4 is the cluster's "nvidia h100 80gb hbm3".
         let ids =
             |name: &str| if "nvidia h100 80gb hbm3".contains(name) { ModelSet::ANY.with(4) } else { ModelSet::ANY };
@@ -207,5 +244,30 @@ mod tests {
             none.entries().iter().find(|(shape, _)| shape.gpu_count == 2).map(|(s, _)| s.models),
             Some(ModelSet::ANY.with(63))
         );
+    }
+
+    #[test]
+    fn mig_counts_as_its_fraction_and_the_mix_survives_a_round_trip() {
+        let mut mix = RequestMix::default();
+        mix.observe(&request(GpuDemand::Mig { profile: "3g.40gb".into() }, 1));
+        mix.observe(&request(GpuDemand::Mig { profile: "1g.10gb+me".into() }, 1));
+        assert_eq!(mix.seen(), 2);
+        let shapes = mix.shape_mix(&|_: &str| ModelSet::ANY, None);
+        let mut millis: Vec<u16> = shapes.entries().iter().map(|(shape, _)| shape.gpu_milli).collect();
+        millis.sort_unstable();
+        assert_eq!(millis, vec![143, 429], "1 and 3 of 7 slices, rounded up");
+        let text = serde_json::to_string(&mix).expect("encodes");
+        let back: RequestMix = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back, mix);
+    }
+
+    #[test]
+    fn the_mix_keeps_at_most_its_bound_of_shapes() {
+        let mut mix = RequestMix::default();
+        for cpus in 1..=(MIX_SHAPES as u32 + 10) {
+            mix.observe(&request(GpuDemand::None, cpus));
+        }
+        assert_eq!(mix.counts.len(), MIX_SHAPES);
+        assert_eq!(mix.seen(), MIX_SHAPES as u64 + 10);
     }
 }

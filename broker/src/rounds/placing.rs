@@ -5,8 +5,33 @@
 use allot_api::allocation::{GpuDemand, ValidatedRequest};
 use allot_placement::RefusalReason;
 
+use allot_store::{Op, layout};
+
 use crate::error::BrokerError;
 use crate::state::ClusterState;
+use crate::state::codec::encode;
+
+/// The store key of the learned task mix.
+pub(crate) fn mix_key() -> String {
+    layout::setting("learned-mix")
+}
+
+/// Stores the learned task mix if requests arrived since it was last stored, so
+/// shares keep packing against it after a restart (a crash loses at most one
+/// tick's arrivals).
+pub(crate) fn save_mix(state: &mut ClusterState, writes: &mut Vec<Op>) {
+    let seen = state.learned_mix.seen();
+    if seen == state.mix_saved_seen {
+        return;
+    }
+    match encode(&state.learned_mix) {
+        Ok(bytes) => {
+            writes.push(Op::put(mix_key(), bytes));
+            state.mix_saved_seen = seen;
+        }
+        Err(error) => tracing::warn!(%error, "the learned task mix is not stored"),
+    }
+}
 
 pub(crate) fn refusal_error(refusal: allot_placement::Refusal, note: &str) -> BrokerError {
     match refusal.reason {

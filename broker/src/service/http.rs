@@ -104,6 +104,11 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     // allot_reclaiming: allocations marked for reclaim, not preempted yet.
     out.push_str("# HELP allot_reclaiming Allocations being reclaimed.\n# TYPE allot_reclaiming gauge\n");
     out.push_str(&format!("allot_reclaiming {}\n", state.reclaiming().count()));
+    // allot_learned_requests: requests the share packing's task mix has counted.
+    out.push_str(
+        "# HELP allot_learned_requests Requests counted in the learned task mix.\n# TYPE allot_learned_requests gauge\n",
+    );
+    out.push_str(&format!("allot_learned_requests {}\n", state.learned_mix.seen()));
     drop(state);
     // allot_writer_*: the group-commit writer.
     let metrics = &core.metrics;

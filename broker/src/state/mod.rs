@@ -173,9 +173,11 @@ pub struct ClusterState {
     pub usage: allot_history::Recorder,
     /// The task mix learned from the requests that arrived (each allocation
     /// counted once, when it is first put), which Allot's share placement packs
-    /// against. Not persisted: after a restart it starts again from the
-    /// allocations put since.
+    /// against. Stored by the writer's ticker when it changed (see
+    /// `rounds::placing::save_mix`), loaded at start.
     pub learned_mix: allot_placement::learn::RequestMix,
+    /// How many requests the stored mix had counted.
+    pub(crate) mix_saved_seen: u64,
 }
 
 impl ClusterState {

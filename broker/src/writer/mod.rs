@@ -228,6 +228,16 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.next_id = state.next_id.max(last.as_u64() + 1);
     }
     state.recompute_all_usage();
+    if let Some(kv) = store.get(&crate::rounds::placing::mix_key()).await.map_err(unavailable)? {
+        // The mix only steers packing: an unreadable one is started again, not fatal.
+        match decode::<allot_placement::learn::RequestMix>(&kv.key, &kv.value) {
+            Ok(mix) => {
+                state.mix_saved_seen = mix.seen();
+                state.learned_mix = mix;
+            }
+            Err(error) => tracing::warn!(%error, "the stored task mix is unreadable; learning it again"),
+        }
+    }
     let usage = store.range(layout::prefix_usage()).await.map_err(unavailable)?.kvs;
     crate::rounds::usage::resume(&mut state, &usage, now);
     // Every record was checked before it was written; a tree that does not check
@@ -384,10 +394,12 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             state.round_wanted |= round;
             retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
             crate::rounds::usage::tick(state, writes, now);
+            crate::rounds::placing::save_mix(state, writes);
             (!changed.is_empty()).then_some(Pending::Changed(changed))
         }
         Command::FlushUsage { reply } => {
             let value = crate::rounds::usage::flush(state, writes, now);
+            crate::rounds::placing::save_mix(state, writes);
             Some(Pending::Done(Box::new(Answer { reply, value })))
         }
         Command::Prune { reply } => {
