@@ -13,6 +13,7 @@ use allot_policy::{Quota, QuotaTree, Resources, TeamSpec, UsageHistory};
 use serde::{Deserialize, Serialize};
 
 pub mod codec;
+pub mod inventory;
 pub mod metrics;
 
 /// Whether an allocation is finished: released or preempted, it holds nothing,
@@ -39,6 +40,47 @@ pub struct NodeRecord {
     /// recompute it for every node.
     #[serde(default)]
     pub shape: Option<u64>,
+}
+
+/// A node's registration as stored: its own inventory details and the id of
+/// the template holding the rest (see [`inventory`]), or the whole inventory
+/// (records from before templates, and the rare node whose template id
+/// collides with another's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredNode {
+    pub name: NodeName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<NodeInventory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<inventory::OwnDetails>,
+    pub epoch: u64,
+    pub registered_at_ms: u64,
+    #[serde(default)]
+    pub shape: Option<u64>,
+}
+
+impl StoredNode {
+    /// The registration as the broker keeps it, with its template filled in.
+    pub fn into_record(self, templates: &BTreeMap<u64, NodeInventory>) -> Result<NodeRecord, String> {
+        let inventory = match (self.inventory, self.template, &self.own) {
+            (Some(inventory), _, _) => inventory,
+            (None, Some(id), Some(own)) => {
+                let template =
+                    templates.get(&id).ok_or_else(|| format!("its inventory template {id:016x} is missing"))?;
+                inventory::join(template, own)?
+            }
+            _ => return Err("it holds neither an inventory nor a template and details".into()),
+        };
+        Ok(NodeRecord {
+            name: self.name,
+            inventory,
+            epoch: self.epoch,
+            registered_at_ms: self.registered_at_ms,
+            shape: self.shape,
+        })
+    }
 }
 
 /// A team (or organisation, or project), as persisted.
@@ -178,6 +220,8 @@ pub struct ClusterState {
     pub learned_mix: allot_placement::learn::RequestMix,
     /// How many requests the stored mix had counted.
     pub(crate) mix_saved_seen: u64,
+    /// The stored inventory templates, by id (see [`inventory`]).
+    pub templates: BTreeMap<u64, NodeInventory>,
 }
 
 impl ClusterState {

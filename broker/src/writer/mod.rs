@@ -177,16 +177,59 @@ impl Core {
     }
 }
 
+/// Fills in every stored node's template, on every core (each is a copy of a
+/// template of some 40 KiB of JSON worth of structures).
+fn join_all(
+    stored: Vec<crate::state::StoredNode>,
+    templates: &std::collections::BTreeMap<u64, NodeInventory>,
+) -> Vec<Result<NodeRecord, String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    if stored.len() < 256 || threads == 1 {
+        return stored.into_iter().map(|node| node.into_record(templates)).collect();
+    }
+    let chunk = stored.len().div_ceil(threads);
+    let mut parts: Vec<Vec<crate::state::StoredNode>> = Vec::new();
+    let mut rest = stored;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        parts.push(rest);
+        rest = tail;
+    }
+    parts.push(rest);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || part.into_iter().map(|node| node.into_record(templates)).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_else(|_| vec![Err("a decoding thread panicked".into())]))
+            .collect()
+    })
+}
+
 /// Reads everything the broker persists.
 pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
     let mut state = ClusterState::default();
     let now = now_ms();
+    for kv in store.range(layout::prefix_inventory_templates()).await.map_err(unavailable)?.kvs {
+        let template: NodeInventory = decode(&kv.key, &kv.value)?;
+        state.templates.insert(crate::state::inventory::template_id(&template), template);
+    }
     let nodes = store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs;
-    for record in decode_all::<NodeRecord>(&nodes)? {
-        // A node gets one timeout after a broker start to show it is alive.
-        let entry = NodeEntry::new(record, NodeStatus::Ready, now);
-        state.insert_node(entry);
+    let stored = decode_all::<crate::state::StoredNode>(&nodes)?;
+    for (kv, record) in nodes.iter().zip(join_all(stored, &state.templates)) {
+        match record {
+            // A node gets one timeout after a broker start to show it is alive.
+            Ok(record) => state.insert_node(NodeEntry::new(record, NodeStatus::Ready, now)),
+            // It registers again when it next heartbeats.
+            Err(problem) => {
+                tracing::warn!(key = %kv.key, %problem, "a stored node is unreadable; waiting for it to register")
+            }
+        }
     }
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
         let record: TeamRecord = decode(&kv.key, &kv.value)?;
@@ -414,6 +457,7 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             let epoch = state.nodes().get(&name).map_or(1, |entry| entry.record.epoch + 1);
             let shape = Some(crate::state::placement_shape(&inventory));
             let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now, shape };
+            // The whole record is checked against the limit, as before templates.
             match encode(&record) {
                 Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
                     let _ = reply.send(Err(BrokerError::InvalidArgument {
@@ -422,7 +466,20 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                     }));
                     return None;
                 }
-                Ok(bytes) => writes.push(Op::put(layout::node(name.as_str()), bytes)),
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    return None;
+                }
+            }
+            match stored_node(state, &record) {
+                Ok((template, bytes)) => {
+                    if let Some((id, template, template_bytes)) = template {
+                        writes.push(Op::put(layout::inventory_template(id), template_bytes));
+                        state.templates.insert(id, template);
+                    }
+                    writes.push(Op::put(layout::node(name.as_str()), bytes));
+                }
                 Err(error) => {
                     let _ = reply.send(Err(error));
                     return None;
@@ -482,6 +539,36 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 writes.push(Op::put(layout::allocation(id.to_string()), bytes));
             }
             Some(Pending::Changed(vec![changed]))
+        }
+    }
+}
+
+/// A new inventory template to store (with its id), if the node brings one,
+/// and the node's stored record: its own details and its template's id, or the
+/// whole inventory when that id is taken by a different template.
+type StoredRecord = (Option<(u64, NodeInventory, Vec<u8>)>, Vec<u8>);
+
+fn stored_node(state: &ClusterState, record: &NodeRecord) -> Result<StoredRecord, BrokerError> {
+    use crate::state::{StoredNode, inventory};
+    let (template, own) = inventory::split(&record.inventory);
+    let id = inventory::template_id(&template);
+    let stored = |inventory: Option<NodeInventory>, template: Option<u64>, own: Option<inventory::OwnDetails>| {
+        encode(&StoredNode {
+            name: record.name.clone(),
+            inventory,
+            template,
+            own,
+            epoch: record.epoch,
+            registered_at_ms: record.registered_at_ms,
+            shape: record.shape,
+        })
+    };
+    match state.templates.get(&id) {
+        Some(known) if *known == template => Ok((None, stored(None, Some(id), Some(own))?)),
+        Some(_) => Ok((None, stored(Some(record.inventory.clone()), None, None)?)),
+        None => {
+            let bytes = encode(&template)?;
+            Ok((Some((id, template, bytes)), stored(None, Some(id), Some(own))?))
         }
     }
 }

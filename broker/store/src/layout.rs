@@ -6,7 +6,8 @@
 //!
 //! | key | value (encoded by the broker) | lease |
 //! |---|---|---|
-//! | `/allot/v1/nodes/{node}` | the node's registration (its inventory) | none: a registration outlives restarts |
+//! | `/allot/v1/nodes/{node}` | the node's registration: its own inventory details and its template's id | none: a registration outlives restarts |
+//! | `/allot/v1/inventory-templates/{id}` | the part of an inventory that nodes of one hardware type share, by its fingerprint (16 hex digits) | none |
 //! | `/allot/v1/heartbeats/{node}` | the node's last heartbeat | the node's lease: the key vanishes when the node stops renewing |
 //! | `/allot/v1/allocations/{allocation}` | the allocation with its generation and phase | none |
 //! | `/allot/v1/teams/{team}` | the team's quota and policy | none |
@@ -30,6 +31,7 @@ use std::fmt::Display;
 pub const ROOT: &str = "/allot/v1/";
 
 const NODES: &str = "/allot/v1/nodes/";
+const TEMPLATES: &str = "/allot/v1/inventory-templates/";
 const HEARTBEATS: &str = "/allot/v1/heartbeats/";
 const ALLOCATIONS: &str = "/allot/v1/allocations/";
 const TEAMS: &str = "/allot/v1/teams/";
@@ -125,6 +127,15 @@ pub fn prefix_counters() -> &'static str {
     COUNTERS
 }
 
+/// An inventory template, by its id (a 64-bit fingerprint, in 16 hex digits).
+pub fn inventory_template(id: u64) -> String {
+    key(TEMPLATES, format!("{id:016x}"))
+}
+
+pub fn prefix_inventory_templates() -> &'static str {
+    TEMPLATES
+}
+
 /// The leader key, put with the leading broker's lease.
 pub fn leader() -> &'static str {
     LEADER
@@ -142,6 +153,7 @@ pub enum LayoutKey {
     RbacRule(String),
     Token(String),
     UsageBucket(String),
+    InventoryTemplate(String),
     Leader,
 }
 
@@ -152,7 +164,7 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         return Some(LayoutKey::Leader);
     }
     type Kind = fn(String) -> LayoutKey;
-    let kinds: [(&str, Kind); 9] = [
+    let kinds: [(&str, Kind); 10] = [
         (NODES, LayoutKey::Node),
         (HEARTBEATS, LayoutKey::Heartbeat),
         (ALLOCATIONS, LayoutKey::Allocation),
@@ -162,6 +174,7 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         (RBAC, LayoutKey::RbacRule),
         (TOKENS, LayoutKey::Token),
         (USAGE, LayoutKey::UsageBucket),
+        (TEMPLATES, LayoutKey::InventoryTemplate),
     ];
     kinds.into_iter().find_map(|(prefix, kind)| key.strip_prefix(prefix).and_then(decode).map(kind))
 }
@@ -230,7 +243,8 @@ mod tests {
 
     #[test]
     fn parse_inverts_every_key_function() {
-        let cases: [(String, LayoutKey); 10] = [
+        let cases: [(String, LayoutKey); 11] = [
+            (inventory_template(0xab), LayoutKey::InventoryTemplate("00000000000000ab".into())),
             (node("gpu-01"), LayoutKey::Node("gpu-01".into())),
             (heartbeat("n.example_1"), LayoutKey::Heartbeat("n.example_1".into())),
             (allocation("a-1"), LayoutKey::Allocation("a-1".into())),
