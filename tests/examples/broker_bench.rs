@@ -1,13 +1,19 @@
 //! Broker benchmarks, each against a baseline measured in the same run:
 //!
 //! 1. Allocations per second through gRPC with 32 concurrent clients on the etcd
-//!    store, against sequential single-key etcd transactions (what a broker that
-//!    wrote one allocation per transaction could reach at best).
-//! 2. Broker restart to ready with 100,000 stored allocations, against reading
-//!    those keys with one range.
+//!    store (and with 4 requests in flight per client), against two baselines:
+//!    sequential single-key etcd transactions (what a broker that wrote one
+//!    allocation per transaction could reach at best), and 32 concurrent clients
+//!    each writing its own keys, one transaction per allocation (etcd's own
+//!    concurrency, which group commit exists to beat).
+//! 2. Broker restart to ready with 100,000 stored allocations on 12,500 nodes,
+//!    stored as the broker stores them (inventory templates) and, as the
+//!    baseline, with every node's whole inventory (the form before templates);
+//!    plus one range of the allocation keys, and the broker's RSS once ready.
 //!
-//! Run: `cargo run --release -p allot-tests --example broker_bench` after
-//! `cargo build --release --workspace` (it starts the release allot-broker).
+//! Run: `cargo run --release -p allot-tests --example broker_bench [-- --only
+//! throughput|restart]` after `cargo build --release -p allot-broker` (it starts
+//! the release allot-broker).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +55,28 @@ async fn sequential_txns(store: &dyn Store, count: usize) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `CLIENTS` concurrent clients, each doing single-key CAS transactions on keys
+/// of its own: one transaction per allocation, with etcd's own concurrency.
+async fn concurrent_txns(store: Arc<dyn Store>, per_client: usize) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for index in 0..per_client {
+                    let key = format!("/bench/concurrent/{client}/{index}");
+                    let txn = Txn::new().when([Compare::absent(key.clone())]).then([Op::put(key, b"x".to_vec())]);
+                    assert!(store.txn(txn).await.expect("txn").succeeded);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client");
+    }
+    (CLIENTS * per_client) as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize, bearer: Bearer) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("uri")
@@ -77,16 +105,18 @@ async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize, 
 /// `count` one-GPU allocations from `CLIENTS` concurrent clients, each released
 /// right after it was granted (jobs come and go); allocations/s and their latency.
 /// Every cycle writes twice (the grant and the release), both persisted.
-async fn churn(address: &str, count: usize, release: bool, bearer: Bearer) -> (f64, Vec<Duration>) {
+async fn churn(address: &str, count: usize, release: bool, depth: usize, bearer: Bearer) -> (f64, Vec<Duration>) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("uri")
         .connect()
         .await
         .expect("connect");
     let started = Instant::now();
-    let per_client = count / CLIENTS;
+    // Each client keeps `depth` requests in flight.
+    let streams = CLIENTS * depth;
+    let per_client = count / streams;
     let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
+    for _ in 0..streams {
         let mut client = proto::allocation_service_client::AllocationServiceClient::with_interceptor(
             channel.clone(),
             bearer.clone(),
@@ -119,7 +149,7 @@ async fn churn(address: &str, count: usize, release: bool, bearer: Bearer) -> (f
     for task in tasks {
         latencies.extend(task.await.expect("client"));
     }
-    ((per_client * CLIENTS) as f64 / started.elapsed().as_secs_f64(), latencies)
+    ((per_client * streams) as f64 / started.elapsed().as_secs_f64(), latencies)
 }
 
 /// Average commands per persisted batch, from the broker's /metrics.
@@ -155,7 +185,7 @@ fn percentile(latencies: &mut [Duration], fraction: f64) -> Duration {
 }
 
 /// Writes `count` allocations (and the nodes they sit on) straight into the store.
-async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize) {
+async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize, templates: bool) {
     let nodes = count.div_ceil(8);
     let mut ops = Vec::new();
     let flush = |ops: Vec<Op>| async move {
@@ -163,16 +193,32 @@ async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize) {
             assert!(store.txn(Txn::new().then(ops)).await.expect("seed txn").succeeded);
         }
     };
-    // What a registration stores: the shape is computed once, as the broker does.
+    // What a registration stores: the shape is computed once, as the broker does;
+    // with templates, the shared part once and each node's own details.
     let shape = allot_broker::state::placement_shape(inventory);
+    let (template, _) = allot_broker::state::inventory::split(inventory);
+    let template_id = allot_broker::state::inventory::template_id(&template);
+    if templates {
+        ops.push(Op::put(layout::inventory_template(template_id), serde_json::to_vec(&template).expect("json")));
+    }
     for index in 0..nodes {
         let mut node = inventory.clone();
         node.hostname = format!("dgx-{index:05}");
-        let record = serde_json::json!({
-            "name": node.hostname, "inventory": node, "epoch": 1, "registered_at_ms": 0, "shape": shape
-        });
+        for gpu in &mut node.gpus {
+            gpu.uuid = Some(format!("GPU-{index:05}-{}", gpu.index));
+        }
+        let (_, own) = allot_broker::state::inventory::split(&node);
+        let record = allot_broker::state::StoredNode {
+            name: node.hostname.parse().expect("name"),
+            inventory: (!templates).then(|| node.clone()),
+            template: templates.then_some(template_id),
+            own: templates.then_some(own),
+            epoch: 1,
+            registered_at_ms: 0,
+            shape: Some(shape),
+        };
         ops.push(Op::put(layout::node(&node.hostname), serde_json::to_vec(&record).expect("json")));
-        // A registration is ~40 KiB; a transaction carries at most 1 MiB.
+        // A whole registration is ~40 KiB; a transaction carries at most 1 MiB.
         if ops.len() == 16 {
             flush(std::mem::take(&mut ops)).await;
         }
@@ -227,49 +273,88 @@ async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize) {
     flush(ops).await;
 }
 
+/// The broker's resident set size, from `/proc/<pid>/status`, in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 fn main() {
+    let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
+    let wanted = |part: &str| only.as_deref().is_none_or(|only| only == part);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let inventory = inventory();
+    println!("| measure | result |");
+    println!("|---|---|");
     runtime.block_on(async {
-        // 1. Throughput on etcd.
-        let etcd = allot_store::testing::EtcdHarness::start().await;
-        let store: Arc<dyn Store> = Arc::new(etcd.store().await);
-        let baseline = sequential_txns(store.as_ref(), 2000).await;
-        println!("| measure | result |");
-        println!("|---|---|");
-        println!("| sequential single-key etcd transactions (baseline) | {baseline:.0}/s |");
-        let runs = [
-            ("churn-small", SMALL_CLUSTER, true, 6400),
-            ("churn-large", LARGE_CLUSTER, true, 6400),
-            ("grants-large", LARGE_CLUSTER, false, 3200),
-        ];
-        for (name, nodes, release, count) in runs {
-            let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), &format!("bench-{name}"), "1h");
-            let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
-            register_nodes(&broker.grpc, &inventory, nodes, bearer.clone()).await;
-            let (throughput, mut latencies) = churn(&broker.grpc, count, release, bearer).await;
-            let p50 = percentile(&mut latencies, 0.5);
-            let p99 = percentile(&mut latencies, 0.99);
-            let pattern = if release { "each released right after its grant" } else { "grants only, the cluster filling up" };
-            println!(
-                "| allocations through gRPC, {CLIENTS} clients, {pattern}, etcd store, {nodes} DGX H100 nodes | {throughput:.0}/s ({:.1}x the baseline; p50 {:.1} ms, p99 {:.1} ms; {}) |",
-                throughput / baseline,
-                p50.as_secs_f64() * 1e3,
-                p99.as_secs_f64() * 1e3,
-                reqwest_metrics(&broker.http, &std::fs::read_to_string(&broker.admin_token).unwrap_or_default()).await,
-            );
-            drop(broker);
-            // A fresh etcd prefix per run: the next broker must not see these nodes.
-            assert!(store.txn(Txn::new().then([Op::delete_prefix(allot_store::layout::ROOT)])).await.expect("clear").succeeded);
+        if wanted("throughput") {
+            throughput(&dir, &inventory).await;
         }
-        drop(store);
-        drop(etcd);
+        if wanted("restart") {
+            restart(&dir, &inventory).await;
+        }
+    });
+}
 
-        // 2. Restart to ready with 100,000 allocations (embedded and etcd).
-        for kind in ["embedded", "etcd"] {
+/// 1. Throughput on etcd, against both baselines measured on the same etcd.
+async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
+    let etcd = allot_store::testing::EtcdHarness::start().await;
+    let store: Arc<dyn Store> = Arc::new(etcd.store().await);
+    let baseline = sequential_txns(store.as_ref(), 2000).await;
+    let concurrent = concurrent_txns(Arc::clone(&store), 200).await;
+    println!("| sequential single-key etcd transactions (baseline 1) | {baseline:.0}/s |");
+    println!(
+        "| {CLIENTS} clients, one transaction per allocation on keys of their own (baseline 2) | {concurrent:.0}/s ({:.1}x baseline 1) |",
+        concurrent / baseline
+    );
+    let runs = [
+        ("churn-small", SMALL_CLUSTER, true, 1, 6400),
+        ("churn-large", LARGE_CLUSTER, true, 1, 6400),
+        ("grants-large", LARGE_CLUSTER, false, 1, 3200),
+        ("grants-large-deep", LARGE_CLUSTER, false, 4, 3200),
+    ];
+    for (name, nodes, release, depth, count) in runs {
+        let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), &format!("bench-{name}"), "1h");
+        let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
+        register_nodes(&broker.grpc, inventory, nodes, bearer.clone()).await;
+        let (throughput, mut latencies) = churn(&broker.grpc, count, release, depth, bearer).await;
+        let p50 = percentile(&mut latencies, 0.5);
+        let p99 = percentile(&mut latencies, 0.99);
+        let pattern =
+            if release { "each released right after its grant" } else { "grants only, the cluster filling up" };
+        println!(
+            "| allocations through gRPC, {CLIENTS} clients x {depth} in flight, {pattern}, etcd store, {nodes} DGX H100 nodes | {throughput:.0}/s ({:.1}x baseline 1, {:.2}x baseline 2; p50 {:.1} ms, p99 {:.1} ms; {}) |",
+            throughput / baseline,
+            throughput / concurrent,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            reqwest_metrics(&broker.http, &std::fs::read_to_string(&broker.admin_token).unwrap_or_default()).await,
+        );
+        drop(broker);
+        // A fresh etcd prefix per run: the next broker must not see these nodes.
+        assert!(
+            store.txn(Txn::new().then([Op::delete_prefix(allot_store::layout::ROOT)])).await.expect("clear").succeeded
+        );
+    }
+}
+
+/// 2. Restart to ready with 100,000 allocations on 12,500 nodes (embedded and
+/// etcd), nodes stored with templates and, as the baseline, whole.
+async fn restart(dir: &tempfile::TempDir, inventory: &NodeInventory) {
+    for kind in ["embedded", "etcd"] {
+        for templates in [false, true] {
+            let form = if templates { "templates" } else { "whole inventories (baseline)" };
             let etcd = if kind == "etcd" { Some(allot_store::testing::EtcdHarness::start().await) } else { None };
-            let store_dir = dir.path().join(format!("restart-{kind}"));
+            let store_dir = dir.path().join(format!("restart-{kind}-{templates}"));
             let (spec, store): (StoreKind, Arc<dyn Store>) = match &etcd {
                 Some(etcd) => (StoreKind::Etcd(etcd.endpoint()), Arc::new(etcd.store().await)),
                 None => (
@@ -277,25 +362,25 @@ fn main() {
                     Arc::new(allot_store::EmbeddedStore::open(&store_dir).await.expect("embedded store")),
                 ),
             };
-            seed(store.as_ref(), &inventory, 100_000).await;
+            seed(store.as_ref(), inventory, 100_000, templates).await;
             let range_started = Instant::now();
             let all = store.range(layout::prefix_allocations()).await.expect("range");
             let range_time = range_started.elapsed();
             assert_eq!(all.kvs.len(), 100_000);
             drop(store);
             let started = Instant::now();
-            let broker = start_broker(&spec, dir.path(), &format!("restart-{kind}"), "1h");
+            let broker = start_broker(&spec, dir.path(), &format!("restart-{kind}-{templates}"), "1h");
             let ready = started.elapsed();
+            let rss = rss_mib(broker.process.pid()).map_or("unknown".to_owned(), |mib| format!("{mib:.0} MiB"));
             println!(
-                "| broker restart to ready, 100,000 allocations, {kind} store | {:.2} s (one range of the keys alone: {:.2} s, ratio {:.1}x) |",
+                "| broker restart to ready, 100,000 allocations on 12,500 nodes, {kind} store, {form} | {:.2} s (one range of the allocation keys: {:.2} s; RSS when ready {rss}) |",
                 ready.as_secs_f64(),
                 range_time.as_secs_f64(),
-                ready.as_secs_f64() / range_time.as_secs_f64()
             );
             for line in broker.process.log_text().lines().filter(|line| line.contains("elapsed_ms")) {
                 eprintln!("{kind}: {line}");
             }
             drop(broker);
         }
-    });
+    }
 }

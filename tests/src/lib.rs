@@ -61,6 +61,11 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// The process id (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
