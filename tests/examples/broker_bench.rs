@@ -305,7 +305,7 @@ fn main() {
     });
 }
 
-/// 1. Throughput on etcd, against both baselines measured on the same etcd.
+/// Throughput on etcd, against both baselines measured on the same etcd.
 async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
     let etcd = allot_store::testing::EtcdHarness::start().await;
     let store: Arc<dyn Store> = Arc::new(etcd.store().await);
@@ -347,7 +347,7 @@ async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
     }
 }
 
-/// 2. Restart to ready with 100,000 allocations on 12,500 nodes (embedded and
+/// Restart to ready with 100,000 allocations on 12,500 nodes (embedded and
 /// etcd), nodes stored with templates and, as the baseline, whole.
 async fn restart(dir: &tempfile::TempDir, inventory: &NodeInventory) {
     for kind in ["embedded", "etcd"] {
