@@ -9,15 +9,22 @@
 //! 1. Limits: a team and each ancestor stay within their limits. A request larger
 //!    than a limit on its own never fits; one that fits later waits.
 //! 2. Guarantee first: requests that keep their team within its guarantee go
-//!    before all others; then the smallest weighted dominant share (Fair Tree:
-//!    siblings against siblings), then arrival.
+//!    before all others, oldest first, and those whose reclaim is still under
+//!    way after the rest of them; the others by the smallest weighted dominant
+//!    share (Fair Tree: siblings against siblings), then arrival.
 //! 3. Borrowing: capacity beyond a team's guarantee is borrowed from the idle
 //!    guarantees of others (each lends at most its lending limit) and from
 //!    capacity nobody is guaranteed. A borrowed allocation is preemptible.
 //! 4. Reclaim: a request within its team's guarantee that does not fit marks
 //!    enough borrowed allocations of other teams to be reclaimed after the grace
 //!    period, newest first from the team with the largest share, never taking a
-//!    team below its own guarantee.
+//!    team below its own guarantee (counting what other reclaims already take).
+//!    What a reclaim counts on, the victims and the free capacity beside them, is
+//!    held for its request: no other placement may take it while the grace period
+//!    runs, and a later reclaim counts only on what earlier ones leave, so the
+//!    request finds its room when its grace period ends. A round cannot tell how
+//!    long a request has been within its guarantee: an older one that has only
+//!    now come within it (its team released) goes first and may take that room.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -326,37 +333,28 @@ pub fn admit(
     let mut untried: Vec<&Waiting> = waiting.iter().collect();
     let mut waited: Vec<(&Waiting, String)> = Vec::new();
     let mut reclaiming: BTreeSet<u64> = running.iter().filter(|r| r.reclaim_at_ms.is_some()).map(|r| r.id).collect();
+    let mut holds = Holds::under_way(running, waiting, placer);
     let mut admitted_ids = BTreeSet::new();
     while !untried.is_empty() {
         let standing = standings(tree, &ledger.usage, history, capacity, settings.use_history);
-        let best = pick_next(tree, &ledger, &standing, &untried);
+        let best = pick_next(tree, &ledger, &holds, &standing, &untried);
         let request = untried.swap_remove(best);
         match ledger.verdict(&request.team, &request.charge) {
             Verdict::Never(reason) => waited.push((request, format!("{reason}; it waits until quotas change"))),
             Verdict::Wait(reason) => waited.push((request, reason)),
-            Verdict::Fits { .. } => match placer.place(request.id) {
-                Ok(model) => {
-                    let mut charge = request.charge.clone();
-                    if let Some(model) = &model {
-                        let gpu = charge.get(&ResourceClass::GpuAny);
-                        charge.0.insert(ResourceClass::gpu_family(&crate::resources::gpu_family(model)), gpu);
-                    }
-                    match ledger.verdict(&request.team, &charge) {
-                        Verdict::Fits { borrowed } => {
-                            ledger.usage.entry(request.team.clone()).or_default().add(&charge);
-                            admitted_ids.insert(request.id);
-                            result.admitted.push(Admitted { id: request.id, charge, borrowed });
-                        }
-                        Verdict::Wait(reason) | Verdict::Never(reason) => {
-                            placer.unplace(request.id);
-                            waited.push((request, reason));
-                        }
-                    }
+            Verdict::Fits { .. } => match place(&ledger, &holds, placer, request) {
+                Placement::Admitted { charge, borrowed } => {
+                    ledger.usage.entry(request.team.clone()).or_default().add(&charge);
+                    admitted_ids.insert(request.id);
+                    holds.by_request.remove(&request.id);
+                    result.admitted.push(Admitted { id: request.id, charge, borrowed });
                 }
-                Err(why) => {
+                Placement::Refused(reason) => waited.push((request, reason)),
+                Placement::NoRoom(why) => {
                     let reason = if ledger.within_guarantee(&request.team, &request.charge) {
-                        reclaim_for(&ledger, running, request, &mut reclaiming, placer, settings, &mut result)
-                            .unwrap_or(why)
+                        let mut round =
+                            ReclaimRound { reclaiming: &mut reclaiming, holds: &mut holds, result: &mut result };
+                        reclaim_for(&ledger, running, request, &mut round, placer, settings).unwrap_or(why)
                     } else {
                         why
                     };
@@ -382,10 +380,21 @@ pub fn admit(
     result
 }
 
-/// The next request to try: within-guarantee first, then fair share, then arrival.
+/// The next request to try: within-guarantee first, those without a reclaim
+/// under way before those with one, each by arrival; then the others by fair
+/// share, then arrival.
+///
+/// Requests within their guarantee are not ordered by fair share. When borrowed
+/// allocations reclaimed for one of them are preempted, nothing marks the freed
+/// capacity as its own any more; were another within-guarantee request tried
+/// first (a newer one from a team with a smaller share, or one whose own reclaim
+/// is still under way), it could take that capacity and leave the first to
+/// start a second grace period. A request whose reclaim is under way can wait
+/// for it: its hold keeps what it counts on.
 fn pick_next(
     tree: &QuotaTree,
     ledger: &Ledger<'_>,
+    holds: &Holds,
     standing: &BTreeMap<TeamName, Standing>,
     untried: &[&Waiting],
 ) -> usize {
@@ -393,8 +402,14 @@ fn pick_next(
     let mut best = 0;
     let mut best_key = None;
     for (index, request) in untried.iter().enumerate() {
-        let fair = keys.entry(request.team.clone()).or_insert_with(|| order_key(tree, &request.team, standing)).clone();
-        let key = (!ledger.within_guarantee(&request.team, &request.charge), fair, request.created_ms, request.id);
+        let within = ledger.within_guarantee(&request.team, &request.charge);
+        let (held, fair) = if within {
+            (holds.by_request.contains_key(&request.id), None)
+        } else {
+            let fair = keys.entry(request.team.clone()).or_insert_with(|| order_key(tree, &request.team, standing));
+            (false, Some(fair.clone()))
+        };
+        let key = (!within, held, fair, request.created_ms, request.id);
         if best_key.as_ref().is_none_or(|current| &key < current) {
             best = index;
             best_key = Some(key);
@@ -403,16 +418,181 @@ fn pick_next(
     best
 }
 
+/// What placing a request came to.
+enum Placement {
+    Admitted {
+        charge: Resources,
+        borrowed: bool,
+    },
+    /// Quota refused it once its GPU model was known.
+    Refused(String),
+    /// It does not fit now, or only by taking capacity held for another request.
+    NoRoom(String),
+}
+
+/// Places a request whose quota verdict fits, unless that takes capacity held
+/// for a request whose reclaim is under way; anything placed and then refused is
+/// given back to the placer.
+fn place(ledger: &Ledger<'_>, holds: &Holds, placer: &mut dyn Placer, request: &Waiting) -> Placement {
+    let model = match placer.place(request.id) {
+        Ok(model) => model,
+        Err(why) => return Placement::NoRoom(why),
+    };
+    let mut charge = request.charge.clone();
+    if let Some(model) = &model {
+        let gpu = charge.get(&ResourceClass::GpuAny);
+        charge.0.insert(ResourceClass::gpu_family(&crate::resources::gpu_family(model)), gpu);
+    }
+    match ledger.verdict(&request.team, &charge) {
+        Verdict::Fits { borrowed } => match holds.broken_by(ledger, placer, request.id, &charge) {
+            None => Placement::Admitted { charge, borrowed },
+            Some(reason) => {
+                placer.unplace(request.id);
+                Placement::NoRoom(reason)
+            }
+        },
+        Verdict::Wait(reason) | Verdict::Never(reason) => {
+            placer.unplace(request.id);
+            Placement::Refused(reason)
+        }
+    }
+}
+
+/// Capacity held for waiting requests whose reclaim is under way.
+///
+/// A reclaim is decided when its victims, together with the capacity free at
+/// that moment, make room for its request. Both must still be there when the
+/// grace period ends: free capacity that another request takes meanwhile, or
+/// that a second reclaim counts on as well, leaves the request short, and it
+/// then starts a new reclaim with a new grace period. So until its request is
+/// placed, no placement may break a hold, and a new reclaim counts only on what
+/// the holds before it leave.
+#[derive(Debug, Default)]
+struct Holds {
+    by_request: BTreeMap<u64, Hold>,
+}
+
+#[derive(Debug)]
+struct Hold {
+    /// The request's charge.
+    needs: Resources,
+    /// The allocations reclaimed for it, and what they free together.
+    victims: Vec<u64>,
+    frees: Resources,
+    /// When the last of them is preempted.
+    at_ms: u64,
+    /// Whether the placer said it fits without its victims when the round
+    /// began (or when the hold was made). A hold that no longer fits is not
+    /// broken by anyone placed in this round, so it blocks nobody.
+    fits: bool,
+}
+
+impl Holds {
+    /// The holds of reclaims that earlier rounds started for requests still waiting.
+    fn under_way(running: &[Running], waiting: &[Waiting], placer: &mut dyn Placer) -> Holds {
+        let mut holds = Holds::default();
+        for request in waiting {
+            let victims: Vec<&Running> =
+                running.iter().filter(|r| r.reclaim_for == Some(request.id) && r.reclaim_at_ms.is_some()).collect();
+            if victims.is_empty() {
+                continue;
+            }
+            let at_ms = victims.iter().filter_map(|victim| victim.reclaim_at_ms).max().unwrap_or(0);
+            let ids: Vec<u64> = victims.iter().map(|victim| victim.id).collect();
+            let fits = placer.fits_without(request.id, &ids);
+            holds.insert(request, &victims, at_ms, fits);
+        }
+        holds
+    }
+
+    fn insert(&mut self, request: &Waiting, victims: &[&Running], at_ms: u64, fits: bool) {
+        let mut frees = Resources::default();
+        for victim in victims {
+            frees.add(&victim.charge);
+        }
+        let hold = Hold {
+            needs: request.charge.clone(),
+            victims: victims.iter().map(|victim| victim.id).collect(),
+            frees,
+            at_ms,
+            fits,
+        };
+        self.by_request.insert(request.id, hold);
+    }
+
+    /// How much of a class is free now and not promised to the holds other than
+    /// `except`; negative when they are short. A hold is promised what its
+    /// request needs beyond what its own victims free. What its victims free
+    /// beyond that is not counted for anyone else: the reclaim is cancelled if
+    /// its request is placed before its grace period ends.
+    fn unpromised(&self, ledger: &Ledger<'_>, class: &ResourceClass, except: u64) -> i128 {
+        let used: u64 = ledger.usage.values().map(|usage| usage.get(class)).fold(0, u64::saturating_add);
+        let mut unpromised = i128::from(ledger.capacity.get(class)) - i128::from(used);
+        for (_, hold) in self.by_request.iter().filter(|(id, _)| **id != except) {
+            unpromised -= i128::from(hold.needs.get(class).saturating_sub(hold.frees.get(class)));
+        }
+        unpromised
+    }
+
+    /// Why placing `placed` (already held by the placer, with this charge) would
+    /// take capacity held for another request, if it would.
+    fn broken_by(
+        &self,
+        ledger: &Ledger<'_>,
+        placer: &mut dyn Placer,
+        placed: u64,
+        charge: &Resources,
+    ) -> Option<String> {
+        let others: Vec<(u64, &Hold)> =
+            self.by_request.iter().filter(|(id, _)| **id != placed).map(|(id, hold)| (*id, hold)).collect();
+        let blame = |(id, hold): (u64, &Hold)| {
+            format!(
+                "capacity is held for request {id}, which is within its guarantee and waits for {} reclaimed \
+                 allocation(s) until {} ms",
+                hold.victims.len(),
+                hold.at_ms
+            )
+        };
+        for (class, amount) in &charge.0 {
+            let needed_by_holds = others.iter().any(|(_, hold)| hold.needs.get(class) > 0);
+            if *amount == 0 || !needed_by_holds || !ledger.capacity.0.contains_key(class) {
+                continue;
+            }
+            // Only a placement that turns enough into too little breaks a hold. If
+            // the holds were short before (the cluster shrank), refusing it would
+            // not help them, and would stall every placement of the class.
+            let before = self.unpromised(ledger, class, placed);
+            if before >= 0 && before < i128::from(*amount) {
+                let first = others.iter().find(|(_, hold)| hold.needs.get(class) > 0).copied();
+                return first.map(blame);
+            }
+        }
+        for (id, hold) in others {
+            if hold.fits && !placer.fits_without(id, &hold.victims) {
+                return Some(blame((id, hold)));
+            }
+        }
+        None
+    }
+}
+
+/// What one round's reclaims share: the allocations being reclaimed, the
+/// holds, and the result they are recorded in.
+struct ReclaimRound<'a> {
+    reclaiming: &'a mut BTreeSet<u64>,
+    holds: &'a mut Holds,
+    result: &'a mut RoundResult,
+}
+
 /// Marks borrowed allocations of other teams for reclaim so that `request` fits.
 /// Returns the reason it waits, or None when nothing can be reclaimed for it.
 fn reclaim_for(
     ledger: &Ledger<'_>,
     running: &[Running],
     request: &Waiting,
-    reclaiming: &mut BTreeSet<u64>,
+    round: &mut ReclaimRound<'_>,
     placer: &mut dyn Placer,
     settings: RoundSettings,
-    result: &mut RoundResult,
 ) -> Option<String> {
     // Already under way for this request: wait for it.
     let underway: Vec<&Running> =
@@ -429,15 +609,28 @@ fn reclaim_for(
         request.charge.0.keys().filter(|class| guaranteed_classes.contains(*class)).cloned().collect();
     let mut candidates: Vec<&Running> = running
         .iter()
-        .filter(|r| r.team != request.team && !reclaiming.contains(&r.id))
+        .filter(|r| r.team != request.team && !round.reclaiming.contains(&r.id))
         .filter(|r| needed.iter().any(|class| r.charge.get(class) > 0 && ledger.over_guarantee(&r.team, class) > 0))
         .collect();
     let share = |team: &TeamName| standing.get(team).map_or(0.0, |s| s.weighted_share);
     candidates.sort_by(|a, b| {
         share(&b.team).total_cmp(&share(&a.team)).then(b.created_ms.cmp(&a.created_ms)).then(b.id.cmp(&a.id))
     });
+    // What other reclaims already take from each team counts against what may
+    // still be taken from it: together they never take it below its guarantee.
     let mut taken: BTreeMap<TeamName, Resources> = BTreeMap::new();
-    let mut victims: Vec<u64> = Vec::new();
+    for allocation in running.iter().filter(|r| round.reclaiming.contains(&r.id)) {
+        taken.entry(allocation.team.clone()).or_default().add(&allocation.charge);
+    }
+    // Only free capacity that no earlier hold counts on may be counted on.
+    let unpromised: Vec<(ResourceClass, i128)> = needed
+        .iter()
+        .filter(|class| ledger.capacity.0.contains_key(*class))
+        .map(|class| (class.clone(), round.holds.unpromised(ledger, class, request.id).max(0)))
+        .collect();
+    let mut frees = Resources::default();
+    let mut victims: Vec<&Running> = Vec::new();
+    let mut teams: BTreeSet<&str> = BTreeSet::new();
     for candidate in candidates {
         // Never below the victim team's own guarantee.
         let already = taken.get(&candidate.team).cloned().unwrap_or_default();
@@ -449,17 +642,23 @@ fn reclaim_for(
             continue;
         }
         taken.entry(candidate.team.clone()).or_default().add(&candidate.charge);
-        victims.push(candidate.id);
-        if placer.fits_without(request.id, &victims) {
-            let at_ms = settings.now_ms + settings.grace_ms;
-            let teams: BTreeSet<&str> = taken.keys().map(TeamName::as_str).collect();
-            for victim in &victims {
-                reclaiming.insert(*victim);
-                result.reclaim.push(Reclaim { victim: *victim, for_request: request.id, at_ms });
+        frees.add(&candidate.charge);
+        victims.push(candidate);
+        teams.insert(candidate.team.as_str());
+        let enough = unpromised
+            .iter()
+            .all(|(class, free)| free + i128::from(frees.get(class)) >= i128::from(request.charge.get(class)));
+        let ids: Vec<u64> = victims.iter().map(|victim| victim.id).collect();
+        if enough && placer.fits_without(request.id, &ids) {
+            let at_ms = settings.now_ms.saturating_add(settings.grace_ms);
+            for victim in &ids {
+                round.reclaiming.insert(*victim);
+                round.result.reclaim.push(Reclaim { victim: *victim, for_request: request.id, at_ms });
             }
+            round.holds.insert(request, &victims, at_ms, true);
             return Some(format!(
                 "within its guarantee; reclaiming {} borrowed allocation(s) of {}, grace ends at {at_ms} ms",
-                victims.len(),
+                ids.len(),
                 teams.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
@@ -549,5 +748,190 @@ mod tests {
         assert_eq!(verdict(8000), Verdict::Fits { borrowed: true });
         assert_eq!(verdict(9000), Verdict::Fits { borrowed: true });
         assert!(matches!(verdict(10_000), Verdict::Wait(reason) if reason.contains("only 2 of what others")));
+    }
+
+    /// Interchangeable whole GPUs: what runs and what this round placed hold them.
+    struct Pool {
+        capacity: u64,
+        sizes: BTreeMap<u64, u64>,
+        running: BTreeSet<u64>,
+        held: BTreeSet<u64>,
+    }
+
+    impl Pool {
+        fn used(&self, without: &[u64]) -> u64 {
+            self.running
+                .iter()
+                .chain(&self.held)
+                .filter(|id| !without.contains(id))
+                .map(|id| self.sizes.get(id).copied().unwrap_or(0))
+                .sum()
+        }
+    }
+
+    impl Placer for Pool {
+        fn place(&mut self, id: u64) -> Result<Option<String>, String> {
+            let size = self.sizes.get(&id).copied().unwrap_or(0);
+            if self.used(&[]) + size > self.capacity {
+                return Err(format!("{} GPUs free, {size} wanted", self.capacity - self.used(&[])));
+            }
+            self.held.insert(id);
+            Ok(Some("NVIDIA H100 80GB HBM3".into()))
+        }
+        fn unplace(&mut self, id: u64) {
+            self.held.remove(&id);
+        }
+        fn fits_without(&mut self, id: u64, victims: &[u64]) -> bool {
+            self.used(victims) + self.sizes.get(&id).copied().unwrap_or(0) <= self.capacity
+        }
+    }
+
+    /// One round on a pool of `capacity` GPUs with a grace period of 10 s.
+    /// `running` and `waiting` are (id, team, GPUs, created at); `reclaims` are
+    /// (victim, for request, at) marks left by earlier rounds.
+    fn round(
+        tree: &QuotaTree,
+        capacity: u64,
+        now_ms: u64,
+        running: &[(u64, &str, u64, u64)],
+        reclaims: &[(u64, u64, u64)],
+        waiting: &[(u64, &str, u64, u64)],
+    ) -> RoundResult {
+        let gpus = |count: u64| amounts(&[("gpu/any", count * 1000)]);
+        let running: Vec<Running> = running
+            .iter()
+            .map(|(id, team, size, created_ms)| {
+                let mark = reclaims.iter().find(|(victim, _, _)| victim == id);
+                Running {
+                    id: *id,
+                    team: team.parse().expect("team"),
+                    charge: gpus(*size),
+                    created_ms: *created_ms,
+                    reclaim_at_ms: mark.map(|(_, _, at)| *at),
+                    reclaim_for: mark.map(|(_, target, _)| *target),
+                }
+            })
+            .collect();
+        let waiting: Vec<Waiting> = waiting
+            .iter()
+            .map(|(id, team, size, created_ms)| Waiting {
+                id: *id,
+                team: team.parse().expect("team"),
+                charge: gpus(*size),
+                created_ms: *created_ms,
+            })
+            .collect();
+        let mut pool = Pool {
+            capacity,
+            sizes: running
+                .iter()
+                .map(|r| (r.id, r.charge.get(&ResourceClass::GpuAny) / 1000))
+                .chain(waiting.iter().map(|w| (w.id, w.charge.get(&ResourceClass::GpuAny) / 1000)))
+                .collect(),
+            running: running.iter().map(|r| r.id).collect(),
+            held: BTreeSet::new(),
+        };
+        let settings = RoundSettings { now_ms, grace_ms: 10_000, use_history: false };
+        admit(tree, &gpus(capacity), &UsageHistory::default(), &running, &waiting, &mut pool, settings)
+    }
+
+    fn flat_tree(teams: &[(&str, u32, u64)]) -> QuotaTree {
+        let specs = teams
+            .iter()
+            .map(|(name, weight, guaranteed)| {
+                let mut team = spec(name, None, &[("gpu/any", guaranteed * 1000)], &[]);
+                team.quota.weight = *weight;
+                team
+            })
+            .collect();
+        QuotaTree::new(specs, BTreeMap::new(), &BTreeSet::new()).expect("tree")
+    }
+
+    fn admitted(result: &RoundResult) -> Vec<u64> {
+        result.admitted.iter().map(|admitted| admitted.id).collect()
+    }
+
+    fn reclaimed(result: &RoundResult) -> Vec<(u64, u64)> {
+        result.reclaim.iter().map(|reclaim| (reclaim.victim, reclaim.for_request)).collect()
+    }
+
+    #[test]
+    fn capacity_reclaimed_for_a_request_goes_to_it_not_to_a_newer_guaranteed_one() {
+        // The shrunk proptest case: b waits within its guarantee while three of
+        // a's borrowed GPUs are reclaimed for it. When they are preempted, c (also
+        // within its guarantee, and with the smaller share) arrives; c must not take
+        // what was reclaimed for b, or b waits a second grace period.
+        let tree = flat_tree(&[("a", 1, 0), ("b", 1, 4), ("c", 2, 4)]);
+        let a_own: Vec<(u64, &str, u64, u64)> = (1..=4).map(|id| (id, "a", 1, id)).collect();
+        let mut running = a_own.clone();
+        running.extend([(5, "a", 1, 5), (6, "a", 1, 6), (7, "a", 1, 7), (8, "b", 1, 8)]);
+        let first = round(&tree, 8, 1000, &running, &[], &[(20, "b", 3, 1000)]);
+        assert_eq!(reclaimed(&first), vec![(7, 20), (6, 20), (5, 20)]);
+        // Ten seconds later the caller has preempted 5, 6 and 7.
+        running.truncate(4);
+        running.push((8, "b", 1, 8));
+        let second = round(&tree, 8, 11_000, &running, &[], &[(20, "b", 3, 1000), (21, "c", 3, 11_000)]);
+        assert_eq!(admitted(&second), vec![20], "{second:?}");
+        assert_eq!(reclaimed(&second), vec![(4, 21), (3, 21), (2, 21)], "c reclaims for itself");
+    }
+
+    #[test]
+    fn free_capacity_a_reclaim_counts_on_is_held_for_its_request() {
+        // b needs 4: 2 are free and 2 of a's borrowed GPUs are reclaimed. A new
+        // borrowing request of a must not take the 2 free ones, neither in the
+        // same round nor while the grace period runs.
+        let tree = flat_tree(&[("a", 1, 0), ("b", 1, 4)]);
+        let running: Vec<(u64, &str, u64, u64)> = (1..=6).map(|id| (id, "a", 1, id)).collect();
+        let same_round = round(&tree, 8, 1000, &running, &[], &[(20, "b", 4, 1000), (21, "a", 1, 1000)]);
+        assert_eq!(reclaimed(&same_round), vec![(6, 20), (5, 20)]);
+        assert!(admitted(&same_round).is_empty(), "{same_round:?}");
+        let during_grace = round(
+            &tree,
+            8,
+            2000,
+            &running,
+            &[(6, 20, 11_000), (5, 20, 11_000)],
+            &[(20, "b", 4, 1000), (21, "a", 1, 1000)],
+        );
+        assert!(admitted(&during_grace).is_empty(), "{during_grace:?}");
+        let held = during_grace.waiting.iter().find(|waiting| waiting.id == 21).expect("a waits");
+        assert!(held.reason.contains("held for request 20"), "{}", held.reason);
+    }
+
+    #[test]
+    fn two_reclaims_do_not_count_the_same_free_capacity() {
+        // One GPU is free; b and c each need 2 within their guarantees. Together
+        // they need three of a's borrowed GPUs, not one each.
+        let tree = flat_tree(&[("a", 1, 0), ("b", 1, 4), ("c", 1, 4)]);
+        let running: Vec<(u64, &str, u64, u64)> = (1..=7).map(|id| (id, "a", 1, id)).collect();
+        let result = round(&tree, 8, 1000, &running, &[], &[(20, "b", 2, 1000), (21, "c", 2, 1000)]);
+        assert_eq!(reclaimed(&result), vec![(7, 20), (6, 21), (5, 21)], "{result:?}");
+    }
+
+    #[test]
+    fn what_a_reclaim_frees_beyond_its_request_is_promised_to_nobody_else() {
+        // Two GPUs are free. b's reclaim frees 3 for a request of 1; c's and d's
+        // each free 1 for a request of 2, so they count on one free GPU each.
+        // b's excess is no reserve: were b placed early, its reclaim would be
+        // cancelled. So a's new request may not take a free GPU.
+        let tree = flat_tree(&[("a", 1, 0), ("b", 1, 2), ("c", 1, 2), ("d", 1, 2)]);
+        let running = [(1, "a", 3, 1), (2, "a", 1, 2), (3, "a", 1, 3)];
+        let reclaims = [(1, 20, 11_000), (2, 21, 11_000), (3, 22, 11_000)];
+        let waiting = [(20, "b", 1, 1000), (21, "c", 2, 1000), (22, "d", 2, 1000), (23, "a", 1, 2000)];
+        let result = round(&tree, 7, 2000, &running, &reclaims, &waiting);
+        assert!(admitted(&result).is_empty(), "{result:?}");
+    }
+
+    #[test]
+    fn reclaims_together_never_take_a_team_below_its_guarantee() {
+        // a is guaranteed 2 and uses 6; d borrows 2. b and c each reclaim 3: only
+        // 4 of a's are beyond its guarantee, so the last two come from d.
+        let tree = flat_tree(&[("a", 1, 2), ("b", 1, 3), ("c", 1, 3), ("d", 1, 0)]);
+        let mut running: Vec<(u64, &str, u64, u64)> = (1..=6).map(|id| (id, "a", 1, id)).collect();
+        running.extend([(7, "d", 1, 7), (8, "d", 1, 8)]);
+        let result = round(&tree, 8, 1000, &running, &[], &[(20, "b", 3, 1000), (21, "c", 3, 1000)]);
+        let from_a = reclaimed(&result).iter().filter(|(victim, _)| *victim <= 6).count();
+        assert_eq!(from_a, 4, "{result:?}");
+        assert_eq!(result.reclaim.len(), 6, "{result:?}");
     }
 }

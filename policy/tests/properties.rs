@@ -1,6 +1,7 @@
 //! Admission as a whole, on a simulated pool of whole GPUs with virtual time:
 //! limits and capacity are never exceeded, guarantees are honoured within one
-//! reclaim round, and weights steer long-run shares.
+//! reclaim round wherever reclaim can make room, and weights steer long-run
+//! shares.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -139,6 +140,23 @@ impl Sim {
     }
 }
 
+/// The most a team can give up to a reclaim: the largest total of its whole
+/// allocations that fits within what it uses beyond its guarantee (a reclaim
+/// never takes a team below its guarantee, and an allocation is preempted whole).
+fn reclaimable(sizes: &[u64], beyond: u64) -> u64 {
+    let beyond = beyond as usize;
+    let mut reachable = vec![false; beyond + 1];
+    reachable[0] = true;
+    for size in sizes.iter().map(|size| *size as usize) {
+        for total in (size..=beyond).rev() {
+            if reachable[total - size] {
+                reachable[total] = true;
+            }
+        }
+    }
+    reachable.iter().rposition(|reached| *reached).unwrap_or(0) as u64
+}
+
 fn tree(teams: &[(u32, u64, Option<u64>)]) -> QuotaTree {
     let specs = teams
         .iter()
@@ -260,6 +278,10 @@ proptest! {
         let grace = 5_000;
         let mut sim = Sim::new(tree(&teams), capacity, grace);
         let mut within_since: BTreeMap<u64, u64> = BTreeMap::new();
+        let guarantee_of =
+            |team: &TeamName| (0..teams.len()).find(|index| name(*index) == *team).map_or(0, |index| teams[index].1);
+        // Waiting requests within their team's guarantee after the last round.
+        let mut within: BTreeSet<u64> = BTreeSet::new();
         for (team_index, size, release) in events {
             let team = name(team_index % teams.len());
             if release && !sim.running.is_empty() {
@@ -269,19 +291,53 @@ proptest! {
                 sim.submit(&team, size);
             }
             sim.now += 1000;
-            sim.round();
+            // Requests that this event brought within their guarantee (a new one,
+            // or one whose team released), as (arrival, id, team).
+            let newly_within: Vec<(u64, u64, TeamName)> = sim
+                .waiting
+                .iter()
+                .filter(|w| !within.contains(&w.id) && sim.usage(&w.team) + sim.sizes[&w.id] <= guarantee_of(&w.team))
+                .map(|w| (w.created_ms, w.id, w.team.clone()))
+                .collect();
+            let admitted = sim.round();
+            // Admission cannot tell how long a request has been within its
+            // guarantee, so it serves those within it by arrival: one that has
+            // just come within it goes before newer ones, and may take capacity
+            // that was reclaimed for them, which then reclaim again. That is the
+            // documented order, so their wait starts over.
+            let overtaking: Vec<&(u64, u64, TeamName)> =
+                newly_within.iter().filter(|(_, id, _)| admitted.contains(id)).collect();
             let used: u64 = sim.running.iter().map(|r| sim.sizes[&r.id]).sum();
             prop_assert!(used <= capacity, "{used} GPUs granted of {capacity}");
+            let free = capacity - used;
             for (index, (_, guaranteed, limit)) in teams.iter().enumerate() {
                 let usage = sim.usage(&name(index));
                 if let Some(limit) = limit {
                     prop_assert!(usage <= *limit, "team {index} uses {usage} over its limit {limit}");
                 }
+                // What reclaim could free for this team without taking another below its guarantee.
+                let others_can_give: u64 = (0..teams.len())
+                    .filter(|other| *other != index)
+                    .map(|other| {
+                        let sizes: Vec<u64> =
+                            sim.running.iter().filter(|r| r.team == name(other)).map(|r| sim.sizes[&r.id]).collect();
+                        reclaimable(&sizes, sim.usage(&name(other)).saturating_sub(teams[other].1))
+                    })
+                    .sum();
                 // A waiting request that keeps its team within its guarantee is
-                // served within one grace period plus a round.
+                // served within one grace period plus a round, once reclaim can
+                // make room for it. It cannot while the capacity others borrow sits
+                // in allocations that also hold part of their own guarantee: those
+                // are never preempted, so the request waits for a release.
                 for request in sim.waiting.iter().filter(|w| w.team == name(index)) {
                     let size = sim.sizes[&request.id];
-                    if usage + size <= *guaranteed {
+                    let overtaken = overtaking.iter().any(|(created_ms, id, team)| {
+                        *team != request.team && (*created_ms, *id) < (request.created_ms, request.id)
+                    });
+                    if overtaken {
+                        within_since.remove(&request.id);
+                    }
+                    if usage + size <= *guaranteed && free + others_can_give >= size {
                         let since = *within_since.entry(request.id).or_insert(sim.now);
                         prop_assert!(sim.now <= since + grace + 2000, "request {} of team {index} waits since {since}", request.id);
                     } else {
@@ -289,6 +345,12 @@ proptest! {
                     }
                 }
             }
+            within = sim
+                .waiting
+                .iter()
+                .filter(|w| sim.usage(&w.team) + sim.sizes[&w.id] <= guarantee_of(&w.team))
+                .map(|w| w.id)
+                .collect();
         }
     }
 }
