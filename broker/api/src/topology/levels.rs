@@ -109,7 +109,11 @@ impl PciTree {
         }
         let a_chain = self.ancestors(a_index);
         let b_chain = self.ancestors(b_index);
-        let common = a_chain.iter().position(|node| b_chain.contains(node));
+        // Depth of each of b's ancestors, so the common one is found in one pass
+        // over a's chain (not one pass over b's per member of a's).
+        let b_depths: std::collections::HashMap<usize, usize> =
+            b_chain.iter().enumerate().map(|(depth, node)| (*node, depth)).collect();
+        let common = a_chain.iter().position(|node| b_depths.contains_key(node));
         let Some(a_depth) = common else {
             // Different host bridges: the CPU-side attachment decides.
             let a_top = &self.nodes[a_chain[a_chain.len() - 1]];
@@ -118,7 +122,7 @@ impl PciTree {
             return Some(if same_numa { ConnectionLevel::Node } else { ConnectionLevel::Sys });
         };
         let ancestor = a_chain[a_depth];
-        let b_depth = b_chain.iter().position(|node| *node == ancestor).unwrap_or(0);
+        let b_depth = b_depths.get(&ancestor).copied().unwrap_or(0);
         Some(match self.nodes[ancestor].kind {
             PciNodeKind::HostBridge => ConnectionLevel::Phb,
             // One device below the other cannot happen for endpoints; treat it as one hop.
@@ -143,17 +147,22 @@ impl PciTree {
 /// the smaller of their switch link counts (the NVSwitches of one baseboard form
 /// one fabric, which is why `nvidia-smi topo -m` prints NV18 for every pair of an
 /// HGX H100).
+///
+/// Counts come from a registering node (or an XML file) and are summed saturating:
+/// absurd counts give an absurd level, never an overflow panic.
 pub fn nvlink_links(a: &Gpu, b: &Gpu) -> u32 {
-    let direct: u32 = a
+    let direct = a
         .nvlinks
         .iter()
         .filter(|link| link.peer == NvLinkPeer::Gpu && link.peer_pci_bus_id == b.pci_bus_id)
-        .map(|link| link.links)
-        .sum();
+        .fold(0u32, |sum, link| sum.saturating_add(link.links));
     let to_switches = |gpu: &Gpu| -> u32 {
-        gpu.nvlinks.iter().filter(|link| link.peer == NvLinkPeer::NvSwitch).map(|link| link.links).sum()
+        gpu.nvlinks
+            .iter()
+            .filter(|link| link.peer == NvLinkPeer::NvSwitch)
+            .fold(0u32, |sum, link| sum.saturating_add(link.links))
     };
-    direct + to_switches(a).min(to_switches(b))
+    direct.saturating_add(to_switches(a).min(to_switches(b)))
 }
 
 /// GPU×GPU and GPU×NIC connection matrices, rows and columns in inventory order.
@@ -335,5 +344,73 @@ mod tests {
         cyclic.nodes[0].parent = Some(1);
         assert_eq!(cyclic.validate(), Err(TopologyError::PciCycle { index: 0 }));
         assert!(cyclic.pcie_level("0000:01:00.0".parse().expect("id"), "0000:02:00.0".parse().expect("id")).is_some());
+    }
+
+    #[test]
+    fn a_deep_chain_is_checked_and_measured_in_linear_time() {
+        // A registering node may send any tree; this one is a chain of 20,000
+        // bridges (the checks were cubic in the depth: hours for this one).
+        let bridge = |parent: Option<usize>| PciNode {
+            kind: PciNodeKind::Bridge,
+            bus_id: None,
+            parent,
+            numa_nodes: vec![],
+            cpus: CpuSet::default(),
+        };
+        let mut nodes: Vec<PciNode> = (0..20_000).map(|index: usize| bridge(index.checked_sub(1))).collect();
+        let device = |bus: &str, parent| PciNode {
+            kind: PciNodeKind::Device { class: 0x0302, vendor: 0x10de, device: 0x2330 },
+            bus_id: Some(bus.parse().expect("id")),
+            parent: Some(parent),
+            numa_nodes: vec![],
+            cpus: CpuSet::default(),
+        };
+        nodes.push(device("0000:01:00.0", 19_999));
+        nodes.push(device("0000:02:00.0", 10));
+        let deep = PciTree { nodes };
+        let started = std::time::Instant::now();
+        assert_eq!(deep.validate(), Ok(()));
+        let level = deep.pcie_level("0000:01:00.0".parse().expect("id"), "0000:02:00.0".parse().expect("id"));
+        assert_eq!(level, Some(ConnectionLevel::Pxb));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn absurd_nvlink_counts_saturate_rather_than_overflow() {
+        use crate::topology::{GpuHealth, NvLink};
+        let gpu = |bus: &str, links: &[(NvLinkPeer, &str, u32)]| Gpu {
+            index: 0,
+            uuid: None,
+            model: "GPU".into(),
+            memory_mib: None,
+            pci_bus_id: bus.parse().expect("id"),
+            pci_id: String::new(),
+            numa_node: None,
+            cpus: CpuSet::default(),
+            nvlinks: links
+                .iter()
+                .map(|(peer, to, links)| NvLink {
+                    peer: *peer,
+                    peer_pci_bus_id: to.parse().expect("id"),
+                    links: *links,
+                })
+                .collect(),
+            mig: None,
+            telemetry: None,
+            health: GpuHealth::Healthy,
+        };
+        // A registering node sent these (the wire carries any u32).
+        let a = gpu(
+            "0000:01:00.0",
+            &[
+                (NvLinkPeer::Gpu, "0000:02:00.0", u32::MAX),
+                (NvLinkPeer::Gpu, "0000:02:00.0", 4),
+                (NvLinkPeer::NvSwitch, "0000:05:00.0", u32::MAX),
+                (NvLinkPeer::NvSwitch, "0000:06:00.0", 2),
+            ],
+        );
+        let b = gpu("0000:02:00.0", &[(NvLinkPeer::NvSwitch, "0000:05:00.0", u32::MAX)]);
+        assert_eq!(nvlink_links(&a, &b), u32::MAX);
+        assert_eq!(nvlink_links(&b, &a), u32::MAX);
     }
 }
