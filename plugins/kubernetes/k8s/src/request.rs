@@ -131,12 +131,15 @@ pub fn spec_for(
                     continue;
                 }
             };
+            // Saturating: counts from several containers that add up past u64 stay
+            // absurd and are refused below, where wrapping would ask for a few GPUs.
             if resource == &names.gpu {
-                whole += amount;
+                whole = whole.saturating_add(amount);
             } else if resource == &names.share {
-                share += amount;
+                share = share.saturating_add(amount);
             } else if let Some(profile) = resource.strip_prefix(&names.mig_prefix) {
-                *mig.entry(profile.to_owned()).or_default() += amount;
+                let total = mig.entry(profile.to_owned()).or_default();
+                *total = total.saturating_add(amount);
             }
         }
     }
@@ -357,6 +360,32 @@ mod tests {
             spec_for(&names, "vision", &pod(), &containers(&[&[("cpu", "1")]]), &BTreeMap::new()),
             Err(vec![NOT_OURS.to_owned()])
         );
+    }
+
+    #[test]
+    fn counts_that_add_up_past_u64_are_refused_not_wrapped() {
+        let names = Names::new("allot.io");
+        let huge = "18446744073709551615";
+        for resource in ["allot.io/gpu", "allot.io/gpu-share", "allot.io/mig-3g.40gb"] {
+            let problems = spec_for(
+                &names,
+                "vision",
+                &pod(),
+                &containers(&[&[(resource, "4")], &[(resource, huge)]]),
+                &annotations(&[(SHARE_MEMORY, "1024")]),
+            )
+            .expect_err(resource);
+            assert!(!problems.is_empty(), "{resource}");
+        }
+        let problems = spec_for(
+            &names,
+            "vision",
+            &pod(),
+            &containers(&[&[("allot.io/gpu", "4")], &[("allot.io/gpu", huge)]]),
+            &BTreeMap::new(),
+        )
+        .expect_err("too many GPUs");
+        assert_eq!(problems, vec!["gpus: 4294967295 GPUs: ask for 1 to 64".to_owned()]);
     }
 
     #[test]
