@@ -77,6 +77,50 @@ fn check_looks_like_hwloc_xml(origin: &str, xml: &str) -> Result<(), DiscoveryEr
     if !xml.trim_end().ends_with("</topology>") {
         return Err(malformed("the file ends before </topology> (truncated?)"));
     }
+    check_object_tags(xml).map_err(|problem| malformed(&problem))
+}
+
+/// Refuses `<object>` tags that crash hwloc 2.9 (a segmentation fault or a failed
+/// assertion, which no `catch_unwind` catches) instead of failing: found by
+/// fuzzing (`fuzz/`, target `hwloc-xml`), each checked against `lstopo`.
+///
+/// Attributes are read as hwloc's built-in parser reads them: `name="value"` pairs,
+/// names of lowercase letters and `_`, in a tag that ends at the first `>`. That
+/// parser stops at the first pair it cannot read and ignores the rest of the tag,
+/// and it takes an attribute given twice; objects left without their sets, or with
+/// a second `type`, crash it. hwloc also dereferences `complete_cpuset` (a NUMA
+/// node's `complete_nodeset`) without checking that the file gave one
+/// (open-mpi/hwloc#783). hwloc's own exports never do any of this.
+fn check_object_tags(xml: &str) -> Result<(), String> {
+    let mut rest = xml;
+    while let Some(start) = rest.find("<object ") {
+        let tag_start = &rest[start + "<object ".len()..];
+        let tag = tag_start.split('>').next().unwrap_or_default();
+        let line = || xml[..xml.len() - rest.len() + start].matches('\n').count() + 1;
+        let mut names = Vec::new();
+        let mut attributes = tag.trim_start_matches([' ', '\t', '\n']);
+        loop {
+            let name_length = attributes.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(0);
+            let (name, after) = attributes.split_at(name_length);
+            let Some(value_and_rest) = after.strip_prefix("=\"") else { break };
+            let Some((_, after_value)) = value_and_rest.split_once('"') else { break };
+            if names.contains(&name) {
+                return Err(format!("line {}: attribute {name} appears twice in one <object>", line()));
+            }
+            names.push(name);
+            attributes = after_value.trim_start_matches([' ', '\t', '\n']);
+        }
+        if !matches!(attributes.trim_end(), "" | "/") {
+            let unread: String = attributes.chars().take(40).collect();
+            return Err(format!("line {}: hwloc cannot read the attributes of an <object> from {unread:?} on", line()));
+        }
+        for (set, complete) in [("cpuset", "complete_cpuset"), ("nodeset", "complete_nodeset")] {
+            if names.contains(&set) && !names.contains(&complete) {
+                return Err(format!("line {}: an <object> has a {set} but no {complete}", line()));
+            }
+        }
+        rest = &tag_start[tag.len()..];
+    }
     Ok(())
 }
 
@@ -396,4 +440,43 @@ fn os_devices_below(pci_device: &TopologyObject) -> Vec<OsDevice> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_tags_that_crash_hwloc_are_refused_before_it() {
+        let object = |attributes: &str| format!("<topology>\n  <object type=\"PU\" {attributes}/>\n</topology>");
+        let check = |attributes: &str| check_object_tags(&object(attributes));
+        let whole = "os_index=\"0\" cpuset=\"0x1\" complete_cpuset=\"0x1\" nodeset=\"0x1\" complete_nodeset=\"0x1\"";
+        assert_eq!(check(whole), Ok(()));
+        assert_eq!(check("os_index=\"0\""), Ok(()), "I/O objects have no sets");
+        let refused = [
+            (
+                "cpuset=\"0x1\" nodeset=\"0x1\" complete_nodeset=\"0x1\"",
+                "line 2: an <object> has a cpuset but no complete_cpuset",
+            ),
+            (
+                "cpuset=\"0x1\" complete_cpuset=\"0x1\" nodeset=\"0x1\"",
+                "line 2: an <object> has a nodeset but no complete_nodeset",
+            ),
+            // hwloc would stop reading at the first pair it cannot read.
+            (
+                "cpuset=\"0x1\" complete_cpuset\"=\"0x1\"",
+                "line 2: hwloc cannot read the attributes of an <object> from",
+            ),
+            ("os1000_index=\"0\"", "line 2: hwloc cannot read the attributes"),
+            ("depth=\"3\"type=\"L3Cache\"", "line 2: attribute type appears twice in one <object>"),
+            (
+                "cpuset=\"0x1\" complete_cpuset=\"0x1\" complete_cpuset=\"0x3\"",
+                "attribute complete_cpuset appears twice",
+            ),
+        ];
+        for (attributes, expected) in refused {
+            let error = check(attributes).expect_err(attributes);
+            assert!(error.starts_with(expected) || error.contains(expected), "{error:?} for {attributes:?}");
+        }
+    }
 }
