@@ -203,6 +203,8 @@ pub const RULES: &[Rule] = &[
     rule("AdminService/ListGrants", "policy", "read", Scope::Team),
     rule("AdminService/Apply", "policy", "write", Scope::Cluster),
     rule("AdminService/CreateToken", "token", "write", Scope::Cluster),
+    rule("AdminService/ListTokens", "token", "read", Scope::Cluster),
+    rule("AdminService/RevokeToken", "token", "write", Scope::Cluster),
     // Usage reads like fair share: whoever sees a team's standing sees its history.
     rule("AdminService/GetUsageHistory", "fairshare", "read", Scope::Team),
     rule("GET /metrics", "metrics", "read", Scope::Cluster),
@@ -240,7 +242,13 @@ mod tests {
                     && (*object == rule.object || *object == "*")
                     && (*action == rule.action || *action == "*")
             });
-            let admin_only = ["AdminService/Apply", "AdminService/CreateToken"].contains(&rule.call);
+            let admin_only = [
+                "AdminService/Apply",
+                "AdminService/CreateToken",
+                "AdminService/ListTokens",
+                "AdminService/RevokeToken",
+            ]
+            .contains(&rule.call);
             assert!(someone || admin_only, "{} is reachable only by platform admins", rule.call);
         }
     }

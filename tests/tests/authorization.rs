@@ -280,6 +280,13 @@ async fn run(world: &World, role: Role, call: &str) -> Outcome {
                 .create_token(proto::CreateTokenRequest { subject: format!("svc-{unique}"), ..Default::default() })
                 .await,
         ),
+        "AdminService/ListTokens" => outcome(clients.admin.list_tokens(proto::ListTokensRequest::default()).await),
+        "AdminService/RevokeToken" => outcome(
+            clients
+                .admin
+                .revoke_token(proto::RevokeTokenRequest { subject: format!("svc-none-{unique}"), ..Default::default() })
+                .await,
+        ),
         "AdminService/GetUsageHistory" | "AdminService/GetUsageHistory a" | "AdminService/GetUsageHistory b" => {
             let team = call.strip_prefix("AdminService/GetUsageHistory").unwrap_or_default().trim();
             let request = proto::GetUsageHistoryRequest { since_ms: 0, team: team.into() };
@@ -329,6 +336,8 @@ fn expected() -> Vec<(&'static str, [Outcome; 6])> {
         ("AdminService/ListGrants a", [P, P, D, D, D, U]),
         ("AdminService/Apply", [P, D, D, D, D, U]),
         ("AdminService/CreateToken", [P, D, D, D, D, U]),
+        ("AdminService/ListTokens", [P, D, D, D, D, U]),
+        ("AdminService/RevokeToken", [P, D, D, D, D, U]),
         ("AdminService/GetUsageHistory", [P, P, P, P, D, U]),
         ("AdminService/GetUsageHistory a", [P, P, P, P, D, U]),
         ("AdminService/GetUsageHistory b", [P, D, D, D, D, U]),
@@ -402,4 +411,65 @@ fn members_see_only_their_team_and_admins_shape_only_theirs() {
     std::fs::write(&forged, "allot_0000").expect("forged token");
     let output = allotctl_as(&world.broker, &forged, &["nodes", "list"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("not known to the broker"));
+}
+
+/// A token made with a TTL is refused once it expired (E-TOKEN-EXPIRED), a
+/// revoked token is refused from the revoke's answer on (by id, or every token
+/// of a subject), and `token list` shows ids, subjects and expiry, never tokens.
+#[test]
+fn expired_and_revoked_tokens_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = StoreKind::Embedded(dir.path().join("store"));
+    let broker = start_broker_with(&store, dir.path(), "broker", "3s", "127.0.0.1:0", &[]);
+    let token_file = |name: &str, made: &serde_json::Value| {
+        let path = dir.path().join(format!("{name}.token"));
+        std::fs::write(&path, made["token"].as_str().expect("token")).expect("write token");
+        path
+    };
+    let reads = |path: &Path| allotctl_as(&broker, path, &["team", "list"]);
+
+    let short = allotctl_json(&broker, &["token", "create", "ci-bot", "--role", "viewer", "--ttl", "2s"]);
+    assert!(short["expires_at_ms"].as_u64().is_some(), "{short}");
+    let short_file = token_file("short", &short);
+    assert!(reads(&short_file).status.success(), "a fresh token works");
+    std::thread::sleep(Duration::from_millis(2300));
+    let expired = reads(&short_file);
+    assert!(!expired.status.success());
+    let stderr = String::from_utf8_lossy(&expired.stderr);
+    assert!(stderr.contains("E-TOKEN-EXPIRED") && stderr.contains("ci-bot"), "{stderr}");
+
+    let long = allotctl_json(&broker, &["token", "create", "svc-a", "--role", "viewer"]);
+    let long_file = token_file("long", &long);
+    assert!(reads(&long_file).status.success());
+    let listed = allotctl_json(&broker, &["token", "list", "--subject", "svc-a"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], long["id"]);
+    assert_eq!(listed[0]["expires_at_ms"], serde_json::Value::Null);
+    let all = allotctl(&broker, &["token", "list"]);
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(text.contains("svc-a") && text.contains("expired"), "{text}");
+    assert!(!text.contains(long["token"].as_str().expect("token")), "token list shows a token: {text}");
+    let id = long["id"].as_str().expect("id");
+    let revoked = allotctl_json(&broker, &["token", "revoke", &id[..10]]);
+    assert_eq!(revoked[0]["subject"], "svc-a", "{revoked}");
+    let refused = reads(&long_file);
+    assert!(!refused.status.success(), "a revoked token still works");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("E-UNAUTHENTICATED"));
+
+    let first = token_file("b1", &allotctl_json(&broker, &["token", "create", "svc-b", "--role", "viewer"]));
+    let second = token_file("b2", &allotctl_json(&broker, &["token", "create", "svc-b", "--role", "viewer"]));
+    let revoked = allotctl_json(&broker, &["token", "revoke", "--subject", "svc-b"]);
+    assert_eq!(revoked.as_array().map(Vec::len), Some(2), "{revoked}");
+    assert!(!reads(&first).status.success() && !reads(&second).status.success());
+
+    for (args, mention) in [
+        (vec!["token", "create", "x", "--ttl", "0s"], "--ttl"),
+        (vec!["token", "create", "x", "--ttl", "5x"], "--ttl"),
+        (vec!["token", "revoke", "abc"], "8 hex digits"),
+        (vec!["token", "revoke", "0123456789abcdef"], "E-NOT-FOUND"),
+    ] {
+        let output = allotctl(&broker, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(mention), "{args:?}: {stderr}");
+    }
 }

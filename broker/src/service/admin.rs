@@ -434,11 +434,102 @@ impl proto::admin_service_server::AdminService for Services {
             }
             Some(grant)
         };
+        // At most ten years: longer is "until revoked", which is what no TTL says.
+        let expires_at_ms = match request.ttl_seconds.filter(|ttl| *ttl > 0) {
+            Some(ttl) if ttl > 10 * 365 * 86_400 => {
+                return Err(invalid(
+                    "ttl_seconds",
+                    format!("{ttl} s is more than ten years; leave it out for a token that lasts until revoked"),
+                ));
+            }
+            Some(ttl) => Some(crate::writer::now_ms().saturating_add(ttl * 1000)),
+            None => None,
+        };
         let token = new_token()?;
         let hash = token_hash(&token);
+        let id = crate::state::token_id(&hash).to_owned();
         let subject = request.subject.clone();
-        self.core.ask(|reply| Command::Team(TeamCommand::CreateToken { hash, subject, grant, reply })).await?;
+        self.core
+            .ask(|reply| Command::Team(TeamCommand::CreateToken { hash, subject, grant, expires_at_ms, reply }))
+            .await?;
         self.reload_policy().await?;
-        Ok(Response::new(proto::CreateTokenResponse { token, subject: request.subject }))
+        Ok(Response::new(proto::CreateTokenResponse { token, subject: request.subject, id, expires_at_ms }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<proto::ListTokensRequest>,
+    ) -> Result<Response<proto::ListTokensResponse>, Status> {
+        self.authorize(&request, "AdminService/ListTokens", None)?;
+        let subject = request.into_inner().subject;
+        let now = crate::writer::now_ms();
+        let state = self.core.state();
+        let mut tokens: Vec<proto::TokenInfo> = state
+            .tokens
+            .iter()
+            .filter(|(_, record)| subject.is_empty() || record.subject == subject)
+            .map(|(hash, record)| token_info(hash, record, now))
+            .collect();
+        tokens.sort_by(|a, b| (&a.subject, a.created_at_ms, &a.id).cmp(&(&b.subject, b.created_at_ms, &b.id)));
+        Ok(Response::new(proto::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        self.authorize(&request, "AdminService/RevokeToken", None)?;
+        let request = request.into_inner();
+        let hashes: Vec<String> = {
+            let state = self.core.state();
+            match (request.id.as_str(), request.subject.as_str()) {
+                (id, "") if id.len() >= 8 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    let id = id.to_ascii_lowercase();
+                    let found: Vec<String> =
+                        state.tokens.keys().filter(|hash| hash.starts_with(&id)).cloned().collect();
+                    match found.len() {
+                        0 => {
+                            return Err(BrokerError::NotFound {
+                                what: format!("a token with id {id} (see allotctl token list)"),
+                            }
+                            .into());
+                        }
+                        1 => found,
+                        many => {
+                            return Err(invalid("id", format!("{id} names {many} tokens; give more of its digits")));
+                        }
+                    }
+                }
+                ("", subject) if !subject.is_empty() => state
+                    .tokens
+                    .iter()
+                    .filter(|(_, record)| record.subject == subject)
+                    .map(|(hash, _)| hash.clone())
+                    .collect(),
+                _ => {
+                    return Err(invalid(
+                        "id",
+                        "give a token id (at least 8 hex digits, from allotctl token list) or a subject, not both",
+                    ));
+                }
+            }
+        };
+        let revoked = self.core.ask(|reply| Command::Team(TeamCommand::RevokeTokens { hashes, reply })).await?;
+        // Refused from now on: the view the next call is checked against.
+        self.auth.refresh();
+        let now = crate::writer::now_ms();
+        Ok(Response::new(proto::RevokeTokenResponse {
+            revoked: revoked.iter().map(|(hash, record)| token_info(hash, record, now)).collect(),
+        }))
+    }
+}
+
+fn token_info(hash: &str, record: &crate::state::TokenRecord, now: u64) -> proto::TokenInfo {
+    proto::TokenInfo {
+        id: crate::state::token_id(hash).to_owned(),
+        subject: record.subject.clone(),
+        created_at_ms: record.created_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        expired: record.expired(now),
     }
 }

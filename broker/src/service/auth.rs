@@ -217,7 +217,8 @@ pub struct Auth {
 /// Tokens and the team tree's parent links, as of the last refresh.
 #[derive(Debug, Default)]
 struct View {
-    tokens: HashMap<String, String>,
+    /// Subject and expiry (ms since the epoch) by token hash.
+    tokens: HashMap<String, (String, Option<u64>)>,
     parents: HashMap<TeamName, Option<TeamName>>,
 }
 
@@ -260,7 +261,11 @@ impl Auth {
         let view = {
             let state = self.core.state();
             View {
-                tokens: state.tokens.iter().map(|(hash, record)| (hash.clone(), record.subject.clone())).collect(),
+                tokens: state
+                    .tokens
+                    .iter()
+                    .map(|(hash, record)| (hash.clone(), (record.subject.clone(), record.expires_at_ms)))
+                    .collect(),
                 parents: state.teams.iter().map(|(name, record)| (name.clone(), record.parent.clone())).collect(),
             }
         };
@@ -288,7 +293,14 @@ impl Auth {
             .ok_or_else(|| BrokerError::Unauthenticated("the authorization header must be `Bearer TOKEN`".into()))?;
         let view = self.view.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         match view.tokens.get(&token_hash(token)) {
-            Some(subject) => Ok(Caller::Subject(subject.clone())),
+            Some((subject, Some(expires_at_ms))) if crate::writer::now_ms() >= *expires_at_ms => {
+                Err(BrokerError::Unauthenticated(format!(
+                    "E-TOKEN-EXPIRED: the token of {subject} expired at {} ms since the epoch; ask an admin for a new \
+                     one (allotctl token create --ttl ...)",
+                    expires_at_ms
+                )))
+            }
+            Some((subject, _)) => Ok(Caller::Subject(subject.clone())),
             None => Err(BrokerError::Unauthenticated(
                 "this token is not known to the broker (revoked, or from another cluster); ask an admin for one \
                  (allotctl token create)"
@@ -444,6 +456,7 @@ pub async fn bootstrap(core: &Core, admin_file: Option<&Path>, node_file: Option
                     hash: token_hash(&node_token),
                     subject: "nodes".into(),
                     grant: Some(grant),
+                    expires_at_ms: None,
                     reply,
                 })
             })

@@ -154,6 +154,21 @@ impl Drop for NodeMut<'_> {
 pub struct TokenRecord {
     pub subject: String,
     pub created_at_ms: u64,
+    /// When it stops working (ms since the epoch); `None`: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+/// A token's id: the first 16 hex digits of its hash (enough to name it, of
+/// no use to guess the token).
+pub fn token_id(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
 }
 
 /// Everything the broker knows.

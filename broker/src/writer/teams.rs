@@ -54,12 +54,18 @@ pub enum TeamCommand {
         grant: Grant,
         reply: Reply<()>,
     },
-    /// Stores a token's hash for a subject, with an optional grant.
+    /// Stores a token's hash for a subject, with an optional grant and expiry.
     CreateToken {
         hash: String,
         subject: String,
         grant: Option<Grant>,
+        expires_at_ms: Option<u64>,
         reply: Reply<()>,
+    },
+    /// Deletes tokens by hash; answers with the records removed.
+    RevokeTokens {
+        hashes: Vec<String>,
+        reply: Reply<Vec<(String, TokenRecord)>>,
     },
     /// First start: the role permissions and, when given, a first admin token.
     Bootstrap {
@@ -84,6 +90,9 @@ impl TeamCommand {
                 let _ = reply.send(Err(error));
             }
             TeamCommand::Bootstrap { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            TeamCommand::RevokeTokens { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -351,8 +360,18 @@ pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut
             state.grants.remove(&grant);
             done(reply, ())
         }
-        TeamCommand::CreateToken { hash, subject, grant, reply } => {
-            let record = TokenRecord { subject: subject.clone(), created_at_ms: now };
+        TeamCommand::RevokeTokens { hashes, reply } => {
+            let mut revoked = Vec::new();
+            for hash in hashes {
+                if let Some(record) = state.tokens.remove(&hash) {
+                    writes.push(Op::delete(layout::token(&hash)));
+                    revoked.push((hash, record));
+                }
+            }
+            done(reply, revoked)
+        }
+        TeamCommand::CreateToken { hash, subject, grant, expires_at_ms, reply } => {
+            let record = TokenRecord { subject: subject.clone(), created_at_ms: now, expires_at_ms };
             let written = encode(&record).map(|bytes| writes.push(Op::put(layout::token(&hash), bytes)));
             if let Err(error) = written {
                 let _ = reply.send(Err(error));
@@ -384,7 +403,7 @@ pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut
             if let Some((hash, grant)) = admin
                 && state.tokens.is_empty()
             {
-                let record = TokenRecord { subject: grant.subject.clone(), created_at_ms: now };
+                let record = TokenRecord { subject: grant.subject.clone(), created_at_ms: now, expires_at_ms: None };
                 match encode(&record) {
                     Ok(bytes) => writes.push(Op::put(layout::token(&hash), bytes)),
                     Err(error) => {

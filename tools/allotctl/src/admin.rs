@@ -104,7 +104,43 @@ pub enum TokenCommand {
         role: Option<String>,
         #[arg(long)]
         team: Option<String>,
+        /// How long the token works: 90s, 30m, 12h, 7d (default: until revoked).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
     },
+    /// Tokens by id, subject and expiry (never the tokens themselves).
+    List {
+        /// Only this subject's.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Revokes a token by its id (or a prefix of 8 or more digits), or every
+    /// token of a subject; refused by the broker from its answer on.
+    Revoke {
+        #[arg(required_unless_present = "subject", conflicts_with = "subject")]
+        id: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+/// A duration in seconds from `90s`, `30m`, `12h` or `7d`.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?}: give a number with a unit, like 90s, 30m, 12h or 7d");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(scale) {
+        Some(0) | None => Err(bad()),
+        Some(seconds) => Ok(seconds),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -392,19 +428,72 @@ pub async fn queue(clients: &Clients, command: QueueCommand, format: Format) -> 
 }
 
 pub async fn token(clients: &Clients, command: TokenCommand, format: Format) -> Result<String, CtlError> {
-    let TokenCommand::Create { subject, role, team } = command;
     let mut admin = clients.admin();
-    let reply = admin
-        .create_token(proto::CreateTokenRequest {
-            subject,
-            role: role.unwrap_or_default(),
-            team: team.unwrap_or_default(),
-        })
-        .await?
-        .into_inner();
+    let tokens = match command {
+        TokenCommand::Create { subject, role, team, ttl } => {
+            let reply = admin
+                .create_token(proto::CreateTokenRequest {
+                    subject,
+                    role: role.unwrap_or_default(),
+                    team: team.unwrap_or_default(),
+                    ttl_seconds: ttl,
+                })
+                .await?
+                .into_inner();
+            return Ok(match format {
+                Format::Json => pretty(&json!({
+                    "subject": reply.subject,
+                    "token": reply.token,
+                    "id": reply.id,
+                    "expires_at_ms": reply.expires_at_ms,
+                })),
+                Format::Table => reply.token,
+            });
+        }
+        TokenCommand::List { subject } => {
+            admin
+                .list_tokens(proto::ListTokensRequest { subject: subject.unwrap_or_default() })
+                .await?
+                .into_inner()
+                .tokens
+        }
+        TokenCommand::Revoke { id, subject } => {
+            admin
+                .revoke_token(proto::RevokeTokenRequest {
+                    id: id.unwrap_or_default(),
+                    subject: subject.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .revoked
+        }
+    };
     Ok(match format {
-        Format::Json => pretty(&json!({ "subject": reply.subject, "token": reply.token })),
-        Format::Table => reply.token,
+        Format::Json => pretty(&json!(
+            tokens
+                .iter()
+                .map(|token| json!({
+                    "id": token.id,
+                    "subject": token.subject,
+                    "created_at_ms": token.created_at_ms,
+                    "expires_at_ms": token.expires_at_ms,
+                    "expired": token.expired,
+                }))
+                .collect::<Vec<_>>()
+        )),
+        Format::Table if tokens.is_empty() => "no tokens".to_owned(),
+        Format::Table => {
+            let mut out = format!("{:<16}  {:<24}  {}\n", "ID", "SUBJECT", "EXPIRES");
+            for token in &tokens {
+                let expires = match (token.expires_at_ms, token.expired) {
+                    (None, _) => "never (until revoked)".to_owned(),
+                    (Some(at), true) => format!("expired ({at} ms since the epoch)"),
+                    (Some(at), false) => format!("{at} ms since the epoch"),
+                };
+                out.push_str(&format!("{:<16}  {:<24}  {expires}\n", token.id, token.subject));
+            }
+            out.trim_end().to_owned()
+        }
     })
 }
 
