@@ -80,48 +80,95 @@ fn check_looks_like_hwloc_xml(origin: &str, xml: &str) -> Result<(), DiscoveryEr
     check_object_tags(xml).map_err(|problem| malformed(&problem))
 }
 
+/// The escapes hwloc's built-in parser reads in a value (after the `&`); any other
+/// `&` ends its reading of the tag.
+const HWLOC_ESCAPES: [&str; 7] = ["#10;", "#13;", "#9;", "quot;", "lt;", "gt;", "amp;"];
+
 /// Refuses `<object>` tags that crash hwloc 2.9 (a segmentation fault or a failed
 /// assertion, which no `catch_unwind` catches) instead of failing: found by
 /// fuzzing (`fuzz/`, target `hwloc-xml`), each checked against `lstopo`.
 ///
-/// Attributes are read as hwloc's built-in parser reads them: `name="value"` pairs,
-/// names of lowercase letters and `_`, in a tag that ends at the first `>`. That
-/// parser stops at the first pair it cannot read and ignores the rest of the tag,
-/// and it takes an attribute given twice; objects left without their sets, or with
-/// a second `type`, crash it. hwloc also dereferences `complete_cpuset` (a NUMA
-/// node's `complete_nodeset`) without checking that the file gave one
-/// (open-mpi/hwloc#783). hwloc's own exports never do any of this.
+/// Tags are read as hwloc's built-in parser reads them: a tag ends at the first
+/// `>`, attributes are `name="value"` pairs with names of lowercase letters and
+/// `_` and only a few `&` escapes in values. That parser stops at the first pair
+/// it cannot read and ignores the rest of the tag, takes an attribute given
+/// twice, and ignores every object after the first top-level one closed; objects
+/// left without their sets, or with a second `type`, crash it. hwloc also
+/// dereferences `complete_cpuset` (a NUMA node's `complete_nodeset`) without
+/// checking that the file gave one (open-mpi/hwloc#783). hwloc's own exports
+/// never do any of this.
 fn check_object_tags(xml: &str) -> Result<(), String> {
-    let mut rest = xml;
-    while let Some(start) = rest.find("<object ") {
-        let tag_start = &rest[start + "<object ".len()..];
+    let line = |offset: usize| xml[..offset].matches('\n').count() + 1;
+    let mut depth = 0usize;
+    let mut roots = 0usize;
+    let mut next_tag = 0;
+    for (offset, _) in xml.match_indices('<') {
+        if offset < next_tag {
+            continue;
+        }
+        let from_here = &xml[offset..];
+        if from_here.starts_with("</object>") {
+            depth =
+                depth.checked_sub(1).ok_or_else(|| format!("line {}: </object> closes no <object>", line(offset)))?;
+            continue;
+        }
+        let Some(tag_start) = from_here.strip_prefix("<object ") else { continue };
         let tag = tag_start.split('>').next().unwrap_or_default();
-        let line = || xml[..xml.len() - rest.len() + start].matches('\n').count() + 1;
-        let mut names = Vec::new();
-        let mut attributes = tag.trim_start_matches([' ', '\t', '\n']);
-        loop {
-            let name_length = attributes.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(0);
-            let (name, after) = attributes.split_at(name_length);
-            let Some(value_and_rest) = after.strip_prefix("=\"") else { break };
-            let Some((_, after_value)) = value_and_rest.split_once('"') else { break };
-            if names.contains(&name) {
-                return Err(format!("line {}: attribute {name} appears twice in one <object>", line()));
-            }
-            names.push(name);
-            attributes = after_value.trim_start_matches([' ', '\t', '\n']);
+        next_tag = offset + "<object ".len() + tag.len();
+        if depth == 0 && roots > 0 {
+            return Err(format!(
+                "line {}: an <object> after the machine's closed; hwloc ignores it and all after it (an extra </object>?)",
+                line(offset)
+            ));
         }
-        if !matches!(attributes.trim_end(), "" | "/") {
-            let unread: String = attributes.chars().take(40).collect();
-            return Err(format!("line {}: hwloc cannot read the attributes of an <object> from {unread:?} on", line()));
-        }
+        let self_closing = tag.ends_with('/');
+        let names = read_attributes(tag.strip_suffix('/').unwrap_or(tag))
+            .map_err(|problem| format!("line {}: {problem}", line(offset)))?;
         for (set, complete) in [("cpuset", "complete_cpuset"), ("nodeset", "complete_nodeset")] {
             if names.contains(&set) && !names.contains(&complete) {
-                return Err(format!("line {}: an <object> has a {set} but no {complete}", line()));
+                return Err(format!("line {}: an <object> has a {set} but no {complete}", line(offset)));
             }
         }
-        rest = &tag_start[tag.len()..];
+        if depth == 0 {
+            roots += 1;
+        }
+        if !self_closing {
+            depth += 1;
+        }
     }
     Ok(())
+}
+
+/// The attribute names of a tag, read as hwloc's built-in parser reads them, or
+/// where it would stop reading.
+fn read_attributes(tag: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut attributes = tag.trim_start_matches([' ', '\t', '\n']);
+    while !attributes.is_empty() {
+        let unreadable = || {
+            let unread: String = attributes.chars().take(40).collect();
+            format!("hwloc cannot read the attributes of an <object> from {unread:?} on")
+        };
+        let name_length = attributes.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(attributes.len());
+        let (name, after) = attributes.split_at(name_length);
+        let mut value = after.strip_prefix("=\"").ok_or_else(unreadable)?;
+        let after_value = loop {
+            let end = value.find(['"', '&']).ok_or_else(unreadable)?;
+            let (_, from_end) = value.split_at(end);
+            if let Some(after_value) = from_end.strip_prefix('"') {
+                break after_value;
+            }
+            let escaped = &from_end[1..];
+            let escape = HWLOC_ESCAPES.iter().find(|escape| escaped.starts_with(**escape)).ok_or_else(unreadable)?;
+            value = &escaped[escape.len()..];
+        };
+        if names.contains(&name) {
+            return Err(format!("attribute {name} appears twice in one <object>"));
+        }
+        names.push(name);
+        attributes = after_value.trim_start_matches([' ', '\t', '\n']);
+    }
+    Ok(names)
 }
 
 fn load(xml: Option<&str>) -> Result<Topology, String> {
@@ -473,10 +520,20 @@ mod tests {
                 "cpuset=\"0x1\" complete_cpuset=\"0x1\" complete_cpuset=\"0x3\"",
                 "attribute complete_cpuset appears twice",
             ),
+            ("online_cpuset=\"0x0000f&#0;fff\" cpuset=\"0x1\"", "line 2: hwloc cannot read the attributes"),
         ];
         for (attributes, expected) in refused {
             let error = check(attributes).expect_err(attributes);
             assert!(error.starts_with(expected) || error.contains(expected), "{error:?} for {attributes:?}");
         }
+        assert_eq!(check("name=\"a&amp;b&#10;\" os_index=\"1\""), Ok(()), "the escapes hwloc writes");
+        // Objects nest under one machine; hwloc ignores whatever comes after it.
+        let machine = "<object type=\"Machine\" os_index=\"0\">\n  <object type=\"PU\" os_index=\"0\"/>\n</object>";
+        let file = |objects: &str| check_object_tags(&format!("<topology>\n{objects}\n</topology>"));
+        assert_eq!(file(machine), Ok(()));
+        let error = file(&format!("{machine}\n<object type=\"PU\" os_index=\"1\"/>")).expect_err("a second root");
+        assert!(error.starts_with("line 5: an <object> after the machine's closed"), "{error}");
+        let error = file(&format!("{machine}\n</object>")).expect_err("a stray close");
+        assert!(error.starts_with("line 5: </object> closes no <object>"), "{error}");
     }
 }
