@@ -93,7 +93,8 @@ const HWLOC_ESCAPES: [&str; 7] = ["#10;", "#13;", "#9;", "quot;", "lt;", "gt;", 
 /// `_` and only a few `&` escapes in values. That parser stops at the first pair
 /// it cannot read and ignores the rest of the tag, takes an attribute given
 /// twice, and ignores every object after the first top-level one closed; objects
-/// left without their sets, or with a second `type`, crash it. hwloc also
+/// left without their sets, or with a second `type`, crash it, and so does a
+/// bitmap (a cpuset) that starts with a comma. hwloc also
 /// dereferences `complete_cpuset` (a NUMA node's `complete_nodeset`) without
 /// checking that the file gave one (open-mpi/hwloc#783). hwloc's own exports
 /// never do any of this.
@@ -151,7 +152,8 @@ fn read_attributes(tag: &str) -> Result<Vec<&str>, String> {
         };
         let name_length = attributes.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(attributes.len());
         let (name, after) = attributes.split_at(name_length);
-        let mut value = after.strip_prefix("=\"").ok_or_else(unreadable)?;
+        let value_start = after.strip_prefix("=\"").ok_or_else(unreadable)?;
+        let mut value = value_start;
         let after_value = loop {
             let end = value.find(['"', '&']).ok_or_else(unreadable)?;
             let (_, from_end) = value.split_at(end);
@@ -164,6 +166,12 @@ fn read_attributes(tag: &str) -> Result<Vec<&str>, String> {
         };
         if names.contains(&name) {
             return Err(format!("attribute {name} appears twice in one <object>"));
+        }
+        // hwloc counts a bitmap's words from its second character: a leading comma
+        // fails an assertion (SIGABRT) in hwloc_bitmap_sscanf.
+        let raw = &value_start[..value_start.len() - after_value.len() - 1];
+        if (name.ends_with("cpuset") || name.ends_with("nodeset")) && raw.starts_with(',') {
+            return Err(format!("{name} {raw:?} starts with a comma"));
         }
         names.push(name);
         attributes = after_value.trim_start_matches([' ', '\t', '\n']);
@@ -521,6 +529,7 @@ mod tests {
                 "attribute complete_cpuset appears twice",
             ),
             ("online_cpuset=\"0x0000f&#0;fff\" cpuset=\"0x1\"", "line 2: hwloc cannot read the attributes"),
+            ("cpuset=\",,,,0x0\" complete_cpuset=\"0x1\"", "line 2: cpuset \",,,,0x0\" starts with a comma"),
         ];
         for (attributes, expected) in refused {
             let error = check(attributes).expect_err(attributes);
