@@ -205,6 +205,7 @@ pub const RULES: &[Rule] = &[
     rule("AdminService/CreateToken", "token", "write", Scope::Cluster),
     rule("AdminService/ListTokens", "token", "read", Scope::Cluster),
     rule("AdminService/RevokeToken", "token", "write", Scope::Cluster),
+    rule("AdminService/ListAudit", "audit", "read", Scope::Cluster),
     // Usage reads like fair share: whoever sees a team's standing sees its history.
     rule("AdminService/GetUsageHistory", "fairshare", "read", Scope::Team),
     rule("GET /metrics", "metrics", "read", Scope::Cluster),
@@ -247,6 +248,7 @@ mod tests {
                 "AdminService/CreateToken",
                 "AdminService/ListTokens",
                 "AdminService/RevokeToken",
+                "AdminService/ListAudit",
             ]
             .contains(&rule.call);
             assert!(someone || admin_only, "{} is reachable only by platform admins", rule.call);

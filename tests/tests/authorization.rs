@@ -281,6 +281,7 @@ async fn run(world: &World, role: Role, call: &str) -> Outcome {
                 .await,
         ),
         "AdminService/ListTokens" => outcome(clients.admin.list_tokens(proto::ListTokensRequest::default()).await),
+        "AdminService/ListAudit" => outcome(clients.admin.list_audit(proto::ListAuditRequest::default()).await),
         "AdminService/RevokeToken" => outcome(
             clients
                 .admin
@@ -338,6 +339,7 @@ fn expected() -> Vec<(&'static str, [Outcome; 6])> {
         ("AdminService/CreateToken", [P, D, D, D, D, U]),
         ("AdminService/ListTokens", [P, D, D, D, D, U]),
         ("AdminService/RevokeToken", [P, D, D, D, D, U]),
+        ("AdminService/ListAudit", [P, D, D, D, D, U]),
         ("AdminService/GetUsageHistory", [P, P, P, P, D, U]),
         ("AdminService/GetUsageHistory a", [P, P, P, P, D, U]),
         ("AdminService/GetUsageHistory b", [P, D, D, D, D, U]),
@@ -472,4 +474,69 @@ fn expired_and_revoked_tokens_are_refused() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(mention), "{args:?}: {stderr}");
     }
+}
+
+/// The audit log records who asked for which change, from where, and what came
+/// of it (done, denied, failed), can be filtered by subject and team, and is
+/// still there after a restart.
+#[test]
+fn the_audit_log_shows_who_changed_what() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = StoreKind::Embedded(dir.path().join("store"));
+    let mut broker = start_broker_with(&store, dir.path(), "broker", "3s", "127.0.0.1:0", &[]);
+    allotctl_json(&broker, &["team", "create", "ml"]);
+    let mut node = start_node(&broker, "dgx-h100", "node-a", dir.path());
+    wait_until("the node registers", Duration::from_secs(20), || !node_statuses(&broker).is_empty());
+    let made = allotctl_json(&broker, &["alloc", "create", "--team", "ml", "--gpus", "1", "--request-id", "audit-1"]);
+    let id = made["id"].as_str().expect("id").to_owned();
+    allotctl_json(&broker, &["alloc", "release", &id]);
+    let viewer = token_for(&broker, dir.path(), "vic", "viewer", None);
+    assert!(!allotctl_as(&broker, &viewer, &["team", "create", "intruders"]).status.success());
+    let refused = allotctl(&broker, &["alloc", "create", "--team", "ml", "--gpus", "9"]);
+    assert!(!refused.status.success());
+
+    let entries = || allotctl_json(&broker, &["audit"]).as_array().cloned().expect("a list");
+    let find = |entries: &[serde_json::Value], call: &str, outcome: &str| {
+        entries
+            .iter()
+            .find(|entry| entry["call"] == call && entry["outcome"].as_str().is_some_and(|o| o.starts_with(outcome)))
+            .cloned()
+    };
+    wait_until("the audit log has the calls", Duration::from_secs(10), || {
+        find(&entries(), "AllocationService/Release", "ok").is_some()
+    });
+    let all = entries();
+    let created = find(&all, "AdminService/CreateTeam", "ok").expect("team create");
+    assert_eq!(created["target"], "team ml");
+    assert!(created["from"].as_str().is_some_and(|from| from.starts_with("127.0.0.1:")), "{created}");
+    let denied = find(&all, "AdminService/CreateTeam", "denied").expect("the viewer's team create");
+    assert_eq!(denied["subject"], "vic");
+    assert_eq!(denied["allowed"], false);
+    let allocated = find(&all, "AllocationService/Create", "ok").expect("alloc create");
+    assert!(allocated["target"].as_str().is_some_and(|target| target.contains("request id audit-1")), "{allocated}");
+    let released = find(&all, "AllocationService/Release", "ok").expect("release");
+    assert_eq!(released["target"], format!("allocation {id}"));
+    assert_eq!(released["team"], "ml");
+    let impossible = find(&all, "AllocationService/Create", "failed").expect("the impossible create");
+    assert!(impossible["outcome"].as_str().is_some_and(|o| o.contains("E-IMPOSSIBLE")), "{impossible}");
+    assert!(find(&all, "NodeService/Register", "ok").is_some_and(|entry| entry["subject"] == "nodes"));
+    assert!(all.iter().all(|entry| entry["call"] != "NodeService/Heartbeat"), "heartbeats are not changes");
+
+    let vic = allotctl_json(&broker, &["audit", "--subject", "vic"]);
+    assert!(vic.as_array().is_some_and(|entries| !entries.is_empty() && entries.iter().all(|e| e["subject"] == "vic")));
+    let ml = allotctl_json(&broker, &["audit", "--team", "ml", "--since", "1h"]);
+    assert!(
+        ml.as_array().is_some_and(|entries| entries.iter().all(|e| e["team"] == "ml") && entries.len() >= 4),
+        "{ml}"
+    );
+    let table = String::from_utf8_lossy(&allotctl(&broker, &["audit"]).stdout).into_owned();
+    assert!(table.contains("TIME (UTC)") && table.contains("AllocationService/Release"), "{table}");
+
+    let address = broker.grpc.clone();
+    let count = all.len();
+    broker.process.terminate(Duration::from_secs(10));
+    node.kill();
+    let restarted = allot_tests::start_broker_on(&store, dir.path(), "restarted", "3s", &address);
+    let after = allotctl_json(&restarted, &["audit"]);
+    assert!(after.as_array().is_some_and(|entries| entries.len() >= count), "the audit log did not survive a restart");
 }

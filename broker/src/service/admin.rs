@@ -127,33 +127,55 @@ impl proto::admin_service_server::AdminService for Services {
     }
 
     async fn create_team(&self, request: Request<proto::CreateTeamRequest>) -> Result<Response<proto::Team>, Status> {
-        let caller = self.caller(&request)?;
-        let request = request.into_inner();
-        let name = team_name("name", &request.name)?;
-        let parent = optional_team("parent", &request.parent)?;
-        // Creating a team is changing its parent: the permission is held there
-        // (a team-admin adds projects under their team; top-level teams are the
-        // platform admins').
-        self.auth.check_at(&caller, "AdminService/CreateTeam", parent.as_ref())?;
-        let quota = quota_from_wire(request.quota)?;
-        let record = self
-            .core
-            .ask(|reply| Command::Team(TeamCommand::Create { name: name.clone(), parent, quota, reply }))
-            .await?;
-        self.auth.refresh();
-        Ok(Response::new(team_to_wire(&self.core.state(), &record)))
+        let asked = self.asked(
+            &request,
+            "AdminService/CreateTeam",
+            format!("team {}", request.get_ref().name),
+            Some(request.get_ref().name.clone()),
+        );
+        let result: Result<Response<proto::Team>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let request = request.into_inner();
+            let name = team_name("name", &request.name)?;
+            let parent = optional_team("parent", &request.parent)?;
+            // Creating a team is changing its parent: the permission is held there
+            // (a team-admin adds projects under their team; top-level teams are the
+            // platform admins').
+            self.auth.check_at(&caller, "AdminService/CreateTeam", parent.as_ref())?;
+            let quota = quota_from_wire(request.quota)?;
+            let record = self
+                .core
+                .ask(|reply| Command::Team(TeamCommand::Create { name: name.clone(), parent, quota, reply }))
+                .await?;
+            self.auth.refresh();
+            Ok(Response::new(team_to_wire(&self.core.state(), &record)))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn delete_team(
         &self,
         request: Request<proto::DeleteTeamRequest>,
     ) -> Result<Response<proto::DeleteTeamResponse>, Status> {
-        let caller = self.caller(&request)?;
-        let name = team_name("name", &request.into_inner().name)?;
-        self.auth.check(&caller, "AdminService/DeleteTeam", Some(&name))?;
-        self.core.ask(|reply| Command::Team(TeamCommand::Delete { name, reply })).await?;
-        self.reload_policy().await?;
-        Ok(Response::new(proto::DeleteTeamResponse {}))
+        let asked = self.asked(
+            &request,
+            "AdminService/DeleteTeam",
+            format!("team {}", request.get_ref().name),
+            Some(request.get_ref().name.clone()),
+        );
+        let result: Result<Response<proto::DeleteTeamResponse>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let name = team_name("name", &request.into_inner().name)?;
+            self.auth.check(&caller, "AdminService/DeleteTeam", Some(&name))?;
+            self.core.ask(|reply| Command::Team(TeamCommand::Delete { name, reply })).await?;
+            self.reload_policy().await?;
+            Ok(Response::new(proto::DeleteTeamResponse {}))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn list_teams(
@@ -247,13 +269,24 @@ impl proto::admin_service_server::AdminService for Services {
     }
 
     async fn set_quota(&self, request: Request<proto::SetQuotaRequest>) -> Result<Response<proto::Team>, Status> {
-        let caller = self.caller(&request)?;
-        let request = request.into_inner();
-        let name = team_name("team", &request.team)?;
-        self.auth.check(&caller, "AdminService/SetQuota", Some(&name))?;
-        let quota = quota_from_wire(request.quota)?;
-        let record = self.core.ask(|reply| Command::Team(TeamCommand::SetQuota { name, quota, reply })).await?;
-        Ok(Response::new(team_to_wire(&self.core.state(), &record)))
+        let asked = self.asked(
+            &request,
+            "AdminService/SetQuota",
+            format!("quota of team {}", request.get_ref().team),
+            Some(request.get_ref().team.clone()),
+        );
+        let result: Result<Response<proto::Team>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let request = request.into_inner();
+            let name = team_name("team", &request.team)?;
+            self.auth.check(&caller, "AdminService/SetQuota", Some(&name))?;
+            let quota = quota_from_wire(request.quota)?;
+            let record = self.core.ask(|reply| Command::Team(TeamCommand::SetQuota { name, quota, reply })).await?;
+            Ok(Response::new(team_to_wire(&self.core.state(), &record)))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn get_quota(&self, request: Request<proto::GetQuotaRequest>) -> Result<Response<proto::Team>, Status> {
@@ -346,28 +379,50 @@ impl proto::admin_service_server::AdminService for Services {
     }
 
     async fn grant(&self, request: Request<proto::GrantRequest>) -> Result<Response<proto::GrantResponse>, Status> {
-        let caller = self.caller(&request)?;
-        let grant = grant_from_wire(request.get_ref())?;
-        self.auth.check(&caller, "AdminService/Grant", grant.team.as_ref())?;
-        if grant.team.is_none() {
-            // Cluster-wide roles are a platform admin's to give.
-            self.auth.check(&caller, "AdminService/Apply", None)?;
+        let asked = self.asked(
+            &request,
+            "AdminService/Grant",
+            format!("role {} to {}", request.get_ref().role, request.get_ref().subject),
+            Some(request.get_ref().team.clone()),
+        );
+        let result: Result<Response<proto::GrantResponse>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let grant = grant_from_wire(request.get_ref())?;
+            self.auth.check(&caller, "AdminService/Grant", grant.team.as_ref())?;
+            if grant.team.is_none() {
+                // Cluster-wide roles are a platform admin's to give.
+                self.auth.check(&caller, "AdminService/Apply", None)?;
+            }
+            self.core.ask(|reply| Command::Team(TeamCommand::Grant { grant, reply })).await?;
+            self.reload_policy().await?;
+            Ok(Response::new(proto::GrantResponse {}))
         }
-        self.core.ask(|reply| Command::Team(TeamCommand::Grant { grant, reply })).await?;
-        self.reload_policy().await?;
-        Ok(Response::new(proto::GrantResponse {}))
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn revoke(&self, request: Request<proto::GrantRequest>) -> Result<Response<proto::GrantResponse>, Status> {
-        let caller = self.caller(&request)?;
-        let grant = grant_from_wire(request.get_ref())?;
-        self.auth.check(&caller, "AdminService/Revoke", grant.team.as_ref())?;
-        if grant.team.is_none() {
-            self.auth.check(&caller, "AdminService/Apply", None)?;
+        let asked = self.asked(
+            &request,
+            "AdminService/Revoke",
+            format!("role {} of {}", request.get_ref().role, request.get_ref().subject),
+            Some(request.get_ref().team.clone()),
+        );
+        let result: Result<Response<proto::GrantResponse>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let grant = grant_from_wire(request.get_ref())?;
+            self.auth.check(&caller, "AdminService/Revoke", grant.team.as_ref())?;
+            if grant.team.is_none() {
+                self.auth.check(&caller, "AdminService/Apply", None)?;
+            }
+            self.core.ask(|reply| Command::Team(TeamCommand::Revoke { grant, reply })).await?;
+            self.reload_policy().await?;
+            Ok(Response::new(proto::GrantResponse {}))
         }
-        self.core.ask(|reply| Command::Team(TeamCommand::Revoke { grant, reply })).await?;
-        self.reload_policy().await?;
-        Ok(Response::new(proto::GrantResponse {}))
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn list_grants(
@@ -398,62 +453,116 @@ impl proto::admin_service_server::AdminService for Services {
     }
 
     async fn apply(&self, request: Request<proto::ApplyRequest>) -> Result<Response<proto::ApplyResponse>, Status> {
-        self.authorize(&request, "AdminService/Apply", None)?;
-        let request = request.into_inner();
-        let origin = if request.origin.is_empty() { "teams file".to_owned() } else { request.origin.clone() };
-        let file = TeamsFile::parse(&origin, &request.toml)
-            .map_err(|error| BrokerError::InvalidQuota { problems: error.problems.join("; ") })?;
-        let dry_run = request.dry_run;
-        let changes = self
-            .core
-            .ask(|reply| Command::Team(TeamCommand::Apply { origin, file, prune: request.prune, dry_run, reply }))
-            .await?;
-        if !dry_run {
-            self.reload_policy().await?;
+        let asked = self.asked(
+            &request,
+            "AdminService/Apply",
+            format!(
+                "teams file {}{}",
+                request.get_ref().origin,
+                if request.get_ref().dry_run { " (dry run)" } else { "" }
+            ),
+            None,
+        );
+        let result: Result<Response<proto::ApplyResponse>, Status> = async move {
+            self.authorize(&request, "AdminService/Apply", None)?;
+            let request = request.into_inner();
+            let origin = if request.origin.is_empty() { "teams file".to_owned() } else { request.origin.clone() };
+            let file = TeamsFile::parse(&origin, &request.toml)
+                .map_err(|error| BrokerError::InvalidQuota { problems: error.problems.join("; ") })?;
+            let dry_run = request.dry_run;
+            let changes = self
+                .core
+                .ask(|reply| Command::Team(TeamCommand::Apply { origin, file, prune: request.prune, dry_run, reply }))
+                .await?;
+            if !dry_run {
+                self.reload_policy().await?;
+            }
+            Ok(Response::new(proto::ApplyResponse { changes, applied: !dry_run }))
         }
-        Ok(Response::new(proto::ApplyResponse { changes, applied: !dry_run }))
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn create_token(
         &self,
         request: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
-        self.authorize(&request, "AdminService/CreateToken", None)?;
+        let asked =
+            self.asked(&request, "AdminService/CreateToken", format!("token for {}", request.get_ref().subject), None);
+        let result: Result<Response<proto::CreateTokenResponse>, Status> = async move {
+            self.authorize(&request, "AdminService/CreateToken", None)?;
+            let request = request.into_inner();
+            allot_policy::authz::check_subject(&request.subject).map_err(|problem| invalid("subject", problem))?;
+            let grant = if request.role.is_empty() {
+                None
+            } else {
+                let team = (!request.team.is_empty()).then_some(request.team.as_str());
+                let grant =
+                    Grant::new(&request.subject, &request.role, team).map_err(|problem| invalid("role", problem))?;
+                if let Some(team) = &grant.team
+                    && !self.core.state().teams.contains_key(team)
+                {
+                    return Err(BrokerError::UnknownTeam { team: team.to_string() }.into());
+                }
+                Some(grant)
+            };
+            // At most ten years: longer is "until revoked", which is what no TTL says.
+            let expires_at_ms = match request.ttl_seconds.filter(|ttl| *ttl > 0) {
+                Some(ttl) if ttl > 10 * 365 * 86_400 => {
+                    return Err(invalid(
+                        "ttl_seconds",
+                        format!("{ttl} s is more than ten years; leave it out for a token that lasts until revoked"),
+                    ));
+                }
+                Some(ttl) => Some(crate::writer::now_ms().saturating_add(ttl * 1000)),
+                None => None,
+            };
+            let token = new_token()?;
+            let hash = token_hash(&token);
+            let id = crate::state::token_id(&hash).to_owned();
+            let subject = request.subject.clone();
+            self.core
+                .ask(|reply| Command::Team(TeamCommand::CreateToken { hash, subject, grant, expires_at_ms, reply }))
+                .await?;
+            self.reload_policy().await?;
+            Ok(Response::new(proto::CreateTokenResponse { token, subject: request.subject, id, expires_at_ms }))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<proto::ListAuditResponse>, Status> {
+        self.authorize(&request, "AdminService/ListAudit", None)?;
         let request = request.into_inner();
-        allot_policy::authz::check_subject(&request.subject).map_err(|problem| invalid("subject", problem))?;
-        let grant = if request.role.is_empty() {
-            None
-        } else {
-            let team = (!request.team.is_empty()).then_some(request.team.as_str());
-            let grant =
-                Grant::new(&request.subject, &request.role, team).map_err(|problem| invalid("role", problem))?;
-            if let Some(team) = &grant.team
-                && !self.core.state().teams.contains_key(team)
-            {
-                return Err(BrokerError::UnknownTeam { team: team.to_string() }.into());
-            }
-            Some(grant)
-        };
-        // At most ten years: longer is "until revoked", which is what no TTL says.
-        let expires_at_ms = match request.ttl_seconds.filter(|ttl| *ttl > 0) {
-            Some(ttl) if ttl > 10 * 365 * 86_400 => {
-                return Err(invalid(
-                    "ttl_seconds",
-                    format!("{ttl} s is more than ten years; leave it out for a token that lasts until revoked"),
-                ));
-            }
-            Some(ttl) => Some(crate::writer::now_ms().saturating_add(ttl * 1000)),
-            None => None,
-        };
-        let token = new_token()?;
-        let hash = token_hash(&token);
-        let id = crate::state::token_id(&hash).to_owned();
-        let subject = request.subject.clone();
-        self.core
-            .ask(|reply| Command::Team(TeamCommand::CreateToken { hash, subject, grant, expires_at_ms, reply }))
-            .await?;
-        self.reload_policy().await?;
-        Ok(Response::new(proto::CreateTokenResponse { token, subject: request.subject, id, expires_at_ms }))
+        let limit = if request.limit == 0 { 1000 } else { request.limit as usize };
+        let state = self.core.state();
+        let mut entries: Vec<proto::AuditEntry> = state
+            .audit
+            .entries
+            .iter()
+            .rev()
+            .filter(|entry| entry.at_ms >= request.since_ms)
+            .filter(|entry| request.subject.is_empty() || entry.subject == request.subject)
+            .filter(|entry| request.team.is_empty() || entry.team.as_deref() == Some(request.team.as_str()))
+            .take(limit)
+            .map(|entry| proto::AuditEntry {
+                at_ms: entry.at_ms,
+                subject: entry.subject.clone(),
+                from: entry.from.clone(),
+                call: entry.call.clone(),
+                target: entry.target.clone(),
+                team: entry.team.clone().unwrap_or_default(),
+                outcome: entry.outcome.clone(),
+                allowed: entry.allowed(),
+            })
+            .collect();
+        entries.reverse();
+        Ok(Response::new(proto::ListAuditResponse { entries }))
     }
 
     async fn list_tokens(
@@ -478,49 +587,63 @@ impl proto::admin_service_server::AdminService for Services {
         &self,
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
-        self.authorize(&request, "AdminService/RevokeToken", None)?;
-        let request = request.into_inner();
-        let hashes: Vec<String> = {
-            let state = self.core.state();
-            match (request.id.as_str(), request.subject.as_str()) {
-                (id, "") if id.len() >= 8 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
-                    let id = id.to_ascii_lowercase();
-                    let found: Vec<String> =
-                        state.tokens.keys().filter(|hash| hash.starts_with(&id)).cloned().collect();
-                    match found.len() {
-                        0 => {
-                            return Err(BrokerError::NotFound {
-                                what: format!("a token with id {id} (see allotctl token list)"),
+        let asked = self.asked(
+            &request,
+            "AdminService/RevokeToken",
+            format!("token {}{}", request.get_ref().id, request.get_ref().subject),
+            None,
+        );
+        let result: Result<Response<proto::RevokeTokenResponse>, Status> = async move {
+            self.authorize(&request, "AdminService/RevokeToken", None)?;
+            let request = request.into_inner();
+            let hashes: Vec<String> = {
+                let state = self.core.state();
+                match (request.id.as_str(), request.subject.as_str()) {
+                    (id, "") if id.len() >= 8 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+                        let id = id.to_ascii_lowercase();
+                        let found: Vec<String> =
+                            state.tokens.keys().filter(|hash| hash.starts_with(&id)).cloned().collect();
+                        match found.len() {
+                            0 => {
+                                return Err(BrokerError::NotFound {
+                                    what: format!("a token with id {id} (see allotctl token list)"),
+                                }
+                                .into());
                             }
-                            .into());
-                        }
-                        1 => found,
-                        many => {
-                            return Err(invalid("id", format!("{id} names {many} tokens; give more of its digits")));
+                            1 => found,
+                            many => {
+                                return Err(invalid(
+                                    "id",
+                                    format!("{id} names {many} tokens; give more of its digits"),
+                                ));
+                            }
                         }
                     }
+                    ("", subject) if !subject.is_empty() => state
+                        .tokens
+                        .iter()
+                        .filter(|(_, record)| record.subject == subject)
+                        .map(|(hash, _)| hash.clone())
+                        .collect(),
+                    _ => {
+                        return Err(invalid(
+                            "id",
+                            "give a token id (at least 8 hex digits, from allotctl token list) or a subject, not both",
+                        ));
+                    }
                 }
-                ("", subject) if !subject.is_empty() => state
-                    .tokens
-                    .iter()
-                    .filter(|(_, record)| record.subject == subject)
-                    .map(|(hash, _)| hash.clone())
-                    .collect(),
-                _ => {
-                    return Err(invalid(
-                        "id",
-                        "give a token id (at least 8 hex digits, from allotctl token list) or a subject, not both",
-                    ));
-                }
-            }
-        };
-        let revoked = self.core.ask(|reply| Command::Team(TeamCommand::RevokeTokens { hashes, reply })).await?;
-        // Refused from now on: the view the next call is checked against.
-        self.auth.refresh();
-        let now = crate::writer::now_ms();
-        Ok(Response::new(proto::RevokeTokenResponse {
-            revoked: revoked.iter().map(|(hash, record)| token_info(hash, record, now)).collect(),
-        }))
+            };
+            let revoked = self.core.ask(|reply| Command::Team(TeamCommand::RevokeTokens { hashes, reply })).await?;
+            // Refused from now on: the view the next call is checked against.
+            self.auth.refresh();
+            let now = crate::writer::now_ms();
+            Ok(Response::new(proto::RevokeTokenResponse {
+                revoked: revoked.iter().map(|(hash, record)| token_info(hash, record, now)).collect(),
+            }))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 }
 

@@ -45,6 +45,78 @@ impl Services {
     }
 }
 
+/// Who asked for a change, from where and when, taken before the call runs;
+/// [`Services::audit`] adds what came of it.
+#[derive(Debug)]
+pub struct Asked {
+    at_ms: u64,
+    subject: String,
+    from: String,
+    call: &'static str,
+    target: String,
+    team: Option<String>,
+}
+
+impl Services {
+    pub fn asked<T>(&self, request: &Request<T>, call: &'static str, target: String, team: Option<String>) -> Asked {
+        let subject = match self.caller(request) {
+            Ok(caller) => caller.name().to_owned(),
+            Err(_) => "unauthenticated".to_owned(),
+        };
+        let from = request.remote_addr().map_or_else(|| "unknown".to_owned(), |address| address.to_string());
+        Asked { at_ms: now_ms(), subject, from, call, target, team: team.filter(|team| !team.is_empty()) }
+    }
+
+    /// Appends the call and its outcome to the audit log (through the writer).
+    pub async fn audit<R>(&self, asked: Asked, result: &Result<R, Status>) {
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(status) if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => {
+                format!("denied: {}", first_line(status.message()))
+            }
+            Err(status) => format!("failed: {}", first_line(status.message())),
+        };
+        let entry = crate::state::audit::AuditEntry {
+            at_ms: asked.at_ms,
+            seq: 0,
+            subject: asked.subject,
+            from: asked.from,
+            call: asked.call.to_owned(),
+            target: asked.target,
+            team: asked.team,
+            outcome,
+        };
+        self.core.tell(Command::Audit(Box::new(entry))).await;
+    }
+
+    /// The team of an allocation named on the wire, if it is known.
+    fn team_of_ref(&self, id: &str) -> Option<String> {
+        let id = id.parse::<AllocationId>().ok()?;
+        self.core.state().allocations.get(&id).map(|allocation| allocation.request.team.to_string())
+    }
+}
+
+/// An error's first line, at most 300 characters (explanations run long).
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().chars().take(300).collect()
+}
+
+/// What an allocation create asks, in words.
+fn create_target(request: &proto::CreateAllocationRequest) -> String {
+    let Some(spec) = &request.spec else { return "allocation (no spec)".to_owned() };
+    let mut words = format!("allocation for team {}", spec.team);
+    if let Some(owner) = &spec.owner {
+        words.push_str(&format!(", owner {owner}"));
+    }
+    if let Some(id) = &spec.request_id {
+        words.push_str(&format!(", request id {id}"));
+    }
+    if request.dry_run {
+        words.push_str(" (dry run)");
+    }
+    words
+}
+
 /// An allocation for the wire, with its place in the queue when it waits.
 pub fn allocation_to_wire(
     state: &crate::state::ClusterState,
@@ -78,20 +150,26 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
-        self.authorize(&request, "NodeService/Register", None)?;
-        let request = request.into_inner();
-        let name = node_name(&request.node_name)?;
-        let inventory = request.inventory.ok_or_else(|| invalid("inventory", "missing"))?;
-        let inventory = NodeInventory::try_from(inventory).map_err(BrokerError::from)?;
-        let epoch = self
-            .core
-            .ask(|reply| Command::RegisterNode { name: name.clone(), inventory: Box::new(inventory), reply })
-            .await?;
-        tracing::info!(node = %name, epoch, "node registered");
-        Ok(Response::new(proto::RegisterNodeResponse {
-            registration_epoch: epoch,
-            heartbeat_interval_ms: self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32,
-        }))
+        let asked = self.asked(&request, "NodeService/Register", format!("node {}", request.get_ref().node_name), None);
+        let result: Result<Response<proto::RegisterNodeResponse>, Status> = async move {
+            self.authorize(&request, "NodeService/Register", None)?;
+            let request = request.into_inner();
+            let name = node_name(&request.node_name)?;
+            let inventory = request.inventory.ok_or_else(|| invalid("inventory", "missing"))?;
+            let inventory = NodeInventory::try_from(inventory).map_err(BrokerError::from)?;
+            let epoch = self
+                .core
+                .ask(|reply| Command::RegisterNode { name: name.clone(), inventory: Box::new(inventory), reply })
+                .await?;
+            tracing::info!(node = %name, epoch, "node registered");
+            Ok(Response::new(proto::RegisterNodeResponse {
+                registration_epoch: epoch,
+                heartbeat_interval_ms: self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32,
+            }))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn heartbeat(
@@ -275,34 +353,47 @@ impl proto::allocation_service_server::AllocationService for Services {
         &self,
         request: Request<proto::CreateAllocationRequest>,
     ) -> Result<Response<proto::CreateAllocationResponse>, Status> {
-        let caller = self.caller(&request)?;
-        let request = request.into_inner();
-        let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
-        let validated = ValidatedRequest::try_from(spec).map_err(BrokerError::from)?;
-        self.auth.check(&caller, "AllocationService/Create", Some(&validated.team))?;
-        if request.dry_run {
-            let (binding, explanation) = dry_run(&self.core, &validated)?;
-            return Ok(Response::new(proto::CreateAllocationResponse {
-                allocation: None,
-                binding: Some((&binding).into()),
+        let asked = self.asked(
+            &request,
+            "AllocationService/Create",
+            create_target(request.get_ref()),
+            request.get_ref().spec.as_ref().map(|spec| spec.team.clone()),
+        );
+        let result: Result<Response<proto::CreateAllocationResponse>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let request = request.into_inner();
+            let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
+            let validated = ValidatedRequest::try_from(spec).map_err(BrokerError::from)?;
+            self.auth.check(&caller, "AllocationService/Create", Some(&validated.team))?;
+            if request.dry_run {
+                let (binding, explanation) = dry_run(&self.core, &validated)?;
+                return Ok(Response::new(proto::CreateAllocationResponse {
+                    allocation: None,
+                    binding: Some((&binding).into()),
+                    explanation,
+                }));
+            }
+            let no_wait = request.no_wait;
+            let (allocation, explanation) = self
+                .core
+                .ask(|reply| Command::CreateAllocation { request: Box::new(validated), no_wait, reply })
+                .await?;
+            // Only a waiting allocation needs the state (for its place in the queue):
+            // a grant is answered without waiting for the writer's lock.
+            let wire = if allocation.state == AllocationState::Pending {
+                allocation_to_wire(&self.core.state(), &allocation)
+            } else {
+                (&allocation).into()
+            };
+            Ok(Response::new(proto::CreateAllocationResponse {
+                binding: allocation.binding.as_ref().map(Into::into),
+                allocation: Some(wire),
                 explanation,
-            }));
+            }))
         }
-        let no_wait = request.no_wait;
-        let (allocation, explanation) =
-            self.core.ask(|reply| Command::CreateAllocation { request: Box::new(validated), no_wait, reply }).await?;
-        // Only a waiting allocation needs the state (for its place in the queue):
-        // a grant is answered without waiting for the writer's lock.
-        let wire = if allocation.state == AllocationState::Pending {
-            allocation_to_wire(&self.core.state(), &allocation)
-        } else {
-            (&allocation).into()
-        };
-        Ok(Response::new(proto::CreateAllocationResponse {
-            binding: allocation.binding.as_ref().map(Into::into),
-            allocation: Some(wire),
-            explanation,
-        }))
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
@@ -380,12 +471,23 @@ impl proto::allocation_service_server::AllocationService for Services {
     }
 
     async fn release(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
-        let caller = self.caller(&request)?;
-        let id = allocation_id(&request.into_inner().id)?;
-        let team = self.team_of(id)?;
-        self.auth.check(&caller, "AllocationService/Release", Some(&team))?;
-        let allocation = self.core.ask(|reply| Command::Release { id, reply }).await?;
-        Ok(Response::new((&allocation).into()))
+        let asked = self.asked(
+            &request,
+            "AllocationService/Release",
+            format!("allocation {}", request.get_ref().id),
+            self.team_of_ref(&request.get_ref().id),
+        );
+        let result: Result<Response<proto::Allocation>, Status> = async move {
+            let caller = self.caller(&request)?;
+            let id = allocation_id(&request.into_inner().id)?;
+            let team = self.team_of(id)?;
+            self.auth.check(&caller, "AllocationService/Release", Some(&team))?;
+            let allocation = self.core.ask(|reply| Command::Release { id, reply }).await?;
+            Ok(Response::new((&allocation).into()))
+        }
+        .await;
+        self.audit(asked, &result).await;
+        result
     }
 
     async fn find_by_device(

@@ -12,6 +12,7 @@ use allot_placement::{NodeStatus, NodeUsage, NodeView};
 use allot_policy::{Quota, QuotaTree, Resources, TeamSpec, UsageHistory};
 use serde::{Deserialize, Serialize};
 
+pub mod audit;
 pub mod codec;
 pub mod inventory;
 pub mod metrics;
@@ -235,6 +236,8 @@ pub struct ClusterState {
     pub learned_mix: allot_placement::learn::RequestMix,
     /// How many requests the stored mix had counted.
     pub(crate) mix_saved_seen: u64,
+    /// The audit log's newest entries (see [`audit`]).
+    pub audit: audit::AuditLog,
     /// The stored inventory templates, by id (see [`inventory`]).
     pub templates: BTreeMap<u64, NodeInventory>,
 }

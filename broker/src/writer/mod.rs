@@ -59,6 +59,8 @@ pub enum Command {
     /// Preempt what is due, age the usage history, prune a few expired finished
     /// allocations.
     Tick,
+    /// Appends one entry to the audit log (no answer).
+    Audit(Box<crate::state::audit::AuditEntry>),
     /// Store every changed bucket of the usage history now (before a shutdown);
     /// answers how many.
     FlushUsage {
@@ -281,6 +283,11 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
             Err(error) => tracing::warn!(%error, "the stored task mix is unreadable; learning it again"),
         }
     }
+    let audit = store.range(layout::prefix_audit()).await.map_err(unavailable)?.kvs;
+    for entry in decode_all::<crate::state::audit::AuditEntry>(&audit)? {
+        state.audit.next_seq = state.audit.next_seq.max(entry.seq + 1);
+        state.audit.entries.push_back(entry);
+    }
     let usage = store.range(layout::prefix_usage()).await.map_err(unavailable)?.kvs;
     crate::rounds::usage::resume(&mut state, &usage, now);
     // Every record was checked before it was written; a tree that does not check
@@ -438,7 +445,12 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             retention::prune(state, writes, now, policy.released_retention, retention::PRUNE_LIMIT);
             crate::rounds::usage::tick(state, writes, now);
             crate::rounds::placing::save_mix(state, writes);
+            crate::rounds::audit::prune(state, writes, now);
             (!changed.is_empty()).then_some(Pending::Changed(changed))
+        }
+        Command::Audit(entry) => {
+            crate::rounds::audit::append(state, *entry, writes);
+            None
         }
         Command::FlushUsage { reply } => {
             let value = crate::rounds::usage::flush(state, writes, now);
@@ -882,6 +894,7 @@ fn refuse(command: Command, error: BrokerError) {
         | Command::NodeReturned { .. }
         | Command::Applied { .. }
         | Command::Tick
+        | Command::Audit(_)
         | Command::Schedule => {}
     }
 }

@@ -7,6 +7,7 @@
 //! | key | value (encoded by the broker) | lease |
 //! |---|---|---|
 //! | `/allot/v1/nodes/{node}` | the node's registration: its own inventory details and its template's id | none: a registration outlives restarts |
+//! | `/allot/v1/audit/{at_ms}-{seq}` | one audit entry: who asked for which change, from where, when, and what came of it (16 and 10 digits, so keys sort by time) | none |
 //! | `/allot/v1/inventory-templates/{id}` | the part of an inventory that nodes of one hardware type share, by its fingerprint (16 hex digits) | none |
 //! | `/allot/v1/heartbeats/{node}` | the node's last heartbeat | the node's lease: the key vanishes when the node stops renewing |
 //! | `/allot/v1/allocations/{allocation}` | the allocation with its generation and phase | none |
@@ -32,6 +33,7 @@ pub const ROOT: &str = "/allot/v1/";
 
 const NODES: &str = "/allot/v1/nodes/";
 const TEMPLATES: &str = "/allot/v1/inventory-templates/";
+const AUDIT: &str = "/allot/v1/audit/";
 const HEARTBEATS: &str = "/allot/v1/heartbeats/";
 const ALLOCATIONS: &str = "/allot/v1/allocations/";
 const TEAMS: &str = "/allot/v1/teams/";
@@ -127,6 +129,15 @@ pub fn prefix_counters() -> &'static str {
     COUNTERS
 }
 
+/// One audit entry, by its time and sequence number.
+pub fn audit_entry(at_ms: u64, seq: u64) -> String {
+    key(AUDIT, format!("{at_ms:016}-{seq:010}"))
+}
+
+pub fn prefix_audit() -> &'static str {
+    AUDIT
+}
+
 /// An inventory template, by its id (a 64-bit fingerprint, in 16 hex digits).
 pub fn inventory_template(id: u64) -> String {
     key(TEMPLATES, format!("{id:016x}"))
@@ -154,6 +165,7 @@ pub enum LayoutKey {
     Token(String),
     UsageBucket(String),
     InventoryTemplate(String),
+    AuditEntry(String),
     Leader,
 }
 
@@ -164,7 +176,7 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         return Some(LayoutKey::Leader);
     }
     type Kind = fn(String) -> LayoutKey;
-    let kinds: [(&str, Kind); 10] = [
+    let kinds: [(&str, Kind); 11] = [
         (NODES, LayoutKey::Node),
         (HEARTBEATS, LayoutKey::Heartbeat),
         (ALLOCATIONS, LayoutKey::Allocation),
@@ -175,6 +187,7 @@ pub fn parse(key: &str) -> Option<LayoutKey> {
         (TOKENS, LayoutKey::Token),
         (USAGE, LayoutKey::UsageBucket),
         (TEMPLATES, LayoutKey::InventoryTemplate),
+        (AUDIT, LayoutKey::AuditEntry),
     ];
     kinds.into_iter().find_map(|(prefix, kind)| key.strip_prefix(prefix).and_then(decode).map(kind))
 }
@@ -243,7 +256,8 @@ mod tests {
 
     #[test]
     fn parse_inverts_every_key_function() {
-        let cases: [(String, LayoutKey); 11] = [
+        let cases: [(String, LayoutKey); 12] = [
+            (audit_entry(5, 7), LayoutKey::AuditEntry("0000000000000005-0000000007".into())),
             (inventory_template(0xab), LayoutKey::InventoryTemplate("00000000000000ab".into())),
             (node("gpu-01"), LayoutKey::Node("gpu-01".into())),
             (heartbeat("n.example_1"), LayoutKey::Heartbeat("n.example_1".into())),

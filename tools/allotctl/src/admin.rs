@@ -124,6 +124,99 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries of the last DURATION (90s, 30m, 12h, 7d).
+    #[arg(long, value_parser = parse_ttl)]
+    pub since: Option<u64>,
+    /// Only this subject's calls.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Only calls concerning this team.
+    #[arg(long)]
+    pub team: Option<String>,
+    /// At most this many, the newest.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+}
+
+pub async fn audit(clients: &Clients, args: AuditArgs, format: Format) -> Result<String, CtlError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let since_ms = args.since.map_or(0, |seconds| now_ms.saturating_sub(seconds.saturating_mul(1000)));
+    let entries = clients
+        .admin()
+        .list_audit(proto::ListAuditRequest {
+            since_ms,
+            subject: args.subject.unwrap_or_default(),
+            team: args.team.unwrap_or_default(),
+            limit: args.limit,
+        })
+        .await?
+        .into_inner()
+        .entries;
+    Ok(match format {
+        Format::Json => pretty(&json!(
+            entries
+                .iter()
+                .map(|entry| json!({
+                    "at_ms": entry.at_ms,
+                    "subject": entry.subject,
+                    "from": entry.from,
+                    "call": entry.call,
+                    "target": entry.target,
+                    "team": (!entry.team.is_empty()).then_some(&entry.team),
+                    "outcome": entry.outcome,
+                    "allowed": entry.allowed,
+                }))
+                .collect::<Vec<_>>()
+        )),
+        Format::Table if entries.is_empty() => "no audit entries".to_owned(),
+        Format::Table => {
+            let mut out = format!(
+                "{:<24}  {:<16}  {:<21}  {:<28}  {:<36}  {}\n",
+                "TIME (UTC)", "SUBJECT", "FROM", "CALL", "TARGET", "OUTCOME"
+            );
+            for entry in &entries {
+                out.push_str(&format!(
+                    "{:<24}  {:<16}  {:<21}  {:<28}  {:<36}  {}\n",
+                    utc(entry.at_ms),
+                    entry.subject,
+                    entry.from,
+                    entry.call,
+                    entry.target,
+                    entry.outcome
+                ));
+            }
+            out.trim_end().to_owned()
+        }
+    })
+}
+
+/// Milliseconds since the epoch as `2026-12-07T18:40:12.345Z`.
+fn utc(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        ms % 1000
+    )
+}
+
 /// A duration in seconds from `90s`, `30m`, `12h` or `7d`.
 fn parse_ttl(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?}: give a number with a unit, like 90s, 30m, 12h or 7d");
@@ -518,4 +611,14 @@ pub async fn apply(clients: &Clients, args: ApplyArgs, format: Format) -> Result
             }
         }
     })
+}
+
+#[cfg(test)]
+mod audit_tests {
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(1_796_668_812_345), "2026-12-07T18:40:12.345Z");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
 }

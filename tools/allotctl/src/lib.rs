@@ -57,6 +57,8 @@ pub enum Command {
     /// Bearer tokens for people, services and node daemons.
     #[command(subcommand)]
     Token(admin::TokenCommand),
+    /// Who asked for which change, from where, when, and what came of it.
+    Audit(admin::AuditArgs),
     /// The GPU servers the broker knows.
     #[command(subcommand)]
     Nodes(NodesCommand),
@@ -369,6 +371,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Queue(command) => admin::queue(&clients, command, format).await,
         Command::Apply(args) => admin::apply(&clients, args, format).await,
         Command::Token(command) => admin::token(&clients, command, format).await,
+        Command::Audit(args) => admin::audit(&clients, args, format).await,
         Command::Report(command) => report::run(&clients, command, &cli.broker, format).await,
         Command::Nodes(NodesCommand::List) => {
             let mut admin = clients.admin();
