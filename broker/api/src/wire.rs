@@ -705,6 +705,36 @@ mod tests {
     }
 
     #[test]
+    fn a_large_inventory_is_checked_in_linear_time() {
+        // 50,000 NVLinks to the last of 50,000 NVSwitches, and 50,000 NICs on the last
+        // of 50,000 PCI nodes: 3 MB on the wire, seconds of broker time when each
+        // link and device was looked up by scanning.
+        let mut inventory = small_inventory();
+        let last_switch = inventory.nvswitches[0].clone();
+        let filler = NvSwitch { pci_bus_id: "0000:06:00.0".parse().expect("id"), ..last_switch.clone() };
+        inventory.nvswitches = std::iter::repeat_n(filler, 50_000).chain([last_switch.clone()]).collect();
+        let link = NvLink { peer: NvLinkPeer::NvSwitch, peer_pci_bus_id: last_switch.pci_bus_id, links: 1 };
+        inventory.gpus[0].nvlinks = vec![link; 50_000];
+        let bridge = inventory.pci.nodes[0].clone();
+        let nic_node = PciNode { bus_id: Some("0000:07:00.0".parse().expect("id")), ..inventory.pci.nodes[1].clone() };
+        inventory.pci.nodes.extend(std::iter::repeat_n(bridge, 50_000).chain([nic_node]));
+        let nic = Nic {
+            name: "eth0".into(),
+            pci_bus_id: "0000:07:00.0".parse().expect("id"),
+            pci_id: String::new(),
+            numa_node: None,
+            kind: NicKind::Ethernet,
+            link_speed_mbps: None,
+            rdma_device: None,
+            rdma: false,
+        };
+        inventory.nics = vec![nic; 50_000];
+        let started = std::time::Instant::now();
+        assert_eq!(inventory.validate(), Ok(()));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let mut message = proto::NodeInventory::from(&small_inventory());
         message.gpus[0].pci_bus_id = "zz".into();
