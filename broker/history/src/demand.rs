@@ -15,8 +15,14 @@ use crate::Export;
 /// The most GPUs a native-format task may ask for.
 const MAX_TASK_GPUS: u32 = 8;
 
-/// The native-format task list, with how many tasks it has.
-pub fn to_native_tasks(history: &Export) -> (String, usize) {
+/// The most tasks a history becomes. A history is a file a person passes to
+/// `allotctl size`: one bucket claiming 2^64 GPU-milliseconds asked for billions
+/// of tasks (gigabytes, then the machine's memory) before this bound.
+pub const MAX_TASKS: usize = 1_000_000;
+
+/// The native-format task list, with how many tasks it has, or why the history
+/// holds more demand than the sizing tool models.
+pub fn to_native_tasks(history: &Export) -> Result<(String, usize), String> {
     let typical = history
         .buckets
         .iter()
@@ -42,6 +48,7 @@ pub fn to_native_tasks(history: &Export) -> (String, usize) {
         tasks += 1;
     };
     let mut last_ms = origin;
+    let mut created = 0usize;
     for bucket in &history.buckets {
         let covered = bucket.covered();
         if covered == 0 {
@@ -51,7 +58,11 @@ pub fn to_native_tasks(history: &Export) -> (String, usize) {
         let mut wanted: BTreeMap<&str, usize> = open.keys().map(|team| (*team, 0)).collect();
         for (team, figures) in &bucket.teams {
             let milli_gpu = (figures.allocated().0.saturating_add(figures.queued.0)) as f64 / covered as f64;
-            wanted.insert(team.as_str(), (milli_gpu / task_milli).round() as usize);
+            let count = (milli_gpu / task_milli).round();
+            if count > MAX_TASKS as f64 {
+                return Err(too_much(team, bucket.start_ms, milli_gpu));
+            }
+            wanted.insert(team.as_str(), count as usize);
         }
         for (team, count) in wanted {
             let running = open.entry(team).or_default();
@@ -60,8 +71,12 @@ pub fn to_native_tasks(history: &Export) -> (String, usize) {
                     close(&mut text, team, arrival, bucket.start_ms);
                 }
             }
+            if created + count.saturating_sub(running.len()) > MAX_TASKS {
+                return Err(too_much(team, bucket.start_ms, count as f64 * task_milli));
+            }
             while running.len() < count {
                 running.push(bucket.start_ms);
+                created += 1;
             }
         }
     }
@@ -70,7 +85,16 @@ pub fn to_native_tasks(history: &Export) -> (String, usize) {
             close(&mut text, team, arrival, last_ms);
         }
     }
-    (text, tasks)
+    Ok((text, tasks))
+}
+
+fn too_much(team: &str, start_ms: u64, milli_gpu: f64) -> String {
+    format!(
+        "the bucket from {} UTC: team {team} holds or waits for {:.0} GPUs, and with the buckets before it the history \
+         would be more than {MAX_TASKS} tasks; is it a usage history from a broker?",
+        crate::date_time(start_ms),
+        milli_gpu / 1000.0
+    )
 }
 
 #[cfg(test)]
@@ -102,7 +126,7 @@ mod tests {
             since_ms: 0,
             buckets: vec![bucket(0, &[("a", 2, 0)]), bucket(1, &[("a", 2, 1), ("b", 1, 0)]), bucket(2, &[("a", 1, 0)])],
         };
-        let (text, count) = to_native_tasks(&history);
+        let (text, count) = to_native_tasks(&history).expect("a demand");
         let rows: Vec<&str> = text.lines().skip(1).collect();
         assert_eq!(count, 4);
         assert_eq!(
@@ -117,11 +141,27 @@ mod tests {
     }
 
     #[test]
+    fn a_history_claiming_more_demand_than_can_be_replayed_is_refused() {
+        // One hour in which team a held 2^64 GPU-milliseconds: 5 billion tasks.
+        let mut huge = bucket(0, &[("a", 1, 0)]);
+        if let Some(figures) = huge.teams.get_mut("a") {
+            figures.queued = GpuMs(u64::MAX);
+        }
+        let history = Export { format: crate::FORMAT, as_of_ms: HOUR, since_ms: 0, buckets: vec![huge] };
+        let error = to_native_tasks(&history).expect_err("too much");
+        assert!(error.contains("team a holds or waits for"), "{error}");
+        // Buckets that each stay under the bound add up past it too.
+        let buckets = vec![bucket(0, &[("a", 600_000, 0)]), bucket(1, &[("a", 0, 0)]), bucket(2, &[("a", 600_000, 0)])];
+        let history = Export { format: crate::FORMAT, as_of_ms: 3 * HOUR, since_ms: 0, buckets };
+        assert!(to_native_tasks(&history).is_err());
+    }
+
+    #[test]
     fn tasks_take_the_typical_request_size() {
         let mut only = bucket(0, &[("a", 4, 0)]);
         only.capacity.typical_milli_gpu = 2000;
         let history = Export { format: crate::FORMAT, as_of_ms: HOUR, since_ms: 0, buckets: vec![only] };
-        let (text, count) = to_native_tasks(&history);
+        let (text, count) = to_native_tasks(&history).expect("a demand");
         assert_eq!(count, 2);
         assert!(text.lines().skip(1).all(|row| row.ends_with(",0,0,2,1000,")), "{text}");
     }

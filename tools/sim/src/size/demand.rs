@@ -68,7 +68,11 @@ pub fn history_demand(path: &Path, text: &str, models: &[String], growth: f64, s
         };
         SizeError::Input { path: path.to_owned(), line, message: error.to_string() }
     })?;
-    let (tasks, count) = allot_history::demand::to_native_tasks(&history);
+    let (tasks, count) = allot_history::demand::to_native_tasks(&history).map_err(|message| SizeError::Input {
+        path: path.to_owned(),
+        line: 1,
+        message,
+    })?;
     if count == 0 {
         return Err(SizeError::Input {
             path: path.to_owned(),
