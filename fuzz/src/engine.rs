@@ -58,6 +58,10 @@ pub struct Target {
     /// Text in a killed child's output that marks an abort only debug builds
     /// make: not a finding in a debug build, counted apart.
     pub debug_only_aborts: &'static [&'static str],
+    /// A file the target writes in the process that runs an input (named by that
+    /// process's id) and removes when the input is done; removed by the parent
+    /// when an isolated child is killed before it could.
+    pub scratch: Option<fn(u32) -> PathBuf>,
 }
 
 /// How long a run goes on, not counting the corpus replay.
@@ -485,11 +489,22 @@ impl<'a> Session<'a> {
                 now.child = child;
             }
         };
-        let forked =
-            isolate::run(|| encode_ran(run_one(target, input)), |pid| set_child(Some(pid)), || set_child(None));
+        let forked_pid = std::cell::Cell::new(None);
+        let started = |pid| {
+            forked_pid.set(Some(pid));
+            set_child(Some(pid));
+        };
+        let forked = isolate::run(|| encode_ran(run_one(target, input)), started, || set_child(None));
         match forked {
             Forked::Finished { record, .. } => decode_ran(&record),
-            Forked::Killed { signal, output } => Ran::Killed { signal, output },
+            Forked::Killed { signal, output } => {
+                if let (Some(scratch), Some(pid)) =
+                    (target.scratch, forked_pid.get().and_then(|pid| u32::try_from(pid).ok()))
+                {
+                    std::fs::remove_file(scratch(pid)).ok();
+                }
+                Ran::Killed { signal, output }
+            }
             // No child could run it: run it here, as a target without isolation.
             Forked::Failed(problem) => {
                 eprintln!("{}: {problem}; running the input in this process", self.target.name);

@@ -81,6 +81,7 @@ pub const TARGET: Target = Target {
     load: as_is,
     isolate: false,
     debug_only_aborts: &[],
+    scratch: None,
 };
 
 /// As allot-k8s's `parse`: the error names the field that was wrong.

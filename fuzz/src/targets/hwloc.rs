@@ -5,6 +5,7 @@
 //! a node builds). hwloc takes milliseconds per file, so this target runs far
 //! fewer inputs than the others.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use allot_api::proto;
@@ -79,18 +80,33 @@ pub const TARGET: Target = Target {
     // (`cfg!(debug_assertions)`), and the check aborts on a topology hwloc itself
     // accepted; release builds, which ship, never run it.
     debug_only_aborts: &[": hwloc_topology_check: Assertion", ": hwloc__check_"],
+    scratch: Some(scratch_file),
 };
 
+/// The file `--hwloc-xml` reads, one per process that runs inputs (each isolated
+/// input runs in a child of its own), removed when the input is done.
+fn scratch_file(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("allot-fuzz-hwloc-{pid}.xml"))
+}
+
+/// Removes the scratch file however the input ends, short of a signal (then the
+/// engine does).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
 fn run(input: &[u8]) -> Outcome {
-    // A file of its own per input (what `--hwloc-xml` reads), removed when the
-    // input is done: each runs in a child process of its own.
-    let file = tempfile::Builder::new().prefix("allot-fuzz-").suffix(".xml").tempfile().map_err(message_of)?;
-    std::fs::write(file.path(), input).map_err(message_of)?;
+    let file = Scratch(scratch_file(std::process::id()));
+    std::fs::write(&file.0, input).map_err(message_of)?;
     // Messages name the file; the same name every time keeps them comparable.
     let named = |error: allot_node::discovery::DiscoveryError| {
-        message_of(error).replace(&file.path().display().to_string(), "topology.xml")
+        message_of(error).replace(&file.0.display().to_string(), "topology.xml")
     };
-    let host = Hwloc::XmlFile(file.path().to_owned()).discover().map_err(named)?;
+    let host = Hwloc::XmlFile(file.0.clone()).discover().map_err(named)?;
     let report = GpuReport::Absent { reason: "no NVML: an XML file of another machine".into() };
     let inventory = merge("fuzz-node", host, report, &Sysfs::none()).map_err(named)?;
     // What `allot-node inventory` prints.

@@ -67,6 +67,7 @@ pub const TARGET: Target = Target {
     load: as_is,
     isolate: false,
     debug_only_aborts: &[],
+    scratch: None,
 };
 
 /// The catalog's model names, as `allotctl size` passes them to the demand reader.

@@ -73,6 +73,7 @@ pub const TARGET: Target = Target {
     load: as_is,
     isolate: false,
     debug_only_aborts: &[],
+    scratch: None,
 };
 
 /// The cluster after applying the documented example, to plan against.

@@ -77,6 +77,7 @@ pub const REGISTER: Target = Target {
     load: load_register,
     isolate: false,
     debug_only_aborts: &[],
+    scratch: None,
 };
 
 pub const ALLOCATION: Target = Target {
@@ -90,6 +91,7 @@ pub const ALLOCATION: Target = Target {
     load: load_allocation,
     isolate: false,
     debug_only_aborts: &[],
+    scratch: None,
 };
 
 fn is_json(path: &Path) -> bool {
