@@ -79,6 +79,8 @@ pub struct Config {
     pub artifacts: PathBuf,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
+    /// Overrides the target's time limit (to find what is merely slow).
+    pub time_limit: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +271,7 @@ pub fn fuzz(target: &'static Target, config: &Config) -> Result<Report, String> 
         .stack_size(WORKER_STACK)
         .spawn(worker)
         .map_err(|error| format!("cannot start the fuzzing thread: {error}"))?;
-    let limit = time_limit(target);
+    let limit = config.time_limit.unwrap_or_else(|| time_limit(target));
     let started = Instant::now();
     loop {
         match receiver.recv_timeout(Duration::from_millis(50)) {

@@ -27,6 +27,10 @@ struct Args {
     /// RUST_BACKTRACE=1 for the backtrace).
     #[arg(long = "input", num_args = 1..)]
     inputs: Vec<PathBuf>,
+    /// Report an input that runs longer than this many seconds as a hang,
+    /// instead of the target's own limit (to find inputs that are merely slow).
+    #[arg(long)]
+    time_limit: Option<f64>,
     /// Where crashing inputs are saved, under a folder per target.
     #[arg(long, default_value_os_t = engine::artifacts_dir())]
     artifacts: PathBuf,
@@ -62,7 +66,8 @@ fn main() -> ExitCode {
         (Some(count), _) => Budget::Iterations(count),
         (None, seconds) => Budget::Time(Duration::from_secs(seconds.unwrap_or(60))),
     };
-    let config = Config { seed, budget, artifacts: args.artifacts, progress: true };
+    let time_limit = args.time_limit.map(Duration::from_secs_f64);
+    let config = Config { seed, budget, artifacts: args.artifacts, progress: true, time_limit };
     eprintln!("allot-fuzz: seed {seed} (pass --seed {seed} to replay this run)");
     let mut failed = false;
     for target in targets {
