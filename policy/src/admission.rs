@@ -491,16 +491,20 @@ impl Holds {
     /// The holds of reclaims that earlier rounds started for requests still waiting.
     fn under_way(running: &[Running], waiting: &[Waiting], placer: &mut dyn Placer) -> Holds {
         let mut holds = Holds::default();
-        for request in waiting {
-            let victims: Vec<&Running> =
-                running.iter().filter(|r| r.reclaim_for == Some(request.id) && r.reclaim_at_ms.is_some()).collect();
-            if victims.is_empty() {
-                continue;
+        // Victims by the request they are reclaimed for, in one pass: a round
+        // costs the queue plus the live allocations, not their product.
+        let mut by_request: BTreeMap<u64, Vec<&Running>> = BTreeMap::new();
+        for victim in running.iter().filter(|r| r.reclaim_at_ms.is_some()) {
+            if let Some(request) = victim.reclaim_for {
+                by_request.entry(request).or_default().push(victim);
             }
+        }
+        for request in waiting {
+            let Some(victims) = by_request.get(&request.id) else { continue };
             let at_ms = victims.iter().filter_map(|victim| victim.reclaim_at_ms).max().unwrap_or(0);
             let ids: Vec<u64> = victims.iter().map(|victim| victim.id).collect();
             let fits = placer.fits_without(request.id, &ids);
-            holds.insert(request, &victims, at_ms, fits);
+            holds.insert(request, victims, at_ms, fits);
         }
         holds
     }

@@ -152,12 +152,12 @@ pub fn schedule(state: &mut ClusterState, writes: &mut Vec<Op>, now: u64, settin
         state.queue_info.clear();
         return Vec::new();
     }
-    let mut running = Vec::new();
-    for allocation in state.allocations.values().filter(|allocation| allocation.state.holds_capacity()) {
+    let mut running = Vec::with_capacity(state.live_count_total());
+    for (allocation, charge) in state.live_charges() {
         running.push(Running {
             id: allocation.id.as_u64(),
             team: allocation.request.team.clone(),
-            charge: state.charge_of(allocation),
+            charge: charge.clone(),
             created_ms: allocation.created_at_ms,
             reclaim_at_ms: allocation.quota.reclaim_at_ms,
             reclaim_for: allocation.quota.reclaim_for.map(AllocationId::as_u64),

@@ -384,6 +384,13 @@ impl ClusterState {
         allot_policy::charge(&request.gpus, request.cpus, request.memory.0, model.as_deref())
     }
 
+    /// The allocations that hold capacity, each with what it is charged (kept up
+    /// to date by `put_allocation`, so a scheduling round need not recompute
+    /// them), in id order.
+    pub fn live_charges(&self) -> impl Iterator<Item = (&Allocation, &Resources)> {
+        self.charges.iter().filter_map(|(id, charge)| self.allocations.get(id).map(|allocation| (allocation, charge)))
+    }
+
     /// Allocations being reclaimed.
     pub fn reclaiming(&self) -> impl Iterator<Item = &Allocation> {
         self.reclaiming.iter().filter_map(|id| self.allocations.get(id))
@@ -570,6 +577,11 @@ impl ClusterState {
             .get(node)
             .map(|live| live.iter().filter_map(|id| self.allocations.get(id)).cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// How many allocations hold capacity, over all nodes.
+    pub fn live_count_total(&self) -> usize {
+        self.charges.len()
     }
 
     /// How many allocations hold capacity on a node.
