@@ -133,7 +133,7 @@ impl proto::admin_service_server::AdminService for Services {
             format!("team {}", request.get_ref().name),
             Some(request.get_ref().name.clone()),
         );
-        let result: Result<Response<proto::Team>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let request = request.into_inner();
             let name = team_name("name", &request.name)?;
@@ -149,10 +149,8 @@ impl proto::admin_service_server::AdminService for Services {
                 .await?;
             self.auth.refresh();
             Ok(Response::new(team_to_wire(&self.core.state(), &record)))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn delete_team(
@@ -165,17 +163,15 @@ impl proto::admin_service_server::AdminService for Services {
             format!("team {}", request.get_ref().name),
             Some(request.get_ref().name.clone()),
         );
-        let result: Result<Response<proto::DeleteTeamResponse>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let name = team_name("name", &request.into_inner().name)?;
             self.auth.check(&caller, "AdminService/DeleteTeam", Some(&name))?;
             self.core.ask(|reply| Command::Team(TeamCommand::Delete { name, reply })).await?;
             self.reload_policy().await?;
             Ok(Response::new(proto::DeleteTeamResponse {}))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn list_teams(
@@ -275,7 +271,7 @@ impl proto::admin_service_server::AdminService for Services {
             format!("quota of team {}", request.get_ref().team),
             Some(request.get_ref().team.clone()),
         );
-        let result: Result<Response<proto::Team>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let request = request.into_inner();
             let name = team_name("team", &request.team)?;
@@ -283,10 +279,8 @@ impl proto::admin_service_server::AdminService for Services {
             let quota = quota_from_wire(request.quota)?;
             let record = self.core.ask(|reply| Command::Team(TeamCommand::SetQuota { name, quota, reply })).await?;
             Ok(Response::new(team_to_wire(&self.core.state(), &record)))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn get_quota(&self, request: Request<proto::GetQuotaRequest>) -> Result<Response<proto::Team>, Status> {
@@ -385,7 +379,7 @@ impl proto::admin_service_server::AdminService for Services {
             format!("role {} to {}", request.get_ref().role, request.get_ref().subject),
             Some(request.get_ref().team.clone()),
         );
-        let result: Result<Response<proto::GrantResponse>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let grant = grant_from_wire(request.get_ref())?;
             self.auth.check(&caller, "AdminService/Grant", grant.team.as_ref())?;
@@ -396,10 +390,8 @@ impl proto::admin_service_server::AdminService for Services {
             self.core.ask(|reply| Command::Team(TeamCommand::Grant { grant, reply })).await?;
             self.reload_policy().await?;
             Ok(Response::new(proto::GrantResponse {}))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn revoke(&self, request: Request<proto::GrantRequest>) -> Result<Response<proto::GrantResponse>, Status> {
@@ -409,7 +401,7 @@ impl proto::admin_service_server::AdminService for Services {
             format!("role {} of {}", request.get_ref().role, request.get_ref().subject),
             Some(request.get_ref().team.clone()),
         );
-        let result: Result<Response<proto::GrantResponse>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let grant = grant_from_wire(request.get_ref())?;
             self.auth.check(&caller, "AdminService/Revoke", grant.team.as_ref())?;
@@ -419,10 +411,8 @@ impl proto::admin_service_server::AdminService for Services {
             self.core.ask(|reply| Command::Team(TeamCommand::Revoke { grant, reply })).await?;
             self.reload_policy().await?;
             Ok(Response::new(proto::GrantResponse {}))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn list_grants(
@@ -463,7 +453,7 @@ impl proto::admin_service_server::AdminService for Services {
             ),
             None,
         );
-        let result: Result<Response<proto::ApplyResponse>, Status> = async move {
+        self.audited(asked, async move {
             self.authorize(&request, "AdminService/Apply", None)?;
             let request = request.into_inner();
             let origin = if request.origin.is_empty() { "teams file".to_owned() } else { request.origin.clone() };
@@ -478,10 +468,8 @@ impl proto::admin_service_server::AdminService for Services {
                 self.reload_policy().await?;
             }
             Ok(Response::new(proto::ApplyResponse { changes, applied: !dry_run }))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn create_token(
@@ -490,7 +478,7 @@ impl proto::admin_service_server::AdminService for Services {
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let asked =
             self.asked(&request, "AdminService/CreateToken", format!("token for {}", request.get_ref().subject), None);
-        let result: Result<Response<proto::CreateTokenResponse>, Status> = async move {
+        self.audited(asked, async move {
             self.authorize(&request, "AdminService/CreateToken", None)?;
             let request = request.into_inner();
             allot_policy::authz::check_subject(&request.subject).map_err(|problem| invalid("subject", problem))?;
@@ -527,10 +515,8 @@ impl proto::admin_service_server::AdminService for Services {
                 .await?;
             self.reload_policy().await?;
             Ok(Response::new(proto::CreateTokenResponse { token, subject: request.subject, id, expires_at_ms }))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn list_audit(
@@ -593,7 +579,7 @@ impl proto::admin_service_server::AdminService for Services {
             format!("token {}{}", request.get_ref().id, request.get_ref().subject),
             None,
         );
-        let result: Result<Response<proto::RevokeTokenResponse>, Status> = async move {
+        self.audited(asked, async move {
             self.authorize(&request, "AdminService/RevokeToken", None)?;
             let request = request.into_inner();
             let hashes: Vec<String> = {
@@ -640,10 +626,8 @@ impl proto::admin_service_server::AdminService for Services {
             Ok(Response::new(proto::RevokeTokenResponse {
                 revoked: revoked.iter().map(|(hash, record)| token_info(hash, record, now)).collect(),
             }))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 }
 

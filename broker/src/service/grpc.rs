@@ -67,6 +67,17 @@ impl Services {
         Asked { at_ms: now_ms(), subject, from, call, target, team: team.filter(|team| !team.is_empty()) }
     }
 
+    /// Runs a changing call and appends it, with its outcome, to the audit log.
+    pub async fn audited<R>(
+        &self,
+        asked: Asked,
+        call: impl std::future::Future<Output = Result<R, Status>>,
+    ) -> Result<R, Status> {
+        let result = call.await;
+        self.audit(asked, &result).await;
+        result
+    }
+
     /// Appends the call and its outcome to the audit log (through the writer).
     pub async fn audit<R>(&self, asked: Asked, result: &Result<R, Status>) {
         let outcome = match result {
@@ -151,7 +162,7 @@ impl proto::node_service_server::NodeService for Services {
         request: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
         let asked = self.asked(&request, "NodeService/Register", format!("node {}", request.get_ref().node_name), None);
-        let result: Result<Response<proto::RegisterNodeResponse>, Status> = async move {
+        self.audited(asked, async move {
             self.authorize(&request, "NodeService/Register", None)?;
             let request = request.into_inner();
             let name = node_name(&request.node_name)?;
@@ -166,10 +177,8 @@ impl proto::node_service_server::NodeService for Services {
                 registration_epoch: epoch,
                 heartbeat_interval_ms: self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32,
             }))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn heartbeat(
@@ -359,7 +368,7 @@ impl proto::allocation_service_server::AllocationService for Services {
             create_target(request.get_ref()),
             request.get_ref().spec.as_ref().map(|spec| spec.team.clone()),
         );
-        let result: Result<Response<proto::CreateAllocationResponse>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let request = request.into_inner();
             let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
@@ -390,10 +399,8 @@ impl proto::allocation_service_server::AllocationService for Services {
                 allocation: Some(wire),
                 explanation,
             }))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {
@@ -477,17 +484,15 @@ impl proto::allocation_service_server::AllocationService for Services {
             format!("allocation {}", request.get_ref().id),
             self.team_of_ref(&request.get_ref().id),
         );
-        let result: Result<Response<proto::Allocation>, Status> = async move {
+        self.audited(asked, async move {
             let caller = self.caller(&request)?;
             let id = allocation_id(&request.into_inner().id)?;
             let team = self.team_of(id)?;
             self.auth.check(&caller, "AllocationService/Release", Some(&team))?;
             let allocation = self.core.ask(|reply| Command::Release { id, reply }).await?;
             Ok(Response::new((&allocation).into()))
-        }
-        .await;
-        self.audit(asked, &result).await;
-        result
+        })
+        .await
     }
 
     async fn find_by_device(
