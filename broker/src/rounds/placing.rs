@@ -111,20 +111,12 @@ pub fn wants_gpus(request: &ValidatedRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use allot_api::allocation::{Interconnect, MilliGpu, NodeName};
-    use allot_api::topology::NodeInventory;
     use allot_api::units::MiB;
     use allot_placement::NodeStatus;
 
     use super::*;
+    use crate::state::testing::fixture;
     use crate::state::{NodeEntry, NodeRecord};
-
-    fn fixture(name: &str) -> NodeInventory {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("placement/tests/data/{name}.json"));
-        let text = std::fs::read_to_string(&path).expect("fixture inventory");
-        let mut value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-        value.as_object_mut().expect("object").remove("links");
-        serde_json::from_value(value).expect("inventory")
-    }
 
     fn request(gpus: GpuDemand, cpus: u32, interconnect: Interconnect) -> ValidatedRequest {
         ValidatedRequest::new("t".parse().expect("team"), gpus, cpus, MiB(0), interconnect, false, None, None)

@@ -95,13 +95,7 @@ pub fn template_id(template: &NodeInventory) -> u64 {
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> NodeInventory {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("placement/tests/data/{name}.json"));
-        let text = std::fs::read_to_string(&path).expect("fixture inventory");
-        let mut value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-        value.as_object_mut().expect("object").remove("links");
-        serde_json::from_value(value).expect("inventory")
-    }
+    use crate::state::testing::fixture;
 
     #[test]
     fn join_undoes_split_and_twins_share_a_template() {

@@ -17,6 +17,22 @@ pub mod codec;
 pub mod inventory;
 pub mod metrics;
 
+/// What the crate's unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use allot_api::topology::NodeInventory;
+
+    /// A fixture machine's inventory, as `allot-node inventory` prints it
+    /// (`placement/tests/data/`), without its link matrices.
+    pub fn fixture(name: &str) -> NodeInventory {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("placement/tests/data/{name}.json"));
+        let text = std::fs::read_to_string(&path).expect("fixture inventory");
+        let mut value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        value.as_object_mut().expect("object").remove("links");
+        serde_json::from_value(value).expect("inventory")
+    }
+}
+
 /// Whether an allocation is finished: released or preempted, it holds nothing,
 /// waits for nothing and never changes again. Only finished allocations are
 /// ever forgotten (see `retention`).
