@@ -17,6 +17,48 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API (and a small HTTP endpoint for health and metrics).
     Serve(ServeArgs),
+    /// The broker's private CA: create it, and sign certificates for people and nodes.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the CA, the broker's certificate and the admin's in DIR (what is
+    /// missing only; `serve` does the same on its first start).
+    Init {
+        /// The PKI directory.
+        #[arg(long, value_name = "DIR")]
+        pki: Option<PathBuf>,
+        /// More names (DNS or IP) for the broker's certificate, besides
+        /// localhost, 127.0.0.1, ::1 and this host's name.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+    },
+    /// Sign a certificate with the CA in DIR: for a person or service (its
+    /// subject, which grants apply to), a node daemon, or another broker.
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        pki: Option<PathBuf>,
+        /// A person or service: the subject grants and the audit log name.
+        #[arg(long, conflicts_with_all = ["node", "server"])]
+        subject: Option<String>,
+        /// A node daemon: it may register and act as this node only.
+        #[arg(long, conflicts_with = "server")]
+        node: Option<String>,
+        /// A broker serving under these names (DNS or IP; repeat --san).
+        #[arg(long, requires = "sans")]
+        server: bool,
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = crate::service::pki::DEFAULT_DAYS)]
+        days: u32,
+        /// Where to write it: PREFIX.pem and PREFIX-key.pem (default: in DIR,
+        /// under users/, nodes/ or servers/, named by the subject).
+        #[arg(long, value_name = "PREFIX")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -58,6 +100,35 @@ pub struct ServeArgs {
     /// Also write a token for node daemons here on first start (role `node`).
     #[arg(long, value_name = "FILE")]
     pub node_token_file: Option<PathBuf>,
+    /// The CA and certificates for mutual TLS on --listen (see `allot-broker
+    /// pki`); what is missing is created on start. Default:
+    /// `$HOME/.config/allot/pki`, where allotctl looks for them.
+    #[arg(long, value_name = "DIR", conflicts_with = "plaintext")]
+    pub pki: Option<PathBuf>,
+    /// More names (DNS or IP) for a certificate the broker creates for itself.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_sans: Vec<String>,
+    /// Serve gRPC in plain text, without TLS or client certificates: anyone who
+    /// can reach the port reads tokens off the wire. For tests and networks that
+    /// protect the port otherwise.
+    #[arg(long)]
+    pub plaintext: bool,
+}
+
+/// Mutual TLS on the gRPC port.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    pub pki: PathBuf,
+    pub sans: Vec<String>,
+}
+
+/// The PKI directory asked for, else the default one.
+pub fn pki_dir(asked: Option<&PathBuf>) -> Result<PathBuf, ConfigError> {
+    asked.cloned().or_else(allot_api::tls::default_pki_dir).ok_or_else(|| ConfigError {
+        flag: "pki",
+        value: String::new(),
+        problem: "no directory given and neither HOME nor XDG_CONFIG_HOME is set: pass --pki DIR".into(),
+    })
 }
 
 /// Where state is kept.
@@ -80,6 +151,8 @@ pub struct ServeConfig {
     /// Where to write the first admin token (None: create none).
     pub admin_token_file: Option<PathBuf>,
     pub node_token_file: Option<PathBuf>,
+    /// None: plain text, because --plaintext asked for it.
+    pub tls: Option<TlsSetup>,
 }
 
 /// A configuration value that is wrong, with the flag and the fix.
@@ -169,7 +242,13 @@ impl ServeArgs {
             (None, StoreSpec::Embedded(_)) => allot_api::bearer::default_admin_token_file(),
             (None, StoreSpec::Etcd(_)) => None,
         };
+        let tls = if self.plaintext {
+            None
+        } else {
+            Some(TlsSetup { pki: pki_dir(self.pki.as_ref())?, sans: self.tls_sans.clone() })
+        };
         Ok(ServeConfig {
+            tls,
             policy: crate::rounds::sharing::PolicySettings { grace, half_life, released_retention },
             admin_token_file,
             node_token_file: self.node_token_file.clone(),
@@ -207,6 +286,7 @@ mod tests {
             args.extend_from_slice(extra);
             match Cli::parse_from(args).command {
                 Command::Serve(args) => args.validate(),
+                Command::Pki(_) => unreachable!("serve was parsed"),
             }
         };
         let config = serve(&[]).expect("defaults are valid");

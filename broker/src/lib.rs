@@ -69,9 +69,70 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// `allot-broker pki`: what it wrote, one line each.
+pub fn pki_command(command: config::PkiCommand) -> anyhow::Result<Vec<String>> {
+    use crate::service::pki::{Holder, Pki, server_names};
+    match command {
+        config::PkiCommand::Init { pki, sans } => {
+            let pki = Pki::new(config::pki_dir(pki.as_ref())?);
+            let names = server_names(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), &sans);
+            let created = pki.ensure(&names)?;
+            if created.is_empty() {
+                return Ok(vec![format!("{}: complete already; nothing created", pki.dir.display())]);
+            }
+            Ok(created.iter().map(|path| format!("created {}", path.display())).collect())
+        }
+        config::PkiCommand::Issue { pki, subject, node, server, sans, days, out } => {
+            let pki = Pki::new(config::pki_dir(pki.as_ref())?);
+            let (holder, default_out) = match (subject, node, server) {
+                (Some(subject), None, false) => (Holder::Client(subject.clone()), pki.dir.join("users").join(subject)),
+                (None, Some(node), false) => (Holder::Node(node.clone()), pki.dir.join("nodes").join(node)),
+                (None, None, true) => {
+                    let first = sans.first().cloned().unwrap_or_default();
+                    (Holder::Server(sans), pki.dir.join("servers").join(first))
+                }
+                _ => anyhow::bail!(
+                    "name what the certificate is for: --subject NAME, --node NAME or --server --san NAME"
+                ),
+            };
+            let prefix = out.unwrap_or(default_out);
+            let cert = prefix.with_file_name(format!("{}.pem", file_name(&prefix)));
+            let key = prefix.with_file_name(format!("{}-key.pem", file_name(&prefix)));
+            pki.issue(&holder, days, &cert, &key)?;
+            Ok(vec![format!("certificate {}", cert.display()), format!("key {}", key.display())])
+        }
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "cert".to_owned())
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    // TLS files are checked before anything else: a broker that cannot serve them does not take the lead.
+    let tls = match &config.tls {
+        Some(setup) => {
+            let pki = service::pki::Pki::new(&setup.pki);
+            for path in pki.ensure(&service::pki::server_names(config.listen, &setup.sans))? {
+                tracing::info!(path = %path.display(), "created");
+            }
+            let files = service::tls::TlsFiles {
+                client_ca: pki.path(allot_api::tls::files::CA),
+                cert: pki.path(allot_api::tls::files::SERVER),
+                key: pki.path(allot_api::tls::files::SERVER_KEY),
+            };
+            let tls = service::tls::ServerTls::load(files).map_err(|problem| {
+                anyhow::anyhow!("cannot serve TLS with the files in {}: {problem}", setup.pki.display())
+            })?;
+            Some(tls)
+        }
+        None => {
+            tracing::warn!("serving gRPC in plain text (--plaintext): tokens cross the network readable");
+            None
+        }
+    };
     let store = open_store(&config.store).await?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "store open");
     let identity = format!("{}:{}:{}", hostname(), std::process::id(), now_ms());
@@ -125,16 +186,33 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     auth::bootstrap(&core, config.admin_token_file.as_deref(), config.node_token_file.as_deref()).await?;
     let auth = Arc::new(auth::Auth::new(Arc::clone(&core), Arc::clone(&store), leadership.clone()).await?);
     let services = grpc::Services { core: Arc::clone(&core), auth: Arc::clone(&auth) };
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(proto::node_service_server::NodeServiceServer::new(services.clone()))
         .add_service(proto::allocation_service_server::AllocationServiceServer::new(services.clone()))
-        .add_service(proto::admin_service_server::AdminServiceServer::new(services))
-        // Without TCP_NODELAY small HTTP/2 frames wait for delayed ACKs (~40 ms each).
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)));
+        .add_service(proto::admin_service_server::AdminServiceServer::new(services));
+    let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            Some(tls) => {
+                tokio::spawn(service::tls::watch(Arc::clone(tls)));
+                Box::pin(router.serve_with_incoming(service::tls::incoming(grpc_listener, Arc::clone(tls))))
+            }
+            // Without TCP_NODELAY small HTTP/2 frames wait for delayed ACKs (~40 ms each).
+            None => Box::pin(router.serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            )),
+        };
     let http = axum::serve(http_listener, http::router(Arc::clone(&core), auth));
 
     if let Some(path) = &config.ready_file {
-        let ready = serde_json::json!({ "grpc": grpc_address.to_string(), "http": http_address.to_string() });
+        // Clients reach a TLS broker as https://ADDRESS with its CA, a plain-text one as http://ADDRESS.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ca = config.tls.as_ref().map(|setup| setup.pki.join(allot_api::tls::files::CA));
+        let ready = serde_json::json!({
+            "grpc": grpc_address.to_string(),
+            "http": http_address.to_string(),
+            "url": format!("{scheme}://{grpc_address}"),
+            "ca": ca,
+        });
         // Written whole, then renamed: a reader never sees half of it.
         let partial = path.with_extension("partial");
         std::fs::write(&partial, ready.to_string()).with_context(|| format!("cannot write {}", partial.display()))?;
@@ -195,7 +273,7 @@ async fn tick(core: Arc<Core>) {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "broker".into())

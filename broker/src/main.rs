@@ -21,6 +21,20 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        allot_broker::config::Command::Pki(command) => {
+            return match allot_broker::pki_command(command) {
+                Ok(written) => {
+                    for line in written {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("allot-broker: error: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

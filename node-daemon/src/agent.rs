@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub xid_quiet_period: Duration,
     /// The node's credentials, sent with every call to the broker.
     pub bearer: Bearer,
+    /// The broker's CA and this node's certificate.
+    pub tls: allot_api::tls::ClientTls,
     /// Where the node's state is published for the kubelet's device plugin.
     pub publish: Option<Publisher>,
 }
@@ -61,7 +63,7 @@ pub struct EnforceConfig {
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("invalid broker address {address:?}: {problem}; use host:port or http://host:port")]
+    #[error("cannot reach the broker at {address:?}: {problem}")]
     BadAddress { address: String, problem: String },
     #[error("cannot map this node: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
@@ -71,11 +73,9 @@ pub enum AgentError {
     Enforce(String),
 }
 
-fn endpoint(address: &str) -> Result<Endpoint, AgentError> {
-    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-    Endpoint::from_shared(uri)
-        .map(|endpoint| endpoint.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(10)))
-        .map_err(|error| AgentError::BadAddress { address: address.to_owned(), problem: error.to_string() })
+fn endpoint(address: &str, tls: &allot_api::tls::ClientTls) -> Result<Endpoint, AgentError> {
+    allot_api::tls::endpoint(address, tls, Duration::from_secs(3), Duration::from_secs(10))
+        .map_err(|problem| AgentError::BadAddress { address: address.to_owned(), problem })
 }
 
 /// GPU health from events, shared by the event thread and the heartbeat.
@@ -162,7 +162,7 @@ fn build_enforcer(plan: &DiscoveryPlan, config: &EnforceConfig) -> Result<Enforc
 /// Runs until the process is stopped. Connection problems are retried with
 /// backoff; a refusal that retrying cannot fix (a bad name) ends it.
 pub async fn run(plan: DiscoveryPlan, config: AgentConfig) -> Result<(), AgentError> {
-    let endpoint = endpoint(&config.broker)?;
+    let endpoint = endpoint(&config.broker, &config.tls)?;
     // Discovery before anything else: a node that cannot map itself should say so
     // at once rather than retry forever.
     let inventory = discover(&plan).await?;

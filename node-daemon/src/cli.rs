@@ -90,9 +90,21 @@ pub struct ExecArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub hardware: HardwareArgs,
-    /// The broker's gRPC address, like 127.0.0.1:7443.
+    /// The broker's gRPC address: HOST:PORT or https://HOST:PORT (mutual TLS),
+    /// or http://HOST:PORT for a broker serving plain text.
     #[arg(long, value_name = "ADDR")]
     pub broker: String,
+    /// The CA (PEM) that signed the broker's certificate (default:
+    /// ~/.config/allot/pki/ca.pem when it exists).
+    #[arg(long, env = "ALLOT_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This daemon's certificate (PEM) for mutual TLS: `allot-broker pki issue
+    /// --node NAME` makes one, for this node's name only; needs --key.
+    #[arg(long, env = "ALLOT_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "ALLOT_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
     /// Seconds between heartbeats until the broker says otherwise.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub heartbeat_interval: f64,

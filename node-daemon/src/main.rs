@@ -78,6 +78,8 @@ fn main() -> ExitCode {
             let mut config = AgentConfig {
                 publish: publish.as_ref().map(|(publisher, _)| publisher.clone()),
                 bearer,
+                tls: allot_api::tls::ClientTls { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() }
+                    .with_defaults(false),
                 broker: args.broker,
                 heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
                 max_backoff: Duration::from_secs(5),

@@ -290,7 +290,7 @@ pub fn start_allot_k8s(
 ) -> (crate::Process, String) {
     let mut command = Command::new(crate::binary("allot-k8s"));
     command
-        .args(["--broker", &broker.grpc, "--listen", "127.0.0.1:0"])
+        .args(["--broker", &broker.url, "--listen", "127.0.0.1:0"])
         .arg("--token-file")
         .arg(&broker.admin_token)
         .arg("--kubeconfig")

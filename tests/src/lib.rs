@@ -112,7 +112,12 @@ impl StoreKind {
 #[derive(Debug)]
 pub struct Broker {
     pub process: Process,
+    /// The gRPC address, `IP:PORT`.
     pub grpc: String,
+    /// How clients reach it: `http://IP:PORT` (plain text), or `https://IP:PORT`.
+    pub url: String,
+    /// Its PKI directory when it serves mutual TLS (see `start_tls_broker`).
+    pub pki: Option<PathBuf>,
     pub http: String,
     /// The platform admin's token, written by the broker on its first start.
     pub admin_token: PathBuf,
@@ -143,6 +148,10 @@ fn spawn_broker(
     command.arg(&ready);
     command.arg("--admin-token-file").arg(dir.join("admin.token"));
     command.arg("--node-token-file").arg(dir.join("node.token"));
+    // Plain text unless the test asks for TLS (start_tls_broker); TLS has its own tests (tests/tls.rs).
+    if !extra.contains(&"--pki") {
+        command.arg("--plaintext");
+    }
     command.args(extra);
     (Process::spawn(name, &mut command, dir), ready)
 }
@@ -169,9 +178,13 @@ pub fn start_broker_with(
         {
             let grpc = addresses["grpc"].as_str().unwrap_or_default().to_owned();
             let http = addresses["http"].as_str().unwrap_or_default().to_owned();
+            let url = addresses["url"].as_str().unwrap_or_default().to_owned();
+            let pki = extra.iter().position(|arg| *arg == "--pki").and_then(|at| extra.get(at + 1)).map(PathBuf::from);
             return Broker {
                 process,
                 grpc,
+                url,
+                pki,
                 http,
                 admin_token: dir.join("admin.token"),
                 node_token: dir.join("node.token"),
@@ -184,10 +197,62 @@ pub fn start_broker_with(
     }
 }
 
+/// Starts a broker serving mutual TLS with its own CA in `dir/pki`.
+pub fn start_tls_broker(store: &StoreKind, dir: &Path, name: &str) -> Broker {
+    let pki = dir.join("pki");
+    let pki = pki.to_str().expect("a UTF-8 path");
+    start_broker_with(store, dir, name, "5s", "127.0.0.1:0", &["--pki", pki])
+}
+
+/// The TLS arguments of a client of `broker`: its CA, and a certificate and key
+/// when given (`pki issue` writes PREFIX.pem and PREFIX-key.pem).
+pub fn tls_args(broker: &Broker, identity: Option<&Path>) -> Vec<String> {
+    let Some(pki) = &broker.pki else { return Vec::new() };
+    let mut args = vec!["--ca".to_owned(), pki.join("ca.pem").display().to_string()];
+    if let Some(prefix) = identity {
+        let name = prefix.file_name().expect("a file prefix").to_string_lossy().into_owned();
+        args.extend(["--cert".to_owned(), prefix.with_file_name(format!("{name}.pem")).display().to_string()]);
+        args.extend(["--key".to_owned(), prefix.with_file_name(format!("{name}-key.pem")).display().to_string()]);
+    }
+    args
+}
+
+/// Signs a certificate with a TLS broker's CA (`allot-broker pki issue`):
+/// `what` is `["--node", NAME]` or `["--subject", NAME]`; returns its prefix.
+pub fn issue_certificate(broker: &Broker, what: &[&str], prefix: &Path) -> PathBuf {
+    let pki = broker.pki.as_ref().expect("a TLS broker");
+    let output = Command::new(binary("allot-broker"))
+        .args(["pki", "issue", "--pki"])
+        .arg(pki)
+        .args(what)
+        .arg("--out")
+        .arg(prefix)
+        .output()
+        .expect("allot-broker pki runs");
+    assert!(output.status.success(), "pki issue {what:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    prefix.to_path_buf()
+}
+
 /// Starts a broker that is expected to wait (a standby); returns it and its
 /// ready file, which appears once it leads.
 pub fn spawn_standby_broker(store: &StoreKind, dir: &Path, name: &str) -> (Process, PathBuf) {
     spawn_broker(store, dir, name, "3s", "127.0.0.1:0", &[])
+}
+
+/// A standby broker (`spawn_standby_broker`) that leads now: its ready file is there.
+pub fn standby_leads(process: Process, ready: &Path, dir: &Path) -> Broker {
+    let text = std::fs::read_to_string(ready).expect("ready file");
+    let addresses: Value = serde_json::from_str(&text).expect("the ready file is written whole");
+    let field = |name: &str| addresses[name].as_str().unwrap_or_else(|| panic!("{name} in {text}")).to_owned();
+    Broker {
+        process,
+        grpc: field("grpc"),
+        http: field("http"),
+        url: field("url"),
+        pki: None,
+        admin_token: dir.join("admin.token"),
+        node_token: dir.join("node.token"),
+    }
 }
 
 /// Starts a node daemon for a fixture under a name. Broker tests run fixture
@@ -204,9 +269,11 @@ pub fn allotctl(broker: &Broker, args: &[&str]) -> Output {
 
 /// Runs allotctl with the token in `token_file`.
 pub fn allotctl_as(broker: &Broker, token_file: &Path, args: &[&str]) -> Output {
+    let admin = broker.pki.as_ref().map(|pki| pki.join("admin"));
     Command::new(binary("allotctl"))
         .arg("--broker")
-        .arg(&broker.grpc)
+        .arg(&broker.url)
+        .args(tls_args(broker, admin.as_deref()))
         .env("ALLOT_TOKEN_FILE", token_file)
         .env_remove("ALLOT_TOKEN")
         .args(args)
@@ -281,18 +348,14 @@ pub fn start_enforcing_node(
     env: &[(&str, &Path)],
 ) -> Process {
     let mut command = Command::new(binary("allot-node"));
-    command.args([
-        "run",
-        "--broker",
-        &broker.grpc,
-        "--fixture",
-        fixture,
-        "--name",
-        name,
-        "--heartbeat-interval",
-        "0.2",
-    ]);
-    command.arg("--token-file").arg(&broker.node_token);
+    command.args(["run", "--broker", &broker.url, "--fixture", fixture, "--name", name, "--heartbeat-interval", "0.2"]);
+    if broker.pki.is_some() {
+        // A node certificate for this node's name: the node token is not needed.
+        let prefix = issue_certificate(broker, &["--node", name], &dir.join(format!("{name}-node")));
+        command.args(tls_args(broker, Some(&prefix)));
+    } else {
+        command.arg("--token-file").arg(&broker.node_token);
+    }
     command.args(args);
     for (variable, value) in env {
         command.env(variable, value);

@@ -277,9 +277,9 @@ fn a_second_broker_on_the_same_etcd_waits_until_it_leads() {
     wait_until("the second broker leads", Duration::from_secs(30), || ready.exists());
     let text = std::fs::read_to_string(&ready).expect("ready file");
     let addresses: Value = serde_json::from_str(&text).expect("the ready file is written whole");
-    let grpc = addresses["grpc"].as_str().expect("grpc").to_owned();
+    let url = addresses["url"].as_str().expect("url").to_owned();
     let output = std::process::Command::new(allot_tests::binary("allotctl"))
-        .args(["--broker", &grpc, "team", "list", "-o", "json"])
+        .args(["--broker", &url, "team", "list", "-o", "json"])
         .env("ALLOT_TOKEN_FILE", dir.path().join("admin.token"))
         .output()
         .expect("allotctl");
@@ -317,7 +317,7 @@ fn a_create_retried_with_its_request_id_returns_one_allocation_across_a_failover
     // A create in flight when the leader dies: it may or may not have been stored.
     let (second, ready) = spawn_standby_broker(&store, dir.path(), "second");
     let in_flight = std::process::Command::new(allot_tests::binary("allotctl"))
-        .args(["--broker", &first.grpc, "-o", "json", "alloc", "create", "--team", "ml", "--gpus", "1"])
+        .args(["--broker", &first.url, "-o", "json", "alloc", "create", "--team", "ml", "--gpus", "1"])
         .args(["--request-id", "job-2"])
         .env("ALLOT_TOKEN_FILE", &first.admin_token)
         .stdout(std::process::Stdio::null())
@@ -330,15 +330,7 @@ fn a_create_retried_with_its_request_id_returns_one_allocation_across_a_failover
     let mut in_flight = in_flight;
     let _ = in_flight.wait();
     wait_until("the second broker leads", Duration::from_secs(40), || ready.exists());
-    let text = std::fs::read_to_string(&ready).expect("ready file");
-    let addresses: Value = serde_json::from_str(&text).expect("the ready file is written whole");
-    let mut second_broker = Broker {
-        process: second,
-        grpc: addresses["grpc"].as_str().expect("grpc").to_owned(),
-        http: addresses["http"].as_str().expect("http").to_owned(),
-        admin_token: first.admin_token.clone(),
-        node_token: first.node_token.clone(),
-    };
+    let mut second_broker = allot_tests::standby_leads(second, &ready, dir.path());
     let retried = create(&second_broker, &["--gpus", "1", "--request-id", "job-1"]);
     assert_eq!(retried["id"], made["id"], "after the failover the request id made a second allocation: {retried}");
     // The in-flight create retried: one allocation for job-2, stored or made now

@@ -7,6 +7,7 @@
 pub mod allocation;
 pub mod bearer;
 pub mod shutdown;
+pub mod tls;
 pub mod topology;
 pub mod units;
 pub mod wire;

@@ -27,14 +27,51 @@ use crate::writer::{Command, Core, Leadership};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Anonymous,
+    /// A token's subject, or a client certificate's common name.
     Subject(String),
+    /// A node daemon whose certificate names its node (`node:NAME`): it has
+    /// the role of `nodes` and may act as that node only.
+    Node {
+        subject: String,
+    },
 }
 
+/// The subject whose grants apply to every node certificate.
+pub const NODES: &str = "nodes";
+
 impl Caller {
+    /// Who called, as the audit log names them.
     pub fn name(&self) -> &str {
         match self {
             Caller::Anonymous => "anonymous",
-            Caller::Subject(subject) => subject,
+            Caller::Subject(subject) | Caller::Node { subject } => subject,
+        }
+    }
+
+    /// Whose grants apply.
+    fn grantee(&self) -> &str {
+        match self {
+            Caller::Node { .. } => NODES,
+            other => other.name(),
+        }
+    }
+
+    /// The node a node certificate binds this caller to.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Caller::Node { subject } => subject.strip_prefix(crate::service::pki::NODE_PREFIX),
+            _ => None,
+        }
+    }
+
+    /// Refuses a node daemon acting as another node than its certificate's.
+    pub fn may_act_as_node(&self, name: &str) -> Result<(), BrokerError> {
+        match self.node() {
+            Some(own) if own != name => Err(BrokerError::PermissionDenied(format!(
+                "this connection's certificate is for node {own}; it cannot act as node {name} (give each node \
+                 daemon the certificate for its own --name: allot-broker pki issue --node NAME)"
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -284,9 +321,26 @@ impl Auth {
         Ok(())
     }
 
-    /// The caller of a request, from its `authorization: Bearer TOKEN` header.
-    pub fn identify(&self, header: Option<&str>) -> Result<Caller, BrokerError> {
-        let Some(header) = header else { return Ok(Caller::Anonymous) };
+    /// The caller of a request: a node certificate binds it to its node; else
+    /// the `authorization: Bearer TOKEN` header names it; else the client
+    /// certificate's common name does (mutual TLS has verified the certificate).
+    pub fn identify(
+        &self,
+        header: Option<&str>,
+        certificate: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Result<Caller, BrokerError> {
+        let from_certificate = match certificate {
+            Some(certificate) => {
+                Some(crate::service::tls::identity_of(certificate).map_err(BrokerError::Unauthenticated)?)
+            }
+            None => None,
+        };
+        if let Some(subject) = &from_certificate
+            && subject.starts_with(crate::service::pki::NODE_PREFIX)
+        {
+            return Ok(Caller::Node { subject: subject.clone() });
+        }
+        let Some(header) = header else { return Ok(from_certificate.map_or(Caller::Anonymous, Caller::Subject)) };
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -355,13 +409,13 @@ impl Auth {
     ) -> Result<bool, BrokerError> {
         let enforcer = self.enforcer.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         for domain in domains {
-            let question: Question = (caller.name().to_owned(), domain.clone(), object, action);
+            let question: Question = (caller.grantee().to_owned(), domain.clone(), object, action);
             let known = self.decisions.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&question).copied();
             let allowed = match known {
                 Some(allowed) => allowed,
                 None => {
                     let allowed = enforcer
-                        .enforce((caller.name(), domain.as_str(), object, action))
+                        .enforce((caller.grantee(), domain.as_str(), object, action))
                         .map_err(|error| BrokerError::Internal(format!("authorization failed: {error}")))?;
                     let mut decisions = self.decisions.write().unwrap_or_else(|poisoned| poisoned.into_inner());
                     // Bounded: a flood of unknown names cannot grow it without end.

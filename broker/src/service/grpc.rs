@@ -41,7 +41,9 @@ impl Services {
     /// Who calls (anonymous without a token; an unknown token is refused).
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let header = request.metadata().get("authorization").and_then(|value| value.to_str().ok());
-        Ok(self.auth.identify(header)?)
+        let certificates = request.peer_certs();
+        let certificate = certificates.as_ref().and_then(|certificates| certificates.first());
+        Ok(self.auth.identify(header, certificate)?)
     }
 }
 
@@ -163,9 +165,10 @@ impl proto::node_service_server::NodeService for Services {
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
         let asked = self.asked(&request, "NodeService/Register", format!("node {}", request.get_ref().node_name), None);
         self.audited(asked, async move {
-            self.authorize(&request, "NodeService/Register", None)?;
+            let caller = self.authorize(&request, "NodeService/Register", None)?;
             let request = request.into_inner();
             let name = node_name(&request.node_name)?;
+            caller.may_act_as_node(name.as_str())?;
             let inventory = request.inventory.ok_or_else(|| invalid("inventory", "missing"))?;
             let inventory = NodeInventory::try_from(inventory).map_err(BrokerError::from)?;
             let epoch = self
@@ -185,9 +188,10 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
-        self.authorize(&request, "NodeService/Heartbeat", None)?;
+        let caller = self.authorize(&request, "NodeService/Heartbeat", None)?;
         let request = request.into_inner();
         let name = node_name(&request.node_name)?;
+        caller.may_act_as_node(name.as_str())?;
         let interval = self.core.heartbeat_interval.as_millis().min(u128::from(u32::MAX)) as u32;
         let returned = {
             let mut state = self.core.state();
@@ -230,8 +234,9 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
-        self.authorize(&request, "NodeService/WatchAssignments", None)?;
+        let caller = self.authorize(&request, "NodeService/WatchAssignments", None)?;
         let name = node_name(&request.into_inner().node_name)?;
+        caller.may_act_as_node(name.as_str())?;
         // Subscribe before the snapshot, so no change falls between the two.
         let mut changes = self.core.assignments.subscribe();
         let existing = {
@@ -300,9 +305,10 @@ impl proto::node_service_server::NodeService for Services {
         &self,
         request: Request<proto::ReportAppliedRequest>,
     ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
-        self.authorize(&request, "NodeService/ReportApplied", None)?;
+        let caller = self.authorize(&request, "NodeService/ReportApplied", None)?;
         let request = request.into_inner();
         let id = allocation_id(&request.allocation_id)?;
+        caller.may_act_as_node(&request.node_name)?;
         {
             let mut state = self.core.state();
             let Some(allocation) = state.allocations.get(&id) else {

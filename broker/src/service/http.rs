@@ -33,7 +33,7 @@ async fn authorize(
     use axum::response::IntoResponse;
     let call = format!("{} {}", request.method(), request.uri().path());
     let header = request.headers().get("authorization").and_then(|value| value.to_str().ok());
-    let checked = auth.identify(header).and_then(|caller| auth.check(&caller, &call, None));
+    let checked = auth.identify(header, None).and_then(|caller| auth.check(&caller, &call, None));
     match checked {
         Ok(()) => next.run(request).await,
         Err(error) => {

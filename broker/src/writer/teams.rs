@@ -397,6 +397,14 @@ pub(crate) fn apply(state: &mut ClusterState, command: TeamCommand, writes: &mut
                         return None;
                     }
                 }
+                // Node daemons with a node certificate act under the grants of
+                // `nodes` (see `Caller::Node`); a new cluster grants it the node role.
+                let nodes = Grant { subject: "nodes".into(), role: allot_policy::Role::Node, team: None };
+                if let Err(error) = put_line(grant_line(&nodes), writes) {
+                    let _ = reply.send(Err(error));
+                    return None;
+                }
+                state.grants.insert(nodes);
                 state.permissions_stored = true;
                 changed = true;
             }

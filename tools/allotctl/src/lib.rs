@@ -12,19 +12,32 @@ use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::proto::admin_service_client::AdminServiceClient;
 use allot_api::proto::allocation_service_client::AllocationServiceClient;
+use allot_api::tls::ClientTls;
 use allot_api::units::MiB;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use output::Format;
 
 #[derive(Debug, Parser)]
 #[command(name = "allotctl", version, about = "Manage Allot: teams, nodes and GPU allocations")]
 pub struct Cli {
-    /// The broker's gRPC address.
+    /// The broker's gRPC address: HOST:PORT or https://HOST:PORT (TLS), or
+    /// http://HOST:PORT for a broker serving plain text.
     #[arg(long, global = true, env = "ALLOT_BROKER", default_value = "127.0.0.1:7443")]
     pub broker: String,
+    /// The CA (PEM) that signed the broker's certificate (default:
+    /// ~/.config/allot/pki/ca.pem, which a single-machine broker writes).
+    #[arg(long, global = true, env = "ALLOT_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM) for mutual TLS (default:
+    /// ~/.config/allot/pki/admin.pem when it exists); needs --key.
+    #[arg(long, global = true, env = "ALLOT_CERT", value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, env = "ALLOT_KEY", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
     /// Output for people (table) or programs (json).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -202,20 +215,44 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 impl From<tonic::Status> for CtlError {
     fn from(status: tonic::Status) -> Self {
-        CtlError::Broker { code: code_name(status.code()), message: status.message().to_owned() }
+        let mut message = status.message().to_owned();
+        // A connection that broke carries its cause (a TLS alert, a reset) as the source.
+        if let Some(source) = std::error::Error::source(&status) {
+            let cause = source_chain(source);
+            message = format!("{message}: {cause}{}", tls_hint(&cause));
+        } else {
+            message.push_str(tls_hint(status.message()));
+        }
+        CtlError::Broker { code: code_name(status.code()), message }
     }
 }
 
-async fn connect(address: &str) -> Result<Channel, CtlError> {
-    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+/// What a TLS failure means for the person who sees it.
+fn tls_hint(cause: &str) -> &'static str {
+    if ["CertificateRequired", "BadCertificate", "UnknownCA"].iter().any(|alert| cause.contains(alert)) {
+        "; the broker takes clients with a certificate from its CA only: pass --cert and --key (allot-broker pki issue \
+         --subject NAME makes them)"
+    } else if cause.contains("InvalidContentType") {
+        "; the broker serves plain text: use http://HOST:PORT"
+    } else if cause.contains("frame with invalid size") {
+        "; the broker may serve TLS: use HOST:PORT or https://HOST:PORT with --ca"
+    } else if cause.contains("UnknownIssuer") {
+        "; --ca is not the CA that signed the broker's certificate"
+    } else {
+        ""
+    }
+}
+
+async fn connect(address: &str, tls: &ClientTls) -> Result<Channel, CtlError> {
     let unreachable = |problem: String| CtlError::Unreachable { address: address.to_owned(), problem };
-    let endpoint = Endpoint::from_shared(uri).map_err(|error| unreachable(error.to_string()))?;
-    endpoint
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .timeout(std::time::Duration::from_secs(30))
-        .connect()
-        .await
-        .map_err(|error| unreachable(source_chain(&error)))
+    let endpoint =
+        allot_api::tls::endpoint(address, tls, std::time::Duration::from_secs(3), std::time::Duration::from_secs(30))
+            .map_err(CtlError::Usage)?;
+    endpoint.connect().await.map_err(|error| {
+        let cause = source_chain(&error);
+        let hint = tls_hint(&cause);
+        unreachable(format!("{cause}{hint}"))
+    })
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {
@@ -355,7 +392,8 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         report::check(command)?;
     }
     let bearer = find_token(cli.token_file.as_deref())?;
-    let channel = connect(&cli.broker).await?;
+    let tls = ClientTls { ca: cli.ca.clone(), cert: cli.cert.clone(), key: cli.key.clone() }.with_defaults(true);
+    let channel = connect(&cli.broker, &tls).await?;
     let clients = Clients { channel, bearer };
     let format = cli.output;
     match cli.command {

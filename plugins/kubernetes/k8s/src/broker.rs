@@ -8,7 +8,7 @@ use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::proto::allocation_service_client::AllocationServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::extender::Verdict;
@@ -33,12 +33,9 @@ pub enum BrokerError {
 impl Broker {
     /// A lazy connection: the first call dials, and a broker that is down makes
     /// each call fail with [`BrokerError::Unreachable`] instead of a hang.
-    pub fn new(address: &str, bearer: Bearer) -> Result<Broker, String> {
-        let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|error| format!("--broker {address}: {error}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10));
+    pub fn new(address: &str, bearer: Bearer, tls: &allot_api::tls::ClientTls) -> Result<Broker, String> {
+        let endpoint = allot_api::tls::endpoint(address, tls, Duration::from_secs(2), Duration::from_secs(10))
+            .map_err(|problem| format!("--broker {address}: {problem}"))?;
         let channel = endpoint.connect_lazy();
         Ok(Broker { address: address.to_owned(), client: AllocationServiceClient::with_interceptor(channel, bearer) })
     }

@@ -14,9 +14,22 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "allot-k8s", version, about = "kube-scheduler extender and pod controller for Allot")]
 struct Args {
-    /// The broker's gRPC address.
+    /// The broker's gRPC address: HOST:PORT or https://HOST:PORT (mutual TLS),
+    /// or http://HOST:PORT for a broker serving plain text.
     #[arg(long, env = "ALLOT_BROKER", default_value = "127.0.0.1:7443")]
     broker: String,
+    /// The CA (PEM) that signed the broker's certificate (default:
+    /// ~/.config/allot/pki/ca.pem when it exists).
+    #[arg(long, env = "ALLOT_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This service's certificate (PEM) for mutual TLS (`allot-broker pki issue
+    /// --subject NAME`); needs --key.
+    #[arg(long, env = "ALLOT_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "ALLOT_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+
     /// A file holding the bearer token (a subject with `member` in the teams it allocates for).
     #[arg(long, env = "ALLOT_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -67,7 +80,9 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let settings =
         Settings { poll: seconds(args.poll, "--poll")?, gone_grace: seconds(args.gone_grace, "--gone-grace")? };
-    let broker = Broker::new(&args.broker, bearer)?;
+    let tls = allot_api::tls::ClientTls { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() }
+        .with_defaults(false);
+    let broker = Broker::new(&args.broker, bearer, &tls)?;
     let kube = kube_client(args.kubeconfig.as_ref()).await?;
     let app = App::new(broker, kube, &args.resource_domain, &args.team_label);
     let listener = tokio::net::TcpListener::bind(args.listen)
