@@ -26,25 +26,33 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # The broker writes the first admin token to ~/.config/allot/admin.token (only
-# its owner can read it), where allotctl finds it, and a token for node daemons.
+# its owner can read it), where allotctl finds it. It serves mutual TLS: on its
+# first start it makes a CA, its own certificate and the admin's certificate in
+# ~/.config/allot/pki, where allotctl finds them too.
 echo "== allot-broker serve --store embedded:$state/store --listen $grpc --http $http"
 "$bin/allot-broker" serve --store "embedded:$state/store" --listen "$grpc" --http "$http" \
     --node-timeout 15s --heartbeat-interval 2s --ready-file "$state/ready" \
-    --node-token-file "$state/node.token" --reclaim-grace 10s 2> "$state/broker.log" &
+    --reclaim-grace 10s 2> "$state/broker.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$state/ready" ] && break; sleep 0.1; done
 [ -s "$state/ready" ] || { cat "$state/broker.log"; echo "run: the broker did not start" >&2; exit 1; }
 
 if "$bin/allot-node" inventory --output json | grep -q '"gpus": \[\]'; then
     # The fixture's GPUs on this machine's real CPUs, so cpusets really apply.
-    node_args=(--fixture dgx-h100 --name "$(hostname)-dgx-h100-fixture" --host-cpus)
+    node_name="$(hostname)-dgx-h100-fixture"
+    node_args=(--fixture dgx-h100 --host-cpus)
     export ALLOT_FAKE_NVML_STATE="$state/fake-nvml-state.json"
     echo "== no GPU here: allot-node run on the dgx-h100 fixture (hwloc XML + fake NVML, this machine's CPUs)"
 else
+    node_name="$(hostname)"
     node_args=()
     echo "== allot-node run on this machine's hardware"
 fi
-"$bin/allot-node" run --broker "$grpc" --heartbeat-interval 2 --token-file "$state/node.token" \
+# The node daemon's certificate names its node: it can register as that node only.
+echo "== allot-broker pki issue --node $node_name"
+"$bin/allot-broker" pki issue --node "$node_name" --out "$state/node-cert"
+"$bin/allot-node" run --broker "$grpc" --heartbeat-interval 2 --name "$node_name" \
+    --cert "$state/node-cert.pem" --key "$state/node-cert-key.pem" \
     --state-dir "$state/node" --cgroup-parent "allot-run-$$" "${node_args[@]}" 2> "$state/node.log" &
 pids+=($!)
 
@@ -71,13 +79,15 @@ ctl alloc release "$first"
 ctl alloc list
 ctl alloc create --team vision --gpus 9 --interconnect nvlink || true
 ctl policy list
+ctl audit --limit 8
 
 if $tour_only; then
     exit 0
 fi
 echo
 echo "Allot is running: broker at $grpc (metrics at http://$http/metrics), logs in $state."
-echo "The admin token is in ~/.config/allot/admin.token (allotctl reads it from there)."
+echo "The admin token is in ~/.config/allot/admin.token, the CA and the admin's certificate in"
+echo "~/.config/allot/pki (allotctl reads them from there)."
 echo "Try: target/debug/allotctl --broker $grpc alloc create --team nlp --gpus 2"
 echo "Ctrl-C stops everything."
 wait

@@ -370,6 +370,14 @@ pub fn render(source: &Source, options: &Options) -> Result<Export, Vec<String>>
     );
     node.property("allot.yarn.broker", &options.node_broker);
     node.property("allot.yarn.token-file", "/etc/allot/yarn.token");
+    if !allot_api::tls::is_plaintext(&options.node_broker) {
+        node.comment(
+            "Mutual TLS: the broker's CA, and this NodeManager's certificate (allot-broker pki issue --subject NAME).",
+        );
+        node.property("allot.yarn.tls.ca", "/etc/allot/pki/ca.pem");
+        node.property("allot.yarn.tls.cert", "/etc/allot/pki/yarn-nm.pem");
+        node.property("allot.yarn.tls.key", "/etc/allot/pki/yarn-nm-key.pem");
+    }
     node.property("allot.yarn.resource-name", &options.resource_name);
     node.comment("Queues are named after teams: a container's queue leaf names its team.");
     node.property("allot.yarn.queue-leaf-is-team", "true");

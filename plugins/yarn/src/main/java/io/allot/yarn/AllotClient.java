@@ -3,10 +3,13 @@ package io.allot.yarn;
 import allot.v1.AdminServiceGrpc;
 import allot.v1.AllocationServiceGrpc;
 import allot.v1.Broker;
+import io.grpc.ChannelCredentials;
+import io.grpc.Grpc;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.Metadata;
 import io.grpc.StatusRuntimeException;
+import io.grpc.TlsChannelCredentials;
 import io.grpc.stub.MetadataUtils;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -25,7 +28,14 @@ public final class AllotClient implements AutoCloseable {
   private final ManagedChannel channel;
   private final Metadata headers = new Metadata();
 
-  public AllotClient(String address, Path tokenFile, long timeoutMs) throws IOException {
+  /** TLS files: the broker's CA, and this client's certificate and key for mutual TLS (both or neither). */
+  public record Tls(Path ca, Path cert, Path key) {}
+
+  /**
+   * A client for the broker at {@code address}: {@code host:port} or {@code https://host:port}
+   * is reached over TLS with {@code tls}; {@code http://host:port} in plain text.
+   */
+  public AllotClient(String address, Path tokenFile, long timeoutMs, Tls tls) throws IOException {
     this.address = address;
     this.timeoutMs = timeoutMs;
     String token;
@@ -40,7 +50,33 @@ public final class AllotClient implements AutoCloseable {
     }
     headers.put(Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER), "Bearer " + token);
     String target = address.replaceFirst("^https?://", "");
-    this.channel = ManagedChannelBuilder.forTarget(target).usePlaintext().build();
+    if (address.startsWith("http://")) {
+      this.channel = ManagedChannelBuilder.forTarget(target).usePlaintext().build();
+    } else {
+      this.channel = Grpc.newChannelBuilder(target, credentials(address, tls)).build();
+    }
+  }
+
+  private static ChannelCredentials credentials(String address, Tls tls) throws IOException {
+    if (tls == null || tls.ca() == null || !Files.isReadable(tls.ca())) {
+      throw new IOException("the allot broker " + address + " is reached over TLS, but its CA "
+          + (tls == null || tls.ca() == null ? "is not set" : tls.ca() + " cannot be read")
+          + ": set " + AllotSettings.TLS_CA + " to ca.pem from the broker's --pki directory, or write http://"
+          + address + " for a broker serving plain text");
+    }
+    if ((tls.cert() == null) != (tls.key() == null)) {
+      throw new IOException("set both " + AllotSettings.TLS_CERT + " and " + AllotSettings.TLS_KEY
+          + " (a certificate and its key), or neither");
+    }
+    try {
+      TlsChannelCredentials.Builder builder = TlsChannelCredentials.newBuilder().trustManager(tls.ca().toFile());
+      if (tls.cert() != null) {
+        builder.keyManager(tls.cert().toFile(), tls.key().toFile());
+      }
+      return builder.build();
+    } catch (IOException | RuntimeException e) {
+      throw new IOException("cannot use the TLS files for the allot broker (" + tls + "): " + e.getMessage(), e);
+    }
   }
 
   public String address() {

@@ -79,7 +79,7 @@ public class AllotDevicePlugin implements DevicePlugin, DevicePluginScheduler, C
           c.getBoolean(AllotSettings.QUEUE_LEAF_IS_TEAM, true),
           c.getBoolean(AllotSettings.ALLOW_TEAM_ENV, false));
       client = new AllotClient(broker, Path.of(c.getTrimmed(AllotSettings.TOKEN_FILE,
-          AllotSettings.DEFAULT_TOKEN_FILE)), c.getLong(AllotSettings.TIMEOUT_MS, 10_000));
+          AllotSettings.DEFAULT_TOKEN_FILE)), c.getLong(AllotSettings.TIMEOUT_MS, 10_000), AllotSettings.tls(c));
     }
     return client;
   }

@@ -36,7 +36,7 @@ public class AllotReleaseService extends AuxiliaryService {
     }
     nodeName = conf.getTrimmed(AllotSettings.NODE_NAME, java.net.InetAddress.getLocalHost().getHostName());
     client = new AllotClient(broker, Path.of(conf.getTrimmed(AllotSettings.TOKEN_FILE,
-        AllotSettings.DEFAULT_TOKEN_FILE)), conf.getLong(AllotSettings.TIMEOUT_MS, 10_000));
+        AllotSettings.DEFAULT_TOKEN_FILE)), conf.getLong(AllotSettings.TIMEOUT_MS, 10_000), AllotSettings.tls(conf));
     super.serviceInit(conf);
   }
 

@@ -17,8 +17,23 @@ public final class AllotSettings {
   public static final String ALLOW_TEAM_ENV = "allot.yarn.allow-team-env";
   /** Deadline of each broker call in milliseconds (default 10000). */
   public static final String TIMEOUT_MS = "allot.yarn.timeout-ms";
+  /** The broker's CA (PEM) for TLS: ca.pem in its --pki directory. Required unless the broker address is http://. */
+  public static final String TLS_CA = "allot.yarn.tls.ca";
+  public static final String DEFAULT_TLS_CA = "/etc/allot/pki/ca.pem";
+  /** This NodeManager's client certificate and key (PEM) for mutual TLS (allot-broker pki issue --subject NAME). */
+  public static final String TLS_CERT = "allot.yarn.tls.cert";
+  public static final String TLS_KEY = "allot.yarn.tls.key";
   /** The Docker runtime named in the spec for Docker containers (default nvidia). */
   public static final String DOCKER_RUNTIME = "allot.yarn.docker-runtime";
+
+  /** The TLS files the settings name (defaults included). */
+  public static AllotClient.Tls tls(org.apache.hadoop.conf.Configuration conf) {
+    String cert = conf.getTrimmed(TLS_CERT);
+    String key = conf.getTrimmed(TLS_KEY);
+    return new AllotClient.Tls(java.nio.file.Path.of(conf.getTrimmed(TLS_CA, DEFAULT_TLS_CA)),
+        cert == null || cert.isEmpty() ? null : java.nio.file.Path.of(cert),
+        key == null || key.isEmpty() ? null : java.nio.file.Path.of(key));
+  }
 
   private AllotSettings() {}
 }

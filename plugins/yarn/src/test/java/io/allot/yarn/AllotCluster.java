@@ -21,7 +21,10 @@ final class AllotCluster implements AutoCloseable {
   final Path workspace;
   final Process broker;
   final Process node;
+  /** How clients reach the broker: https://127.0.0.1:PORT (mutual TLS with the broker's own CA). */
   final String grpc;
+  /** The broker's PKI directory: ca.pem, admin.pem and admin-key.pem, and what pki issue wrote. */
+  final Path pki;
   final Path adminToken;
   final Path nodeToken;
   final Path events;
@@ -38,13 +41,14 @@ final class AllotCluster implements AutoCloseable {
         "--store", "embedded:" + dir.resolve("store"), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
         "--node-timeout", "5s", "--heartbeat-interval", "200ms",
         "--ready-file", ready.toString(), "--admin-token-file", adminToken.toString(),
-        "--node-token-file", nodeToken.toString()));
+        "--node-token-file", nodeToken.toString(), "--pki", dir.resolve("pki").toString()));
+    this.pki = dir.resolve("pki");
     String address = null;
     for (int i = 0; i < 600 && address == null; i++) {
       if (Files.exists(ready)) {
         try {
           JsonNode addresses = JSON.readTree(Files.readString(ready));
-          address = addresses.path("grpc").asText(null);
+          address = addresses.path("url").asText(null);
         } catch (IOException partial) {
           // written but not complete yet
         }
@@ -62,13 +66,18 @@ final class AllotCluster implements AutoCloseable {
     grpc = address;
     events = dir.resolve("events.jsonl");
     Files.writeString(events, "");
+    // The node daemon proves its name with a node certificate; the NodeManager's
+    // plugin has a client certificate of its own and the node token.
+    Path nodeCert = issue("--node", nodeName);
+    issue("--subject", "yarn-nm");
     ProcessBuilder nodeCommand = new ProcessBuilder(binary("allot-node").toString(), "run", "--broker", grpc,
         "--fixture", fixture, "--name", nodeName, "--heartbeat-interval", "0.2",
-        "--token-file", nodeToken.toString(), "--no-enforce", "--xid-quiet-period", "600");
+        "--ca", pki.resolve("ca.pem").toString(), "--cert", nodeCert + ".pem", "--key", nodeCert + "-key.pem",
+        "--no-enforce", "--xid-quiet-period", "600");
     nodeCommand.environment().put("ALLOT_FAKE_NVML_EVENTS", events.toString());
     nodeCommand.environment().put("ALLOT_FAKE_NVML_STATE", dir.resolve("nvml-state.json").toString());
     node = start("node", nodeCommand);
-    try (AllotClient admin = new AllotClient(grpc, adminToken, 5000)) {
+    try (AllotClient admin = new AllotClient(grpc, adminToken, 5000, adminTls())) {
       for (int i = 0; ; i++) {
         try {
           if (admin.getNode(nodeName).getInventory().getGpusCount() > 0) {
@@ -85,6 +94,43 @@ final class AllotCluster implements AutoCloseable {
         Thread.sleep(50);
       }
     }
+  }
+
+  /** Signs a certificate with the broker's CA (allot-broker pki issue); returns its prefix. */
+  Path issue(String kind, String name) throws Exception {
+    Path prefix = pki.resolve("issued").resolve(name.replace(':', '-'));
+    Process issue = new ProcessBuilder(binary("allot-broker").toString(), "pki", "issue", "--pki", pki.toString(),
+        kind, name, "--out", prefix.toString()).redirectErrorStream(true).start();
+    String output = new String(issue.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+    if (issue.waitFor() != 0) {
+      throw new IllegalStateException("allot-broker pki issue " + kind + " " + name + " failed: " + output);
+    }
+    return prefix;
+  }
+
+  /** The platform admin's TLS files (the broker wrote them on its first start). */
+  AllotClient.Tls adminTls() {
+    return new AllotClient.Tls(pki.resolve("ca.pem"), pki.resolve("admin.pem"), pki.resolve("admin-key.pem"));
+  }
+
+  /** The NodeManager plugin's TLS files. */
+  AllotClient.Tls pluginTls() {
+    Path prefix = pki.resolve("issued").resolve("yarn-nm");
+    return new AllotClient.Tls(pki.resolve("ca.pem"), Path.of(prefix + ".pem"), Path.of(prefix + "-key.pem"));
+  }
+
+  /** allotctl arguments that reach this broker as the platform admin, then {@code args}. */
+  String[] asAdmin(String... args) {
+    List<String> all = new ArrayList<>(List.of("--broker", grpc, "--token-file", adminToken.toString()));
+    all.addAll(tlsArgs());
+    all.addAll(List.of(args));
+    return all.toArray(String[]::new);
+  }
+
+  /** allotctl's TLS arguments as the platform admin. */
+  List<String> tlsArgs() {
+    AllotClient.Tls tls = adminTls();
+    return List.of("--ca", tls.ca().toString(), "--cert", tls.cert().toString(), "--key", tls.key().toString());
   }
 
   Path binary(String name) {
@@ -132,6 +178,7 @@ final class AllotCluster implements AutoCloseable {
 
   Result allotctlResult(String... args) throws Exception {
     List<String> command = new ArrayList<>(List.of(binary("allotctl").toString(), "--broker", grpc));
+    command.addAll(tlsArgs());
     command.addAll(List.of(args));
     ProcessBuilder builder = new ProcessBuilder(command);
     builder.environment().put("ALLOT_TOKEN_FILE", adminToken.toString());

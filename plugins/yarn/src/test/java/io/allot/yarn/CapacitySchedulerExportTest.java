@@ -198,8 +198,7 @@ class CapacitySchedulerExportTest {
       cluster.allotctl("team", "create", "speech", "--parent", "ml", "--guaranteed", "gpu/any=2");
       cluster.allotctl("team", "create", "ops");
       Path out = Files.createTempDirectory("allot-yarn-export-").resolve("yarn");
-      Run fine = allotctl("--broker", cluster.grpc, "--token-file", cluster.adminToken.toString(),
-          "export", "yarn", "--out", out.toString());
+      Run fine = allotctl(cluster.asAdmin("export", "yarn", "--out", out.toString()));
       assertEquals(0, fine.code(), fine.stderr());
       CapacityScheduler scheduler = load(out, 8);
       assertEquals(6, effectiveMin(scheduler.getQueue("root.ml")), "the cluster's 8 GPUs come from the broker");
@@ -215,8 +214,7 @@ class CapacitySchedulerExportTest {
       // 6 H100 each, but a queue's children cannot be guaranteed 8 of its 6.
       cluster.allotctl("team", "create", "tts", "--parent", "ml", "--guaranteed", "gpu/h100=6");
       Files.writeString(out.resolve("capacity-scheduler.xml"), "kept");
-      Run refused = allotctl("--broker", cluster.grpc, "--token-file", cluster.adminToken.toString(),
-          "export", "yarn", "--out", out.toString());
+      Run refused = allotctl(cluster.asAdmin("export", "yarn", "--out", out.toString()));
       assertNotEquals(0, refused.code(), "the tree cannot be CapacityScheduler queues");
       assertTrue(refused.stderr().contains("team \"ml\": its teams are guaranteed 8 GPUs together, more than its own 6"),
           refused.stderr());

@@ -86,6 +86,10 @@ class NodeManagerPluginTest {
     conf.set(AllotSettings.BROKER, broker);
     conf.set(AllotSettings.NODE_NAME, NODE);
     conf.set(AllotSettings.TOKEN_FILE, cluster.nodeToken.toString());
+    AllotClient.Tls tls = cluster.pluginTls();
+    conf.set(AllotSettings.TLS_CA, tls.ca().toString());
+    conf.set(AllotSettings.TLS_CERT, tls.cert().toString());
+    conf.set(AllotSettings.TLS_KEY, tls.key().toString());
     conf.set(AllotSettings.TEAM_MAPPING, "user:alice=vision,user:carol=capped");
     conf.setLong(AllotSettings.TIMEOUT_MS, 5000);
     return conf;
@@ -159,7 +163,7 @@ class NodeManagerPluginTest {
   }
 
   static List<Broker.Allocation> live(String owner) throws Exception {
-    try (AllotClient admin = new AllotClient(cluster.grpc, cluster.adminToken, 5000)) {
+    try (AllotClient admin = new AllotClient(cluster.grpc, cluster.adminToken, 5000, cluster.adminTls())) {
       return admin.list(NODE, owner).stream()
           .filter(a -> a.getState() == Broker.AllocationState.ALLOCATION_STATE_BOUND
               || a.getState() == Broker.AllocationState.ALLOCATION_STATE_ENFORCED
@@ -169,12 +173,37 @@ class NodeManagerPluginTest {
   }
 
   static Map<Integer, Inventory.Gpu> gpus() throws Exception {
-    try (AllotClient admin = new AllotClient(cluster.grpc, cluster.adminToken, 5000)) {
+    try (AllotClient admin = new AllotClient(cluster.grpc, cluster.adminToken, 5000, cluster.adminTls())) {
       Map<Integer, Inventory.Gpu> gpus = new HashMap<>();
       for (Inventory.Gpu gpu : admin.getNode(NODE).getInventory().getGpusList()) {
         gpus.put(gpu.getIndex(), gpu);
       }
       return gpus;
+    }
+  }
+
+  @Test
+  void theBrokerTakesThePluginOnlyWithACertificateFromItsCa() throws Exception {
+    java.nio.file.Path ca = cluster.pki.resolve("ca.pem");
+    // Without the CA the plugin says which setting to give.
+    java.io.IOException noCa = assertThrows(java.io.IOException.class,
+        () -> new AllotClient(cluster.grpc, cluster.nodeToken, 5000, new AllotClient.Tls(null, null, null)));
+    assertTrue(noCa.getMessage().contains(AllotSettings.TLS_CA), noCa.getMessage());
+    // With the CA but no client certificate, the broker refuses the connection.
+    try (AllotClient anonymous = new AllotClient(cluster.grpc, cluster.nodeToken, 5000,
+        new AllotClient.Tls(ca, null, null))) {
+      io.grpc.StatusRuntimeException refused =
+          assertThrows(io.grpc.StatusRuntimeException.class, () -> anonymous.getNode(NODE));
+      assertEquals(io.grpc.Status.Code.UNAVAILABLE, refused.getStatus().getCode(), AllotClient.describe(refused));
+    }
+    // Plain text to the TLS port fails too.
+    try (AllotClient plain = new AllotClient(cluster.grpc.replace("https://", "http://"), cluster.nodeToken, 5000,
+        null)) {
+      assertThrows(io.grpc.StatusRuntimeException.class, () -> plain.getNode(NODE));
+    }
+    // The plugin's own certificate gets in.
+    try (AllotClient plugin = new AllotClient(cluster.grpc, cluster.nodeToken, 5000, cluster.pluginTls())) {
+      assertEquals(8, plugin.getNode(NODE).getInventory().getGpusCount(), "the node's GPUs over mutual TLS");
     }
   }
 

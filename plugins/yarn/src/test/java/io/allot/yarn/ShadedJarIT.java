@@ -77,6 +77,11 @@ class ShadedJarIT {
       set.invoke(conf, AllotSettings.BROKER, cluster.grpc);
       set.invoke(conf, AllotSettings.NODE_NAME, cluster.nodeName);
       set.invoke(conf, AllotSettings.TOKEN_FILE, cluster.nodeToken.toString());
+      // Mutual TLS through the shaded (relocated) Netty.
+      AllotClient.Tls tls = cluster.pluginTls();
+      set.invoke(conf, AllotSettings.TLS_CA, tls.ca().toString());
+      set.invoke(conf, AllotSettings.TLS_CERT, tls.cert().toString());
+      set.invoke(conf, AllotSettings.TLS_KEY, tls.key().toString());
       Class<?> pluginClass = loader.loadClass("io.allot.yarn.AllotDevicePlugin");
       assertEquals(loader, pluginClass.getClassLoader(), "the plugin comes from the shaded jar");
       Object plugin = pluginClass.getConstructor().newInstance();
