@@ -289,6 +289,12 @@ pub fn start_allot_k8s(
     env: &[(&str, &str)],
 ) -> (crate::Process, String) {
     let mut command = Command::new(crate::binary("allot-k8s"));
+    if broker.pki.is_some() {
+        // Its own client certificate; the admin token names the caller.
+        let prefix =
+            crate::issue_certificate(broker, &["--subject", "k8s-scheduler"], &dir.join(format!("{name}-tls")));
+        command.args(crate::tls_args(broker, Some(&prefix)));
+    }
     command
         .args(["--broker", &broker.url, "--listen", "127.0.0.1:0"])
         .arg("--token-file")

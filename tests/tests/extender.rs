@@ -151,7 +151,10 @@ impl World {
     ) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = StoreKind::Embedded(dir.path().join("store"));
-        let broker = start_broker_with(&store, dir.path(), "broker", "5s", "127.0.0.1:0", broker_args);
+        // Mutual TLS between allot-k8s, the node daemons and the broker, as deployed.
+        let pki = dir.path().join("pki").display().to_string();
+        let args: Vec<&str> = broker_args.iter().copied().chain(["--pki", pki.as_str()]).collect();
+        let broker = start_broker_with(&store, dir.path(), "broker", "5s", "127.0.0.1:0", &args);
         let daemons: Vec<Process> =
             nodes.iter().map(|name| start_node(&broker, "dgx-h100", name, dir.path())).collect();
         wait_until("every node ready", Duration::from_secs(60), || {
