@@ -8,6 +8,7 @@
 
 pub mod chromium;
 pub mod control_plane;
+pub mod faults;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
