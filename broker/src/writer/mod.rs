@@ -333,6 +333,23 @@ pub(crate) trait Deliver: Send {
     fn fail(self: Box<Self>, error: BrokerError);
 }
 
+/// A refusal that rests on changes of the batch it is in: sent once the batch
+/// is stored; if the batch fails, the caller hears that instead (the state the
+/// refusal read never existed).
+pub(crate) struct Refusal<T> {
+    pub reply: oneshot::Sender<Result<T, BrokerError>>,
+    pub error: BrokerError,
+}
+
+impl<T: Send> Deliver for Refusal<T> {
+    fn deliver(self: Box<Self>) {
+        let _ = self.reply.send(Err(self.error));
+    }
+    fn fail(self: Box<Self>, error: BrokerError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
 /// A reply with its value, ready to send.
 pub(crate) struct Answer<T> {
     pub reply: oneshot::Sender<Result<T, BrokerError>>,
@@ -357,13 +374,11 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
         // it is stored (it may be in this very batch), not a second one.
         Command::CreateAllocation { request, reply, .. } if retried(state, &request).is_some() => {
             match retried(state, &request) {
-                Some(Ok((id, explanation))) => return Some(Pending::Allocation(reply, id, explanation)),
-                Some(Err(error)) => {
-                    let _ = reply.send(Err(error));
-                }
-                None => {}
+                Some(Ok((id, explanation))) => Some(Pending::Allocation(reply, id, explanation)),
+                // The allocation the id made may not be stored yet: refused with the batch.
+                Some(Err(error)) => Some(Pending::Done(Box::new(Refusal { reply, error }))),
+                None => None,
             }
-            None
         }
         Command::CreateAllocation { request, no_wait, reply } => match admit_request(state, *request, no_wait, now) {
             Ok((allocation, explanation)) => {
@@ -408,11 +423,13 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 return None;
             };
             if matches!(allocation.state, AllocationState::Released | AllocationState::Preempted) {
-                let _ = reply.send(Err(BrokerError::FailedPrecondition(format!(
+                // The release it repeats may be in this very batch, not stored yet:
+                // answered once the batch is (if the batch fails, with its error).
+                let error = BrokerError::FailedPrecondition(format!(
                     "allocation {id} is already {}",
                     allocation.state.as_str()
-                ))));
-                return None;
+                ));
+                return Some(Pending::Done(Box::new(Refusal { reply, error })));
             }
             let mut released = allocation.clone();
             released.state = AllocationState::Released;
