@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (and a small HTTP endpoint for health and metrics).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The broker's private CA: create it, and sign certificates for people and nodes.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// protect the port otherwise.
     #[arg(long)]
     pub plaintext: bool,
+    /// Send traces of the request path (create, placement, commit) to this
+    /// OpenTelemetry collector over OTLP/gRPC, like http://127.0.0.1:4317.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Mutual TLS on the gRPC port.
@@ -153,6 +157,7 @@ pub struct ServeConfig {
     pub node_token_file: Option<PathBuf>,
     /// None: plain text, because --plaintext asked for it.
     pub tls: Option<TlsSetup>,
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A configuration value that is wrong, with the flag and the fix.
@@ -249,6 +254,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             tls,
+            otlp_endpoint: self.otlp_endpoint.clone().filter(|endpoint| !endpoint.is_empty()),
             policy: crate::rounds::sharing::PolicySettings { grace, half_life, released_retention },
             admin_token_file,
             node_token_file: self.node_token_file.clone(),

@@ -111,6 +111,10 @@ fn file_name(path: &std::path::Path) -> String {
 /// Serves until `shutdown` resolves.
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let telemetry = Arc::new(
+        allot_telemetry::init("allot-broker", config.otlp_endpoint.as_deref())
+            .map_err(|problem| anyhow::anyhow!(problem))?,
+    );
     // TLS files are checked before anything else: a broker that cannot serve them does not take the lead.
     let tls = match &config.tls {
         Some(setup) => {
@@ -186,7 +190,9 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     auth::bootstrap(&core, config.admin_token_file.as_deref(), config.node_token_file.as_deref()).await?;
     let auth = Arc::new(auth::Auth::new(Arc::clone(&core), Arc::clone(&store), leadership.clone()).await?);
     let services = grpc::Services { core: Arc::clone(&core), auth: Arc::clone(&auth) };
+    http::register_metrics(&core);
     let router = tonic::transport::Server::builder()
+        .layer(http::TimedLayer)
         .add_service(proto::node_service_server::NodeServiceServer::new(services.clone()))
         .add_service(proto::allocation_service_server::AllocationServiceServer::new(services.clone()))
         .add_service(proto::admin_service_server::AdminServiceServer::new(services));
@@ -201,7 +207,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             )),
         };
-    let http = axum::serve(http_listener, http::router(Arc::clone(&core), auth));
+    let http = axum::serve(http_listener, http::router(Arc::clone(&telemetry), auth));
 
     if let Some(path) = &config.ready_file {
         // Clients reach a TLS broker as https://ADDRESS with its CA, a plain-text one as http://ADDRESS.
@@ -232,6 +238,7 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
                 Err(_) => tracing::warn!("storing the usage history took too long; up to 10 s of it is lost"),
             }
             leader::resign(store.as_ref(), &leadership).await;
+            telemetry.shutdown();
         }
         _ = lost_receiver => anyhow::bail!("lost leadership of the store: another broker may lead now; stopping"),
         _ = core.fenced.notified() => anyhow::bail!("another broker leads the store now; stopping"),

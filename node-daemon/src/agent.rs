@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub bearer: Bearer,
     /// The broker's CA and this node's certificate.
     pub tls: allot_api::tls::ClientTls,
+    /// Where to serve per-GPU telemetry on `/metrics` (port 0 picks one).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where to send traces of enforcement (OTLP/gRPC).
+    pub otlp_endpoint: Option<String>,
     /// Where the node's state is published for the kubelet's device plugin.
     pub publish: Option<Publisher>,
 }
@@ -71,6 +75,8 @@ pub enum AgentError {
     Refused(String),
     #[error("cannot enforce on this node: {0}; fix it, or run with --no-enforce")]
     Enforce(String),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 fn endpoint(address: &str, tls: &allot_api::tls::ClientTls) -> Result<Endpoint, AgentError> {
@@ -82,6 +88,8 @@ fn endpoint(address: &str, tls: &allot_api::tls::ClientTls) -> Result<Endpoint, 
 #[derive(Debug)]
 struct Health {
     tracker: Mutex<HealthTracker>,
+    /// What `/metrics` shows.
+    metrics: Arc<crate::metrics::NodeMetrics>,
     /// Wakes the heartbeat early when a GPU's health changed.
     changed: tokio::sync::Notify,
     started: Instant,
@@ -128,6 +136,7 @@ impl Health {
             Ok(mut tracker) => match event {
                 GpuEvent::Xid { gpu, xid } => {
                     tracing::warn!(gpu, xid, "GPU Xid event");
+                    self.metrics.xid(*gpu, *xid);
                     tracker.xid(*gpu, *xid, now)
                 }
                 GpuEvent::EccDoubleBit { gpu } => {
@@ -148,6 +157,27 @@ impl Health {
 }
 
 type SharedEnforcer = Arc<Mutex<Enforcer>>;
+
+/// An `apply` span in the trace an assignment carries (none without one).
+fn applying_span(
+    trace_parent: &str,
+    node: &str,
+    id: &str,
+) -> Option<allot_telemetry::opentelemetry::global::BoxedSpan> {
+    use allot_telemetry::opentelemetry::KeyValue;
+    use allot_telemetry::opentelemetry::trace::Tracer;
+    if trace_parent.is_empty() {
+        return None;
+    }
+    let parent = allot_telemetry::context_from(Some(trace_parent));
+    let tracer = allot_telemetry::opentelemetry::global::tracer("allot-node");
+    Some(
+        tracer
+            .span_builder("apply")
+            .with_attributes([KeyValue::new("node", node.to_owned()), KeyValue::new("allocation", id.to_owned())])
+            .start_with_context(&tracer, &parent),
+    )
+}
 
 fn build_enforcer(plan: &DiscoveryPlan, config: &EnforceConfig) -> Result<Enforcer, AgentError> {
     let cgroups = cgroup::driver(config.cgroup_driver, config.cgroup_root.as_deref(), &config.cgroup_parent)
@@ -180,15 +210,29 @@ pub async fn run(plan: DiscoveryPlan, config: AgentConfig) -> Result<(), AgentEr
         }
         None => None,
     };
+    let telemetry =
+        Arc::new(allot_telemetry::init("allot-node", config.otlp_endpoint.as_deref()).map_err(AgentError::Telemetry)?);
+    let metrics = crate::metrics::NodeMetrics::new(&plan.hostname);
+    metrics.register();
+    if let Some(listen) = config.metrics_listen {
+        let address = crate::metrics::serve(listen, Arc::clone(&telemetry))
+            .await
+            .map_err(|error| AgentError::Telemetry(format!("cannot serve metrics on {listen}: {error}")))?;
+        tracing::info!(%address, "metrics on http://{address}/metrics");
+    }
     let health = Arc::new(Health {
+        metrics,
         tracker: Mutex::new(HealthTracker::new(config.xid_quiet_period)),
         changed: tokio::sync::Notify::new(),
         started: Instant::now(),
     });
-    if let Some(publisher) = &config.publish {
+    {
         let mut seen = inventory.clone();
         health.overlay(&mut seen);
-        publisher.inventory(&seen);
+        health.metrics.inventory(&seen);
+        if let Some(publisher) = &config.publish {
+            publisher.inventory(&seen);
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -217,6 +261,7 @@ pub async fn run(plan: DiscoveryPlan, config: AgentConfig) -> Result<(), AgentEr
         }
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    telemetry.shutdown();
     result
 }
 
@@ -306,6 +351,7 @@ async fn heartbeat_loop(
         let gpus = match discover(plan).await {
             Ok(mut inventory) => {
                 health.overlay(&mut inventory);
+                health.metrics.inventory(&inventory);
                 if let Some(publisher) = publish {
                     publisher.inventory(&inventory);
                 }
@@ -458,6 +504,9 @@ async fn follow_assignments(
         }
         let Some(wire) = event.allocation else { continue };
         let id = wire.id.clone();
+        // The broker's trace of the create this came from: applying it is a span
+        // there (ended when this iteration ends, whichever way it ends).
+        let _span = applying_span(&event.trace_parent, &node, &id);
         let allocation = match Allocation::try_from(wire) {
             Ok(allocation) => allocation,
             Err(error) => {

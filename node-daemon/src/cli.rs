@@ -105,6 +105,14 @@ pub struct RunArgs {
     /// The private key (PEM) of --cert.
     #[arg(long, env = "ALLOT_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Serve per-GPU telemetry on /metrics here, under dcgm-exporter's names
+    /// (port 0 picks a free one and logs it).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Send traces of applying assignments to this OpenTelemetry collector
+    /// (OTLP/gRPC, like http://127.0.0.1:4317), in the broker's traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Seconds between heartbeats until the broker says otherwise.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub heartbeat_interval: f64,

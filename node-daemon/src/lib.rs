@@ -8,5 +8,6 @@ pub mod enforce;
 pub mod exec;
 pub mod fixtures;
 pub mod kubelet;
+pub mod metrics;
 pub mod publish;
 pub mod render;

@@ -80,6 +80,8 @@ fn main() -> ExitCode {
                 bearer,
                 tls: allot_api::tls::ClientTls { ca: args.ca.clone(), cert: args.cert.clone(), key: args.key.clone() }
                     .with_defaults(false),
+                metrics_listen: args.metrics_listen,
+                otlp_endpoint: args.otlp_endpoint.clone().filter(|endpoint| !endpoint.is_empty()),
                 broker: args.broker,
                 heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
                 max_backoff: Duration::from_secs(5),

@@ -306,6 +306,41 @@ pub fn allotctl_json(broker: &Broker, args: &[&str]) -> Value {
     })
 }
 
+/// GET `path` over plain HTTP/1.1 (with a bearer token when given); the body
+/// when the answer is 200, else None.
+pub fn http_get(address: &str, path: &str, token: Option<&str>) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let authorization = token.map(|token| format!("Authorization: Bearer {}\r\n", token.trim())).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // axum answers with a length; a chunked body would need decoding.
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some(dechunk(body));
+    }
+    Some(body.to_owned())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// Polls until `check` holds or the time is up.
 pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -57,13 +57,22 @@ pub(crate) struct Decided {
 /// shares (ranked under the learned mix, which weighs the whole cluster), pinned
 /// requests and requests nothing can take now go to [`decide_over`].
 pub(crate) fn decide(state: &mut ClusterState, request: &ValidatedRequest) -> Result<Decided, BrokerError> {
+    let started = std::time::Instant::now();
+    let record = |path: &'static str| {
+        crate::state::metrics::histograms()
+            .placement
+            .record(started.elapsed().as_secs_f64(), &[allot_telemetry::opentelemetry::KeyValue::new("path", path)]);
+    };
     if request.pin.is_none()
         && !matches!(request.gpus, GpuDemand::Share { .. })
         && let Some(decision) = state.place_indexed(request)
     {
+        record("index");
         return Ok(Decided { binding: decision.binding, explanation: decision.explanation.to_string() });
     }
-    decide_over(state, request, false)
+    let decided = decide_over(state, request, false);
+    record("engine");
+    decided
 }
 
 /// Runs placement over the distinct nodes (see `ClusterState::distinct_node_views`),

@@ -195,6 +195,8 @@ pub fn schedule(state: &mut ClusterState, writes: &mut Vec<Op>, now: u64, settin
         else {
             continue;
         };
+        let waited_ms = now.saturating_sub(allocation.created_at_ms);
+        crate::state::metrics::histograms().queue_wait.record(waited_ms as f64 / 1000.0, &[]);
         allocation.state = AllocationState::Bound;
         allocation.binding = Some(decided.binding);
         allocation.explanation = decided.explanation;

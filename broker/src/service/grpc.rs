@@ -109,6 +109,21 @@ impl Services {
     }
 }
 
+/// A server span for `name`, child of the request's `traceparent` metadata (a
+/// new trace without one), when traces are exported.
+fn trace_span<T>(request: &Request<T>, name: &'static str) -> Option<allot_telemetry::opentelemetry::Context> {
+    use allot_telemetry::opentelemetry::trace::{Span, SpanKind, TraceContextExt, Tracer, TracerProvider};
+    let provider = allot_telemetry::opentelemetry::global::tracer_provider();
+    let tracer = provider.tracer("allot-broker");
+    let parent =
+        allot_telemetry::context_from(request.metadata().get("traceparent").and_then(|value| value.to_str().ok()));
+    let span = tracer.span_builder(name).with_kind(SpanKind::Server).start_with_context(&tracer, &parent);
+    if !span.span_context().is_sampled() {
+        return None;
+    }
+    Some(parent.with_span(span))
+}
+
 /// An error's first line, at most 300 characters (explanations run long).
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or_default().chars().take(300).collect()
@@ -249,20 +264,29 @@ impl proto::node_service_server::NodeService for Services {
                 .live_on(&name)
                 .into_iter()
                 .filter(|allocation| !state.unpersisted.contains(&allocation.id))
+                .map(|allocation| {
+                    let trace = state.trace_of(allocation.id).unwrap_or_default().to_owned();
+                    (allocation, trace)
+                })
                 .collect::<Vec<_>>()
         };
+        let core = Arc::clone(&self.core);
         let stream = async_stream(move |sender| async move {
-            for allocation in existing {
+            for (allocation, trace_parent) in existing {
                 let event = proto::AssignmentEvent {
                     kind: proto::assignment_event::Kind::Existing as i32,
                     allocation: Some((&allocation).into()),
+                    trace_parent,
                 };
                 if sender.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
-            let synced =
-                proto::AssignmentEvent { kind: proto::assignment_event::Kind::Synced as i32, allocation: None };
+            let synced = proto::AssignmentEvent {
+                kind: proto::assignment_event::Kind::Synced as i32,
+                allocation: None,
+                trace_parent: String::new(),
+            };
             if sender.send(Ok(synced)).await.is_err() {
                 return;
             }
@@ -277,9 +301,11 @@ impl proto::node_service_server::NodeService for Services {
                         if allocation.binding.as_ref().is_none_or(|binding| binding.node != name) {
                             continue;
                         }
+                        let trace_parent = core.state().trace_of(allocation.id).unwrap_or_default().to_owned();
                         let event = proto::AssignmentEvent {
                             kind: proto::assignment_event::Kind::Changed as i32,
                             allocation: Some((&allocation).into()),
+                            trace_parent,
                         };
                         if sender.send(Ok(event)).await.is_err() {
                             return;
@@ -374,39 +400,58 @@ impl proto::allocation_service_server::AllocationService for Services {
             create_target(request.get_ref()),
             request.get_ref().spec.as_ref().map(|spec| spec.team.clone()),
         );
-        self.audited(asked, async move {
-            let caller = self.caller(&request)?;
-            let request = request.into_inner();
-            let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
-            let validated = ValidatedRequest::try_from(spec).map_err(BrokerError::from)?;
-            self.auth.check(&caller, "AllocationService/Create", Some(&validated.team))?;
-            if request.dry_run {
-                let (binding, explanation) = dry_run(&self.core, &validated)?;
-                return Ok(Response::new(proto::CreateAllocationResponse {
-                    allocation: None,
-                    binding: Some((&binding).into()),
+        // A span for the create (under the caller's, when it sent a traceparent);
+        // placement and the commit are its children, the node's enforcement too.
+        let span = trace_span(&request, "AllocationService/Create");
+        let trace = span.as_ref().and_then(allot_telemetry::traceparent);
+        let result = self
+            .audited(asked, async move {
+                let caller = self.caller(&request)?;
+                let request = request.into_inner();
+                let spec = request.spec.ok_or_else(|| invalid("spec", "missing"))?;
+                let validated = ValidatedRequest::try_from(spec).map_err(BrokerError::from)?;
+                self.auth.check(&caller, "AllocationService/Create", Some(&validated.team))?;
+                if request.dry_run {
+                    let (binding, explanation) = dry_run(&self.core, &validated)?;
+                    return Ok(Response::new(proto::CreateAllocationResponse {
+                        allocation: None,
+                        binding: Some((&binding).into()),
+                        explanation,
+                    }));
+                }
+                let no_wait = request.no_wait;
+                let (allocation, explanation) = self
+                    .core
+                    .ask(|reply| Command::CreateAllocation { request: Box::new(validated), no_wait, trace, reply })
+                    .await?;
+                // Only a waiting allocation needs the state (for its place in the queue):
+                // a grant is answered without waiting for the writer's lock.
+                let wire = if allocation.state == AllocationState::Pending {
+                    allocation_to_wire(&self.core.state(), &allocation)
+                } else {
+                    (&allocation).into()
+                };
+                Ok(Response::new(proto::CreateAllocationResponse {
+                    binding: allocation.binding.as_ref().map(Into::into),
+                    allocation: Some(wire),
                     explanation,
-                }));
+                }))
+            })
+            .await;
+        if let Some(cx) = &span {
+            use allot_telemetry::opentelemetry::trace::TraceContextExt;
+            let span = cx.span();
+            if let Ok(response) = &result
+                && let Some(allocation) = &response.get_ref().allocation
+            {
+                span.set_attribute(allot_telemetry::opentelemetry::KeyValue::new("allocation", allocation.id.clone()));
             }
-            let no_wait = request.no_wait;
-            let (allocation, explanation) = self
-                .core
-                .ask(|reply| Command::CreateAllocation { request: Box::new(validated), no_wait, reply })
-                .await?;
-            // Only a waiting allocation needs the state (for its place in the queue):
-            // a grant is answered without waiting for the writer's lock.
-            let wire = if allocation.state == AllocationState::Pending {
-                allocation_to_wire(&self.core.state(), &allocation)
-            } else {
-                (&allocation).into()
-            };
-            Ok(Response::new(proto::CreateAllocationResponse {
-                binding: allocation.binding.as_ref().map(Into::into),
-                allocation: Some(wire),
-                explanation,
-            }))
-        })
-        .await
+            if let Err(status) = &result {
+                span.set_status(allot_telemetry::opentelemetry::trace::Status::error(status.message().to_owned()));
+            }
+            span.end();
+        }
+        result
     }
 
     async fn get(&self, request: Request<proto::AllocationRef>) -> Result<Response<proto::Allocation>, Status> {

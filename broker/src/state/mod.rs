@@ -211,6 +211,10 @@ pub struct ClusterState {
     pub queue: BTreeSet<AllocationId>,
     /// Each pending allocation's place in the queue and why it waits (not persisted:
     /// every scheduling round computes it again).
+    /// The W3C traceparent each traced create came with, sent to the node with
+    /// its assignment so that enforcement joins the trace. Bounded: the oldest
+    /// go first (a trace is only as good as its newest spans).
+    traces: BTreeMap<AllocationId, String>,
     pub queue_info: BTreeMap<AllocationId, (usize, String)>,
     /// Decayed past usage per team, for fair share.
     pub history: UsageHistory,
@@ -603,6 +607,20 @@ impl ClusterState {
     /// How many allocations hold capacity on a node.
     pub fn live_count(&self, node: &NodeName) -> usize {
         self.live_by_node.get(node).map_or(0, BTreeSet::len)
+    }
+
+    /// Keeps the traceparent an allocation was created under (at most 10,000).
+    pub fn remember_trace(&mut self, id: AllocationId, traceparent: String) {
+        const KEPT: usize = 10_000;
+        self.traces.insert(id, traceparent);
+        while self.traces.len() > KEPT {
+            self.traces.pop_first();
+        }
+    }
+
+    /// The traceparent an allocation was created under, if it was traced.
+    pub fn trace_of(&self, id: AllocationId) -> Option<&str> {
+        self.traces.get(&id).map(String::as_str)
     }
 
     pub fn count_in_state(&self, state: AllocationState) -> usize {

@@ -48,6 +48,8 @@ pub enum Command {
         request: Box<ValidatedRequest>,
         /// Refuse instead of queueing when it cannot be granted now.
         no_wait: bool,
+        /// The W3C traceparent of the caller's span, when traces are exported.
+        trace: Option<String>,
         reply: oneshot::Sender<Result<(Allocation, String), BrokerError>>,
     },
     Release {
@@ -380,43 +382,48 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 None => None,
             }
         }
-        Command::CreateAllocation { request, no_wait, reply } => match admit_request(state, *request, no_wait, now) {
-            Ok((allocation, explanation)) => {
-                match encode(&allocation) {
-                    Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
-                        let _ = reply.send(Err(BrokerError::InvalidArgument {
-                            field: "spec".into(),
-                            problem: format!(
-                                "the allocation would take {} KiB to store; make the request smaller",
-                                bytes.len() / 1024
-                            ),
-                        }));
-                        return None;
+        Command::CreateAllocation { request, no_wait, trace, reply } => {
+            match traced(trace.as_deref(), "place", || admit_request(state, *request, no_wait, now)) {
+                Ok((allocation, explanation)) => {
+                    if let Some(trace) = trace {
+                        state.remember_trace(allocation.id, trace);
                     }
-                    Ok(bytes) => writes.push(Op::put(layout::allocation(allocation.id.to_string()), bytes)),
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
-                        return None;
+                    match encode(&allocation) {
+                        Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
+                            let _ = reply.send(Err(BrokerError::InvalidArgument {
+                                field: "spec".into(),
+                                problem: format!(
+                                    "the allocation would take {} KiB to store; make the request smaller",
+                                    bytes.len() / 1024
+                                ),
+                            }));
+                            return None;
+                        }
+                        Ok(bytes) => writes.push(Op::put(layout::allocation(allocation.id.to_string()), bytes)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                            return None;
+                        }
                     }
+                    state.unpersisted.insert(allocation.id);
+                    if let Some(binding) = &allocation.binding
+                        && let Some(mut entry) = state.node_mut(&binding.node)
+                    {
+                        entry.usage.add(binding);
+                    }
+                    if allocation.state == AllocationState::Pending {
+                        state.round_wanted = true;
+                    }
+                    let id = allocation.id;
+                    state.put_allocation(allocation);
+                    Some(Pending::Allocation(reply, id, explanation))
                 }
-                state.unpersisted.insert(allocation.id);
-                if let Some(binding) = &allocation.binding
-                    && let Some(mut entry) = state.node_mut(&binding.node)
-                {
-                    entry.usage.add(binding);
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    None
                 }
-                if allocation.state == AllocationState::Pending {
-                    state.round_wanted = true;
-                }
-                let id = allocation.id;
-                state.put_allocation(allocation);
-                Some(Pending::Allocation(reply, id, explanation))
             }
-            Err(error) => {
-                let _ = reply.send(Err(error));
-                None
-            }
-        },
+        }
         Command::Release { id, reply } => {
             let Some(allocation) = state.allocations.get(&id) else {
                 let _ = reply.send(Err(BrokerError::NotFound { what: format!("allocation {id}") }));
@@ -762,6 +769,35 @@ fn new_allocation(
     }
 }
 
+/// Runs `work` in a span named `name` under the caller's trace, when there is one.
+fn traced<T>(trace: Option<&str>, name: &'static str, work: impl FnOnce() -> T) -> T {
+    use allot_telemetry::opentelemetry::trace::{Span, Tracer};
+    let Some(trace) = trace else { return work() };
+    let parent = allot_telemetry::context_from(Some(trace));
+    let mut span = allot_telemetry::opentelemetry::global::tracer("allot-broker").start_with_context(name, &parent);
+    let result = work();
+    span.end();
+    result
+}
+
+/// A `commit` span, from the start of the batch's store write to now, in the
+/// trace of each allocation the batch created.
+fn trace_commits(core: &Core, pending: &[Pending], started: std::time::SystemTime) {
+    use allot_telemetry::opentelemetry::trace::{Span, Tracer};
+    let state = core.state();
+    let tracer = allot_telemetry::opentelemetry::global::tracer("allot-broker");
+    for done in pending {
+        if let Pending::Allocation(_, id, _) = done
+            && let Some(trace) = state.trace_of(*id)
+        {
+            let parent = allot_telemetry::context_from(Some(trace));
+            let mut span = tracer.span_builder("commit").with_start_time(started).start_with_context(&tracer, &parent);
+            span.set_attribute(allot_telemetry::opentelemetry::KeyValue::new("allocation", id.to_string()));
+            span.end();
+        }
+    }
+}
+
 /// A placement refusal for the caller: the one-line reason first, then each node's verdict.
 /// The writer task: batches commands, persists each batch, then answers.
 async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, mut receiver: mpsc::Receiver<Command>) {
@@ -816,7 +852,11 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             Op::Put { key, value, .. } => Some((key.clone(), value.clone())),
             _ => None,
         });
+        let commit_started = std::time::SystemTime::now();
         let result = persist(store.as_ref(), &leadership, writes).await;
+        if result.is_ok() {
+            trace_commits(&core, &pending, commit_started);
+        }
         tracing::debug!(
             commands = pending.len(),
             apply_us = applied.as_micros() as u64,
@@ -955,7 +995,9 @@ async fn persist(store: &dyn Store, leadership: &Leadership, writes: Vec<Op>) ->
     for chunk in chunks(writes) {
         let txn =
             Txn::new().when([Compare::value_equals(leadership.key.clone(), leadership.value.clone())]).then(chunk);
+        let started = std::time::Instant::now();
         let result = store.txn(txn).await.map_err(|error| BrokerError::StoreUnavailable(error.to_string()))?;
+        crate::state::metrics::histograms().store_txn.record(started.elapsed().as_secs_f64(), &[]);
         if !result.succeeded {
             return Err(BrokerError::NotLeader);
         }
