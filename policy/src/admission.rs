@@ -2,8 +2,11 @@
 //! borrowed allocations are reclaimed for a team below its guarantee.
 //!
 //! One [`admit`] call is one scheduling round over the queue. It is pure: the
-//! broker passes its allocations, the queue, the time, and a [`Placer`] that
-//! answers "does it fit?" with the real placement engine.
+//! broker passes what it knows of its live allocations ([`Live`]), the queue,
+//! the time, and a [`Placer`] that answers "does it fit?" with the real
+//! placement engine. A round reads per-team usage, the reclaims under way, and
+//! the allocations of teams beyond their guarantee when it looks for what to
+//! reclaim: it costs the queue, not the number of live allocations.
 //!
 //! Rules, in order:
 //! 1. Limits: a team and each ancestor stay within their limits. A request larger
@@ -45,6 +48,43 @@ pub struct Running {
     pub reclaim_at_ms: Option<u64>,
     /// The waiting request it is reclaimed for.
     pub reclaim_for: Option<u64>,
+}
+
+/// What a round reads of the allocations that hold capacity. The broker answers
+/// from indexes it keeps as allocations come and go; a `Vec` of [`Running`]
+/// answers by scanning (tests, tools).
+pub trait Live {
+    /// What each leaf team's live allocations are charged, in all (teams with
+    /// none are left out).
+    fn usage(&self) -> BTreeMap<TeamName, Resources>;
+    /// The live allocations being reclaimed (`reclaim_at_ms` set).
+    fn reclaiming(&self) -> Vec<Running>;
+    /// A team's live allocations; asked only for teams beyond their guarantee,
+    /// whose allocations may be reclaimed.
+    fn of_team(&self, team: &TeamName) -> Vec<Running>;
+}
+
+/// What each team's allocations are charged, in all.
+fn usage_of(running: &[Running]) -> BTreeMap<TeamName, Resources> {
+    let mut usage: BTreeMap<TeamName, Resources> = BTreeMap::new();
+    for allocation in running {
+        usage.entry(allocation.team.clone()).or_default().add(&allocation.charge);
+    }
+    usage
+}
+
+impl Live for Vec<Running> {
+    fn usage(&self) -> BTreeMap<TeamName, Resources> {
+        usage_of(self)
+    }
+
+    fn reclaiming(&self) -> Vec<Running> {
+        self.iter().filter(|allocation| allocation.reclaim_at_ms.is_some()).cloned().collect()
+    }
+
+    fn of_team(&self, team: &TeamName) -> Vec<Running> {
+        self.iter().filter(|allocation| allocation.team == *team).cloned().collect()
+    }
 }
 
 /// A request in the queue.
@@ -136,10 +176,15 @@ pub struct Ledger<'a> {
 
 impl<'a> Ledger<'a> {
     pub fn new(tree: &'a QuotaTree, capacity: &'a Resources, running: &[Running]) -> Ledger<'a> {
-        let mut usage: BTreeMap<TeamName, Resources> = BTreeMap::new();
-        for allocation in running {
-            usage.entry(allocation.team.clone()).or_default().add(&allocation.charge);
-        }
+        Ledger::with_usage(tree, capacity, usage_of(running))
+    }
+
+    /// A ledger over per-leaf-team usage the caller has already summed.
+    pub fn with_usage(
+        tree: &'a QuotaTree,
+        capacity: &'a Resources,
+        usage: BTreeMap<TeamName, Resources>,
+    ) -> Ledger<'a> {
         Ledger { tree, capacity, usage }
     }
 
@@ -317,23 +362,25 @@ impl<'a> Ledger<'a> {
     }
 }
 
-/// Runs one scheduling round. `running` holds capacity now; `waiting` is the
-/// queue in arrival order.
+/// Runs one scheduling round. `live` is what holds capacity now; `waiting` is
+/// the queue in arrival order.
 pub fn admit(
     tree: &QuotaTree,
     capacity: &Resources,
     history: &UsageHistory,
-    running: &[Running],
+    live: &dyn Live,
     waiting: &[Waiting],
     placer: &mut dyn Placer,
     settings: RoundSettings,
 ) -> RoundResult {
-    let mut ledger = Ledger::new(tree, capacity, running);
+    let mut ledger = Ledger::with_usage(tree, capacity, live.usage());
     let mut result = RoundResult::default();
     let mut untried: Vec<&Waiting> = waiting.iter().collect();
     let mut waited: Vec<(&Waiting, String)> = Vec::new();
-    let mut reclaiming: BTreeSet<u64> = running.iter().filter(|r| r.reclaim_at_ms.is_some()).map(|r| r.id).collect();
-    let mut holds = Holds::under_way(running, waiting, placer);
+    let under_way = live.reclaiming();
+    let mut reclaiming: BTreeSet<u64> = under_way.iter().map(|r| r.id).collect();
+    let mut reclaimed: Vec<Running> = under_way.clone();
+    let mut holds = Holds::under_way(&under_way, waiting, placer);
     let mut admitted_ids = BTreeSet::new();
     while !untried.is_empty() {
         let standing = standings(tree, &ledger.usage, history, capacity, settings.use_history);
@@ -352,9 +399,13 @@ pub fn admit(
                 Placement::Refused(reason) => waited.push((request, reason)),
                 Placement::NoRoom(why) => {
                     let reason = if ledger.within_guarantee(&request.team, &request.charge) {
-                        let mut round =
-                            ReclaimRound { reclaiming: &mut reclaiming, holds: &mut holds, result: &mut result };
-                        reclaim_for(&ledger, running, request, &mut round, placer, settings).unwrap_or(why)
+                        let mut round = ReclaimRound {
+                            reclaiming: &mut reclaiming,
+                            reclaimed: &mut reclaimed,
+                            holds: &mut holds,
+                            result: &mut result,
+                        };
+                        reclaim_for(&ledger, live, &under_way, request, &mut round, placer, settings).unwrap_or(why)
                     } else {
                         why
                     };
@@ -364,7 +415,7 @@ pub fn admit(
         }
     }
     let still: BTreeSet<u64> = waited.iter().map(|(request, _)| request.id).collect();
-    for allocation in running {
+    for allocation in &under_way {
         if let Some(target) = allocation.reclaim_for
             && (!still.contains(&target) || admitted_ids.contains(&target))
             && allocation.reclaim_at_ms.is_some_and(|at| at > settings.now_ms)
@@ -584,6 +635,8 @@ impl Holds {
 /// holds, and the result they are recorded in.
 struct ReclaimRound<'a> {
     reclaiming: &'a mut BTreeSet<u64>,
+    /// The allocations in `reclaiming`: those under way and those marked this round.
+    reclaimed: &'a mut Vec<Running>,
     holds: &'a mut Holds,
     result: &'a mut RoundResult,
 }
@@ -592,15 +645,15 @@ struct ReclaimRound<'a> {
 /// Returns the reason it waits, or None when nothing can be reclaimed for it.
 fn reclaim_for(
     ledger: &Ledger<'_>,
-    running: &[Running],
+    live: &dyn Live,
+    under_way: &[Running],
     request: &Waiting,
     round: &mut ReclaimRound<'_>,
     placer: &mut dyn Placer,
     settings: RoundSettings,
 ) -> Option<String> {
     // Already under way for this request: wait for it.
-    let underway: Vec<&Running> =
-        running.iter().filter(|r| r.reclaim_for == Some(request.id) && r.reclaim_at_ms.is_some()).collect();
+    let underway: Vec<&Running> = under_way.iter().filter(|r| r.reclaim_for == Some(request.id)).collect();
     if let Some(at) = underway.iter().filter_map(|r| r.reclaim_at_ms).max() {
         return Some(format!(
             "within its guarantee; {} borrowed allocation(s) of other teams are being reclaimed, grace ends at {at} ms",
@@ -611,9 +664,18 @@ fn reclaim_for(
     let guaranteed_classes = ledger.guaranteed_classes();
     let needed: Vec<ResourceClass> =
         request.charge.0.keys().filter(|class| guaranteed_classes.contains(*class)).cloned().collect();
-    let mut candidates: Vec<&Running> = running
+    // Only teams beyond their guarantee in a class the request needs have
+    // allocations to reclaim: their allocations are the candidates.
+    let beyond: Vec<&TeamName> = ledger
+        .usage
+        .keys()
+        .filter(|team| **team != request.team)
+        .filter(|team| needed.iter().any(|class| ledger.over_guarantee(team, class) > 0))
+        .collect();
+    let pool: Vec<Running> = beyond.into_iter().flat_map(|team| live.of_team(team)).collect();
+    let mut candidates: Vec<&Running> = pool
         .iter()
-        .filter(|r| r.team != request.team && !round.reclaiming.contains(&r.id))
+        .filter(|r| !round.reclaiming.contains(&r.id))
         .filter(|r| needed.iter().any(|class| r.charge.get(class) > 0 && ledger.over_guarantee(&r.team, class) > 0))
         .collect();
     let share = |team: &TeamName| standing.get(team).map_or(0.0, |s| s.weighted_share);
@@ -623,7 +685,7 @@ fn reclaim_for(
     // What other reclaims already take from each team counts against what may
     // still be taken from it: together they never take it below its guarantee.
     let mut taken: BTreeMap<TeamName, Resources> = BTreeMap::new();
-    for allocation in running.iter().filter(|r| round.reclaiming.contains(&r.id)) {
+    for allocation in round.reclaimed.iter() {
         taken.entry(allocation.team.clone()).or_default().add(&allocation.charge);
     }
     // Only free capacity that no earlier hold counts on may be counted on.
@@ -659,6 +721,7 @@ fn reclaim_for(
                 round.reclaiming.insert(*victim);
                 round.result.reclaim.push(Reclaim { victim: *victim, for_request: request.id, at_ms });
             }
+            round.reclaimed.extend(victims.iter().map(|victim| (*victim).clone()));
             round.holds.insert(request, &victims, at_ms, true);
             return Some(format!(
                 "within its guarantee; reclaiming {} borrowed allocation(s) of {}, grace ends at {at_ms} ms",

@@ -13,7 +13,7 @@ pub mod resources;
 pub mod tree;
 
 pub use admission::{
-    Admitted, Placer, Reclaim, RoundResult, RoundSettings, Running, StillWaiting, Verdict, Waiting, admit,
+    Admitted, Live, Placer, Reclaim, RoundResult, RoundSettings, Running, StillWaiting, Verdict, Waiting, admit,
 };
 pub use authz::{Grant, Role, Rule, Scope};
 pub use fairshare::{Dimensions, Standing, UsageHistory};

@@ -8,13 +8,14 @@
 //! Both only change memory and add store writes; the writer persists them with
 //! the batch before anyone hears of them.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName, ValidatedRequest};
+use allot_api::allocation::{Allocation, AllocationId, AllocationState, NodeName, TeamName, ValidatedRequest};
 use allot_placement::NodeUsage;
 use allot_policy::admission::Ledger;
-use allot_policy::{Placer, RoundSettings, Running, Waiting};
+use allot_policy::{Placer, Resources, RoundSettings, Running, Waiting};
 use allot_store::{Op, layout};
 
 use crate::rounds::placing::{Decided, decide};
@@ -63,18 +64,21 @@ pub fn decided_model(state: &ClusterState, binding: &allot_api::allocation::Bind
 }
 
 /// The real placement engine over the cluster state, holding what it placed in
-/// this round until the round decides.
-struct StatePlacer<'a> {
-    state: &'a mut ClusterState,
+/// this round until the round decides. The state is shared with the round's
+/// [`LiveView`] (which reads a team's allocations only when a reclaim asks);
+/// each call borrows it for its own length.
+struct StatePlacer<'s, 'a> {
+    state: &'s RefCell<&'a mut ClusterState>,
     requests: BTreeMap<u64, ValidatedRequest>,
     placed: BTreeMap<u64, Decided>,
 }
 
-impl StatePlacer<'_> {
+impl StatePlacer<'_, '_> {
     /// Usage of a node from its live allocations (minus `without`) plus what
     /// this round placed there.
     fn usage_of(&self, node: &NodeName, without: &[u64]) -> NodeUsage {
-        let live = self.state.live_on(node);
+        let state = self.state.borrow();
+        let live = state.live_on(node);
         let mut usage = NodeUsage::from_bindings(
             live.iter()
                 .filter(|allocation| !without.contains(&allocation.id.as_u64()))
@@ -87,15 +91,16 @@ impl StatePlacer<'_> {
     }
 }
 
-impl Placer for StatePlacer<'_> {
+impl Placer for StatePlacer<'_, '_> {
     fn place(&mut self, id: u64) -> Result<Option<String>, String> {
         let Some(request) = self.requests.get(&id) else { return Err("unknown request".into()) };
-        match decide(self.state, request) {
+        let mut state = self.state.borrow_mut();
+        match decide(&mut state, request) {
             Ok(decided) => {
-                if let Some(mut entry) = self.state.node_mut(&decided.binding.node) {
+                if let Some(mut entry) = state.node_mut(&decided.binding.node) {
                     entry.usage.add(&decided.binding);
                 }
-                let model = decided_model(self.state, &decided.binding);
+                let model = decided_model(&state, &decided.binding);
                 self.placed.insert(id, decided);
                 Ok(model)
             }
@@ -107,7 +112,7 @@ impl Placer for StatePlacer<'_> {
         if let Some(decided) = self.placed.remove(&id) {
             let node = decided.binding.node.clone();
             let usage = self.usage_of(&node, &[]);
-            if let Some(mut entry) = self.state.node_mut(&node) {
+            if let Some(mut entry) = self.state.borrow_mut().node_mut(&node) {
                 entry.usage = usage;
             }
         }
@@ -115,23 +120,26 @@ impl Placer for StatePlacer<'_> {
 
     fn fits_without(&mut self, id: u64, victims: &[u64]) -> bool {
         let Some(request) = self.requests.get(&id).cloned() else { return false };
-        let mut nodes: Vec<NodeName> = victims
-            .iter()
-            .filter_map(|victim| self.state.allocations.get(&AllocationId::from_u64(*victim)))
-            .filter_map(|allocation| allocation.binding.as_ref().map(|binding| binding.node.clone()))
-            .collect();
+        let mut nodes: Vec<NodeName> = {
+            let state = self.state.borrow();
+            victims
+                .iter()
+                .filter_map(|victim| state.allocations.get(&AllocationId::from_u64(*victim)))
+                .filter_map(|allocation| allocation.binding.as_ref().map(|binding| binding.node.clone()))
+                .collect()
+        };
         nodes.sort();
         nodes.dedup();
         let mut saved = Vec::new();
         for node in &nodes {
             let usage = self.usage_of(node, victims);
-            if let Some(mut entry) = self.state.node_mut(node) {
+            if let Some(mut entry) = self.state.borrow_mut().node_mut(node) {
                 saved.push((node.clone(), std::mem::replace(&mut entry.usage, usage)));
             }
         }
-        let fits = decide(self.state, &request).is_ok();
+        let fits = decide(&mut self.state.borrow_mut(), &request).is_ok();
         for (node, usage) in saved {
-            if let Some(mut entry) = self.state.node_mut(&node) {
+            if let Some(mut entry) = self.state.borrow_mut().node_mut(&node) {
                 entry.usage = usage;
             }
         }
@@ -147,21 +155,67 @@ fn persist(allocation: &Allocation, writes: &mut Vec<Op>) {
 
 /// One scheduling round over the queue. Returns the allocations that changed
 /// (admitted, marked for reclaim, reclaim cancelled), to tell their nodes.
+/// What a round reads of the live allocations, from the state's indexes:
+/// per-team usage and the reclaims under way, copied when the round begins, and
+/// a team's allocations only when a reclaim asks for them. A round costs the
+/// queue and what it reclaims from, not every live allocation.
+struct LiveView<'s, 'a> {
+    state: &'s RefCell<&'a mut ClusterState>,
+    usage: BTreeMap<TeamName, Resources>,
+    reclaiming: Vec<Running>,
+}
+
+fn running(allocation: &Allocation, charge: &Resources) -> Running {
+    Running {
+        id: allocation.id.as_u64(),
+        team: allocation.request.team.clone(),
+        charge: charge.clone(),
+        created_ms: allocation.created_at_ms,
+        reclaim_at_ms: allocation.quota.reclaim_at_ms,
+        reclaim_for: allocation.quota.reclaim_for.map(AllocationId::as_u64),
+    }
+}
+
+impl<'s, 'a> LiveView<'s, 'a> {
+    fn of(state: &'s RefCell<&'a mut ClusterState>) -> LiveView<'s, 'a> {
+        let (usage, reclaiming) = {
+            let state = state.borrow();
+            // Teams with no live allocation are left out, as a scan would.
+            let usage = state
+                .team_usage
+                .iter()
+                .filter(|(_, usage)| usage.0.values().any(|amount| *amount > 0))
+                .map(|(team, usage)| (team.clone(), usage.clone()))
+                .collect();
+            let reclaiming = state
+                .reclaiming()
+                .filter_map(|allocation| Some(running(allocation, state.charge(allocation.id)?)))
+                .collect();
+            (usage, reclaiming)
+        };
+        LiveView { state, usage, reclaiming }
+    }
+}
+
+impl allot_policy::Live for LiveView<'_, '_> {
+    fn usage(&self) -> BTreeMap<TeamName, Resources> {
+        self.usage.clone()
+    }
+
+    fn reclaiming(&self) -> Vec<Running> {
+        self.reclaiming.clone()
+    }
+
+    fn of_team(&self, team: &TeamName) -> Vec<Running> {
+        let state = self.state.borrow();
+        state.live_of_team(team).map(|(allocation, charge)| running(allocation, charge)).collect()
+    }
+}
+
 pub fn schedule(state: &mut ClusterState, writes: &mut Vec<Op>, now: u64, settings: PolicySettings) -> Vec<Allocation> {
     if state.queue.is_empty() {
         state.queue_info.clear();
         return Vec::new();
-    }
-    let mut running = Vec::with_capacity(state.live_count_total());
-    for (allocation, charge) in state.live_charges() {
-        running.push(Running {
-            id: allocation.id.as_u64(),
-            team: allocation.request.team.clone(),
-            charge: charge.clone(),
-            created_ms: allocation.created_at_ms,
-            reclaim_at_ms: allocation.quota.reclaim_at_ms,
-            reclaim_for: allocation.quota.reclaim_for.map(AllocationId::as_u64),
-        });
     }
     let mut waiting = Vec::new();
     let mut requests = BTreeMap::new();
@@ -183,11 +237,14 @@ pub fn schedule(state: &mut ClusterState, writes: &mut Vec<Op>, now: u64, settin
         grace_ms: settings.grace.as_millis() as u64,
         use_history: !settings.half_life.is_zero(),
     };
+    let shared = RefCell::new(state);
     let (result, mut placed) = {
-        let mut placer = StatePlacer { state, requests, placed: BTreeMap::new() };
-        let result = allot_policy::admit(&tree, &capacity, &history, &running, &waiting, &mut placer, round);
+        let live = LiveView::of(&shared);
+        let mut placer = StatePlacer { state: &shared, requests, placed: BTreeMap::new() };
+        let result = allot_policy::admit(&tree, &capacity, &history, &live, &waiting, &mut placer, round);
         (result, placer.placed)
     };
+    let state = shared.into_inner();
     let mut changed = Vec::new();
     for admitted in &result.admitted {
         let id = AllocationId::from_u64(admitted.id);

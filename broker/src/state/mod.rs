@@ -207,14 +207,16 @@ pub struct ClusterState {
     pub team_usage: BTreeMap<TeamName, Resources>,
     /// What each allocation holding capacity is charged (for `team_usage`).
     charges: BTreeMap<AllocationId, Resources>,
+    /// The allocations in `charges`, by team (reclaim candidates for a round).
+    live_by_team: BTreeMap<TeamName, BTreeSet<AllocationId>>,
     /// Pending allocations, by id (arrival order).
     pub queue: BTreeSet<AllocationId>,
-    /// Each pending allocation's place in the queue and why it waits (not persisted:
-    /// every scheduling round computes it again).
     /// The W3C traceparent each traced create came with, sent to the node with
     /// its assignment so that enforcement joins the trace. Bounded: the oldest
     /// go first (a trace is only as good as its newest spans).
     traces: BTreeMap<AllocationId, String>,
+    /// Each pending allocation's place in the queue and why it waits (not persisted:
+    /// every scheduling round computes it again).
     pub queue_info: BTreeMap<AllocationId, (usize, String)>,
     /// Decayed past usage per team, for fair share.
     pub history: UsageHistory,
@@ -284,6 +286,9 @@ impl ClusterState {
         {
             usage.subtract(&charge);
         }
+        if let Some(live) = self.live_by_team.get_mut(&allocation.request.team) {
+            live.remove(&allocation.id);
+        }
         if let Some(previous) = self.allocations.get(&allocation.id) {
             self.finished.remove(&(previous.updated_at_ms, previous.id));
         }
@@ -296,6 +301,7 @@ impl ClusterState {
             self.live_by_node.entry(binding.node.clone()).or_default().insert(allocation.id);
             let charge = self.charge_of(&allocation);
             self.team_usage.entry(allocation.request.team.clone()).or_default().add(&charge);
+            self.live_by_team.entry(allocation.request.team.clone()).or_default().insert(allocation.id);
             self.charges.insert(allocation.id, charge);
         }
         if allocation.state.holds_capacity() && allocation.quota.reclaim_at_ms.is_some() {
@@ -411,6 +417,20 @@ impl ClusterState {
         self.charges.iter().filter_map(|(id, charge)| self.allocations.get(id).map(|allocation| (allocation, charge)))
     }
 
+    /// A team's allocations that hold capacity, with their charges.
+    pub fn live_of_team(&self, team: &TeamName) -> impl Iterator<Item = (&Allocation, &Resources)> {
+        self.live_by_team
+            .get(team)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((self.allocations.get(id)?, self.charges.get(id)?)))
+    }
+
+    /// What an allocation that holds capacity is charged.
+    pub fn charge(&self, id: AllocationId) -> Option<&Resources> {
+        self.charges.get(&id)
+    }
+
     /// Allocations being reclaimed.
     pub fn reclaiming(&self) -> impl Iterator<Item = &Allocation> {
         self.reclaiming.iter().filter_map(|id| self.allocations.get(id))
@@ -473,6 +493,7 @@ impl ClusterState {
         self.live_by_node.clear();
         self.team_usage.clear();
         self.charges.clear();
+        self.live_by_team.clear();
         self.queue.clear();
         self.reclaiming.clear();
         self.finished.clear();
@@ -500,7 +521,8 @@ impl ClusterState {
             }
         }
         for (id, team, charge) in charged {
-            self.team_usage.entry(team).or_default().add(&charge);
+            self.team_usage.entry(team.clone()).or_default().add(&charge);
+            self.live_by_team.entry(team).or_default().insert(id);
             self.charges.insert(id, charge);
         }
         self.recompute_capacity();
