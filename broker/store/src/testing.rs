@@ -450,7 +450,9 @@ impl EtcdCluster {
             .arg("--initial-cluster-state=new")
             .arg("--initial-cluster-token=allot-test-cluster")
             .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
+            .arg("--election-timeout=1000")
+            // A member that rejoins after a restart does not depose a healthy leader.
+            .arg("--pre-vote=true")
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
             .stdin(Stdio::null())

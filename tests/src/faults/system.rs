@@ -33,7 +33,7 @@ use crate::{
 /// How long a broker that lost the lead may keep running before that counts as
 /// a violation (it notices at its next lease renewal, within about 7 s, or
 /// at its next write).
-const FAIL_STOP_LIMIT: Duration = Duration::from_secs(30);
+const FAIL_STOP_LIMIT: Duration = Duration::from_secs(60);
 
 /// The kinds of fault, as the report counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -454,7 +454,14 @@ impl System {
     /// SIGKILL of one etcd member (the leader, or a follower chosen by `rng`),
     /// restarted after `down`.
     pub fn kill_etcd(&mut self, leader: bool, down: Duration, rng: &mut Rng) {
-        let leading = self.runtime.block_on(self.etcd.leader());
+        // A loaded machine, or a member that just rejoined, may leave the probe
+        // without an answer for a moment: ask again for up to 10 s.
+        let mut leading = self.runtime.block_on(self.etcd.leader());
+        let asked = Instant::now();
+        while leading.is_none() && asked.elapsed() < Duration::from_secs(10) {
+            self.wait(Duration::from_millis(500));
+            leading = self.runtime.block_on(self.etcd.leader());
+        }
         let victim = match (leader, leading) {
             (true, Some(leading)) => leading,
             (false, Some(leading)) => {
@@ -593,7 +600,7 @@ impl System {
             }
             // The last revision may hold several events; the watch sends a
             // revision's events together, so they are all in once it is reached.
-            while let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            while let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
                 if event.revision.get() > end {
                     break;
                 }
