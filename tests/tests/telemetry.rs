@@ -37,10 +37,26 @@ fn node_metrics_address(node: &Process) -> String {
     address.expect("an address")
 }
 
+/// The dgx-h100 fixture as a busy machine: its GPUs report 40 % utilisation
+/// (the bundled one says NVML does not support it, as some VMs do).
+fn busy_fixture(root: &Path) -> std::path::PathBuf {
+    let fixtures = root.join("fixtures").join("dgx-busy");
+    std::fs::create_dir_all(root.join("fixtures")).expect("fixtures dir");
+    let source = repo().join("tests/data/dgx-h100");
+    let copied = std::process::Command::new("cp").arg("-r").arg(&source).arg(&fixtures).status().expect("cp runs");
+    assert!(copied.success(), "cannot copy the dgx-h100 fixture");
+    let description = std::fs::read_to_string(source.join("nvml.toml")).expect("nvml.toml");
+    let busy = description.replace("power_limit_mw = 700000", "power_limit_mw = 700000\nutilization_gpu_pct = 40");
+    assert!(busy.contains("utilization_gpu_pct"), "the fixture was not edited");
+    std::fs::write(fixtures.join("nvml.toml"), busy).expect("write nvml.toml");
+    root.join("fixtures")
+}
+
 fn ready_node(broker: &Broker, dir: &Path, extra: &[&str]) -> Process {
     let mut args = vec!["--no-enforce"];
     args.extend_from_slice(extra);
-    let node = start_enforcing_node(broker, "dgx-h100", "gpu-a", dir, &args, &[]);
+    let fixtures = busy_fixture(dir);
+    let node = start_enforcing_node(broker, "dgx-busy", "gpu-a", dir, &args, &[("ALLOT_FIXTURES_DIR", &fixtures)]);
     wait_until("gpu-a is ready", Duration::from_secs(30), || {
         allot_tests::node_statuses(broker).iter().any(|(name, status)| name == "gpu-a" && status == "ready")
     });
@@ -120,6 +136,13 @@ fn metrics_parse_and_hold_the_histograms_the_gpu_names_and_what_the_dashboard_as
         assert!(sample.labels.get("UUID").is_some_and(|uuid| uuid.starts_with("GPU-")), "{sample:?}");
         assert!(sample.labels.get("modelName").is_some_and(|model| model.contains("H100")), "{sample:?}");
     }
+    let busy = node_metrics
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == "DCGM_FI_DEV_GPU_UTIL")
+        .filter(|sample| matches!(sample.value, prometheus_parse::Value::Gauge(value) if value == 40.0))
+        .count();
+    assert_eq!(busy, 8, "every GPU's utilisation, as NVML reports it:\n{text}");
     for name in ["DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_POWER_USAGE", "allot_node_gpu_healthy"] {
         assert!(node_names.contains(name), "no {name} on the node's /metrics:\n{text}");
     }
