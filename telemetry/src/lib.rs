@@ -43,12 +43,7 @@ pub struct Telemetry {
 pub fn init(service: &'static str, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let resource = Resource::builder().with_service_name(service).build();
     let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .without_target_info()
-        .scope_info_enabled(false)
-        .build()
-        .map_err(|error| format!("cannot set up the metrics exporter: {error}"))?;
+    let exporter = prometheus_exporter(&registry)?;
     let meters = SdkMeterProvider::builder().with_reader(exporter).with_resource(resource.clone()).build();
     global::set_meter_provider(meters.clone());
     global::set_text_map_propagator(TraceContextPropagator::new());
@@ -68,6 +63,18 @@ pub fn init(service: &'static str, otlp_endpoint: Option<&str>) -> Result<Teleme
         None => None,
     };
     Ok(Telemetry { registry, meters, tracer })
+}
+
+/// The Prometheus exporter into `registry`: names as given, no scope or target labels.
+fn prometheus_exporter(
+    registry: &prometheus::Registry,
+) -> Result<opentelemetry_prometheus::PrometheusExporter, String> {
+    opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .without_target_info()
+        .scope_info_enabled(false)
+        .build()
+        .map_err(|error| format!("cannot set up the metrics exporter: {error}"))
 }
 
 impl Telemetry {
@@ -143,12 +150,7 @@ mod tests {
     #[test]
     fn metrics_render_as_prometheus_text_with_histograms() {
         let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .scope_info_enabled(false)
-            .build()
-            .expect("exporter");
+        let exporter = prometheus_exporter(&registry).expect("exporter");
         let meters = SdkMeterProvider::builder().with_reader(exporter).build();
         let telemetry = Telemetry { registry, meters: meters.clone(), tracer: None };
         use opentelemetry::metrics::MeterProvider;

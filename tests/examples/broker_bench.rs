@@ -18,9 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allot_api::allocation::{
-    Allocation, AllocationId, AllocationState, Binding, GpuDemand, GpuGrant, Interconnect, ValidatedRequest,
-};
+use allot_api::allocation::{Allocation, AllocationId, AllocationState, Binding, GpuGrant};
 use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::topology::NodeInventory;
@@ -228,17 +226,7 @@ async fn seed(store: &dyn Store, inventory: &NodeInventory, count: usize, templa
     for index in 0..count {
         let node = format!("dgx-{:05}", index / 8);
         let gpu = &inventory.gpus[index % 8];
-        let request = ValidatedRequest::new(
-            "bench".parse().expect("team"),
-            GpuDemand::Whole { count: 1, models: vec![] },
-            1,
-            MiB(0),
-            Interconnect::Any,
-            false,
-            None,
-            None,
-        )
-        .expect("request");
+        let request = allot_tests::one_gpu_request("bench");
         let allocation = Allocation {
             id: AllocationId::from_u64(index as u64 + 1),
             request,

@@ -19,22 +19,19 @@ pub mod system;
 use std::fmt;
 use std::net::SocketAddr;
 
-/// A small seeded generator (SplitMix64): the schedule and the workload take
-/// their seed as an argument, so a run's choices can be repeated.
+/// A seeded generator (placement's SplitMix64) with the draws the fault test
+/// makes: the schedule and the workload take their seed as an argument, so a
+/// run's choices can be repeated.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(allot_placement::packing::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(allot_placement::packing::SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `low..=high`.
@@ -95,22 +92,6 @@ pub struct GpuHold {
 }
 
 impl Grant {
-    pub fn from_proto(binding: &allot_api::proto::Binding) -> Grant {
-        let mut gpus: Vec<GpuHold> = binding
-            .gpus
-            .iter()
-            .map(|gpu| GpuHold {
-                index: gpu.index,
-                mig: gpu.mig.as_ref().map(|mig| (mig.start, mig.size)),
-                share: gpu.share.as_ref().map(|share| (share.milli_gpu, share.memory_mib)),
-            })
-            .collect();
-        gpus.sort();
-        let mut cores = binding.cores.clone();
-        cores.sort_unstable();
-        Grant { node: binding.node.clone(), gpus, cores }
-    }
-
     pub fn from_binding(binding: &allot_api::allocation::Binding) -> Grant {
         let mut gpus: Vec<GpuHold> = binding
             .gpus

@@ -306,6 +306,23 @@ pub fn allotctl_json(broker: &Broker, args: &[&str]) -> Value {
     })
 }
 
+/// A request for one whole GPU (any model, one core) for `team`, as the
+/// benchmarks and the fault checker's own tests build allocations by hand.
+pub fn one_gpu_request(team: &str) -> allot_api::allocation::ValidatedRequest {
+    use allot_api::allocation::{GpuDemand, Interconnect, ValidatedRequest};
+    ValidatedRequest::new(
+        team.parse().expect("team"),
+        GpuDemand::Whole { count: 1, models: vec![] },
+        1,
+        allot_api::units::MiB(0),
+        Interconnect::Any,
+        false,
+        None,
+        None,
+    )
+    .expect("a one-GPU request")
+}
+
 /// GET `path` over plain HTTP/1.1 (with a bearer token when given); the body
 /// when the answer is 200, else None.
 pub fn http_get(address: &str, path: &str, token: Option<&str>) -> Option<String> {

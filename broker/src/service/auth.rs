@@ -249,6 +249,9 @@ pub struct Auth {
     /// What authorization reads of the cluster state, copied so that a call is
     /// never held up by the writer holding the state's lock.
     view: RwLock<View>,
+    /// The subject each verified client certificate names, by its DER bytes:
+    /// a connection's calls all carry the same certificate, parsed once.
+    certificate_names: RwLock<HashMap<Vec<u8>, String>>,
 }
 
 /// Tokens and the team tree's parent links, as of the last refresh.
@@ -287,6 +290,7 @@ impl Auth {
             enforcer: RwLock::new(loaded),
             decisions: RwLock::new(HashMap::new()),
             view: RwLock::new(View::default()),
+            certificate_names: RwLock::new(HashMap::new()),
         };
         auth.refresh();
         Ok(auth)
@@ -330,9 +334,7 @@ impl Auth {
         certificate: Option<&rustls::pki_types::CertificateDer<'_>>,
     ) -> Result<Caller, BrokerError> {
         let from_certificate = match certificate {
-            Some(certificate) => {
-                Some(crate::service::tls::identity_of(certificate).map_err(BrokerError::Unauthenticated)?)
-            }
+            Some(certificate) => Some(self.certificate_name(certificate)?),
             None => None,
         };
         if let Some(subject) = &from_certificate
@@ -361,6 +363,22 @@ impl Auth {
                     .into(),
             )),
         }
+    }
+
+    /// The subject a verified client certificate names (parsed once per certificate).
+    fn certificate_name(&self, certificate: &rustls::pki_types::CertificateDer<'_>) -> Result<String, BrokerError> {
+        let der = certificate.as_ref();
+        if let Some(name) = self.certificate_names.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(der) {
+            return Ok(name.clone());
+        }
+        let name = crate::service::tls::identity_of(certificate).map_err(BrokerError::Unauthenticated)?;
+        let mut names = self.certificate_names.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Bounded: certificates are few, but a cluster may issue many over time.
+        if names.len() >= 10_000 {
+            names.clear();
+        }
+        names.insert(der.to_vec(), name.clone());
+        Ok(name)
     }
 
     /// A team's domain and its ancestors' (nearest first), then the cluster's.

@@ -87,15 +87,7 @@ impl EtcdHarness {
     /// A store configuration for this etcd, with a retry policy short enough
     /// for tests (about 1.5 s of backoff in all).
     pub fn config(&self) -> EtcdConfig {
-        let mut config = EtcdConfig::new([self.endpoint()]);
-        config.connect_timeout = Duration::from_millis(500);
-        config.request_timeout = Duration::from_secs(5);
-        config.retry = RetryPolicy {
-            attempts: 6,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-        };
-        config
+        test_config([self.endpoint()])
     }
 
     /// A store connected to this etcd with [`config`](Self::config).
@@ -229,9 +221,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// killed (SIGKILL, like a crash) and restarted with its data; all are killed
 /// and their data deleted on drop.
 ///
-/// Elections are slower than [`EtcdHarness`]'s (50 ms heartbeats, 500 ms
-/// election timeout): a loaded two-core machine running brokers and node
-/// daemons beside three members would otherwise see elections nobody caused.
+/// Elections are slower than [`EtcdHarness`]'s (50 ms heartbeats, 1 s election
+/// timeout, pre-vote): a loaded two-core machine running brokers and node
+/// daemons beside three members would otherwise see elections nobody caused,
+/// and a member that rejoins after a restart would depose a healthy leader.
 #[derive(Debug)]
 pub struct EtcdCluster {
     binary: PathBuf,
@@ -386,15 +379,7 @@ impl EtcdCluster {
     /// A store configuration for every member, with [`EtcdHarness::config`]'s
     /// short timeouts and retries.
     pub fn config(&self) -> EtcdConfig {
-        let mut config = EtcdConfig::new(self.endpoints());
-        config.connect_timeout = Duration::from_millis(500);
-        config.request_timeout = Duration::from_secs(5);
-        config.retry = RetryPolicy {
-            attempts: 6,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-        };
-        config
+        test_config(self.endpoints())
     }
 
     /// A store connected to every member with [`config`](Self::config).
@@ -523,6 +508,20 @@ async fn member_client(endpoint: &str) -> Result<Client, etcd_client::Error> {
     let options =
         ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(Duration::from_secs(2));
     Client::connect([endpoint], Some(options)).await
+}
+
+/// A store configuration for test etcd endpoints: short timeouts, and about
+/// 1.5 s of backoff in all.
+fn test_config(endpoints: impl IntoIterator<Item = String>) -> EtcdConfig {
+    let mut config = EtcdConfig::new(endpoints);
+    config.connect_timeout = Duration::from_millis(500);
+    config.request_timeout = Duration::from_secs(5);
+    config.retry = RetryPolicy {
+        attempts: 6,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+    };
+    config
 }
 
 /// `ALLOT_ETCD_BIN`, or `etcd` on `PATH`.

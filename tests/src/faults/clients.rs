@@ -305,7 +305,12 @@ impl Worker {
                         continue;
                     };
                     let pending = allocation.state == proto::AllocationState::Pending as i32;
-                    let grant = allocation.binding.as_ref().map(Grant::from_proto);
+                    // A binding the broker sent that does not convert counts as no grant (and shows as a mismatch).
+                    let grant = allocation
+                        .binding
+                        .clone()
+                        .and_then(|binding| allot_api::allocation::Binding::try_from(binding).ok())
+                        .map(|binding| Grant::from_binding(&binding));
                     log.outcome = CreateOutcome::Acknowledged { id: allocation.id, pending, grant, by };
                     return log;
                 }

@@ -670,9 +670,7 @@ impl Replay<'_> {
 
 #[cfg(test)]
 mod tests {
-    use allot_api::allocation::{
-        AllocationId, Binding, GpuDemand, GpuGrant, Interconnect, MigGrant, MilliGpu, ShareGrant, ValidatedRequest,
-    };
+    use allot_api::allocation::{AllocationId, Binding, GpuGrant, MigGrant, MilliGpu, ShareGrant};
     use allot_api::units::MiB;
 
     use super::*;
@@ -682,19 +680,7 @@ mod tests {
     type Gpu = (u32, Option<(u32, u32)>, Option<u32>);
 
     fn allocation(id: u64, request_id: &str, state: AllocationState, gpus: &[Gpu]) -> Allocation {
-        let request = ValidatedRequest::new(
-            "ml".parse().expect("team"),
-            GpuDemand::Whole { count: 1, models: vec![] },
-            1,
-            MiB(0),
-            Interconnect::Any,
-            false,
-            None,
-            None,
-        )
-        .expect("request")
-        .with_request_id(request_id.to_owned())
-        .expect("request id");
+        let request = crate::one_gpu_request("ml").with_request_id(request_id.to_owned()).expect("request id");
         let grants = gpus
             .iter()
             .map(|(index, mig, share)| GpuGrant {
