@@ -365,7 +365,12 @@ async fn restart(dir: &tempfile::TempDir, inventory: &NodeInventory) {
                 ready.as_secs_f64(),
                 range_time.as_secs_f64(),
             );
-            for line in broker.process.log_text().lines().filter(|line| line.contains("elapsed_ms")) {
+            for line in broker
+                .process
+                .log_text()
+                .lines()
+                .filter(|line| line.contains("elapsed_ms") || line.contains("per phase"))
+            {
                 eprintln!("{kind}: {line}");
             }
             drop(broker);

@@ -133,8 +133,11 @@ impl<'de> Deserialize<'de> for PciBusId {
 ///
 /// Printed and parsed in the Linux cpu-list syntax (`0-3,8,10-11`) that
 /// `/sys/devices/system/cpu/online`, cpusets and `taskset -c` use.
+///
+/// Immutable and shared: a clone is a reference count, so the nodes that the
+/// broker fills in from one inventory template share the template's sets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct CpuSet(Vec<u32>);
+pub struct CpuSet(std::sync::Arc<[u32]>);
 
 /// A cpu-list that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,7 +154,7 @@ impl CpuSet {
     pub fn new(mut indices: Vec<u32>) -> Self {
         indices.sort_unstable();
         indices.dedup();
-        CpuSet(indices)
+        CpuSet(indices.into())
     }
 
     pub fn indices(&self) -> &[u32] {
@@ -225,7 +228,7 @@ impl FromStr for CpuSet {
             };
             indices.extend(from..=last);
         }
-        Ok(CpuSet(indices))
+        Ok(CpuSet(indices.into()))
     }
 }
 

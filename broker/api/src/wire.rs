@@ -41,7 +41,7 @@ impl From<&NodeInventory> for proto::NodeInventory {
     fn from(inventory: &NodeInventory) -> Self {
         proto::NodeInventory {
             hostname: inventory.hostname.clone(),
-            cpu: Some((&inventory.cpu).into()),
+            cpu: Some(inventory.cpu.as_ref().into()),
             gpus: inventory.gpus.iter().map(Into::into).collect(),
             nics: inventory.nics.iter().map(Into::into).collect(),
             nvme: inventory
@@ -76,7 +76,7 @@ impl TryFrom<proto::NodeInventory> for NodeInventory {
     type Error = WireError;
 
     fn try_from(message: proto::NodeInventory) -> Result<Self, WireError> {
-        let cpu = message.cpu.ok_or_else(|| wire_error("cpu", "missing"))?.try_into()?;
+        let cpu = CpuTopology::try_from(message.cpu.ok_or_else(|| wire_error("cpu", "missing"))?)?.into();
         let gpus = message
             .gpus
             .into_iter()
@@ -131,7 +131,7 @@ impl TryFrom<proto::NodeInventory> for NodeInventory {
             nics,
             nvme,
             nvswitches,
-            pci: PciTree { nodes },
+            pci: PciTree { nodes }.into(),
             nvml,
             warnings: message.warnings,
         };
@@ -365,7 +365,8 @@ pub fn mig_from_wire(field: &str, mig: proto::MigInfo) -> Result<MigInfo, WireEr
                 max_count: profile.max_count,
                 placements: profile.placements,
             })
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         instances: mig
             .instances
             .into_iter()
@@ -583,7 +584,7 @@ mod tests {
         let bus = |text: &str| text.parse::<PciBusId>().expect("valid bus id");
         NodeInventory {
             hostname: "node-a".into(),
-            cpu: CpuTopology {
+            cpu: std::sync::Arc::new(CpuTopology {
                 packages: vec![Package {
                     index: 0,
                     model: Some("Xeon".into()),
@@ -605,7 +606,7 @@ mod tests {
                     count: 1,
                     pus_per_instance: 4,
                 }],
-            },
+            }),
             gpus: vec![Gpu {
                 index: 0,
                 uuid: Some("GPU-1".into()),
@@ -619,7 +620,7 @@ mod tests {
                 mig: Some(MigInfo {
                     mode: MigMode::Enabled,
                     pending_mode: MigMode::Enabled,
-                    profiles: vec![MigProfile {
+                    profiles: std::sync::Arc::new(vec![MigProfile {
                         name: "3g.40gb".into(),
                         profile_id: 9,
                         compute_slices: 3,
@@ -627,7 +628,7 @@ mod tests {
                         memory_mib: MiB(40192),
                         max_count: 2,
                         placements: vec![0, 4],
-                    }],
+                    }]),
                     instances: vec![MigInstance {
                         profile: "3g.40gb".into(),
                         profile_id: 9,
@@ -662,7 +663,7 @@ mod tests {
                     pci_visible: false,
                 },
             ],
-            pci: PciTree {
+            pci: std::sync::Arc::new(PciTree {
                 nodes: vec![
                     PciNode {
                         kind: PciNodeKind::HostBridge,
@@ -686,7 +687,7 @@ mod tests {
                         cpus: CpuSet::default(),
                     },
                 ],
-            },
+            }),
             nvml: NvmlStatus::Present {
                 library: "fake".into(),
                 driver_version: Some("550".into()),
@@ -717,7 +718,9 @@ mod tests {
         inventory.gpus[0].nvlinks = vec![link; 50_000];
         let bridge = inventory.pci.nodes[0].clone();
         let nic_node = PciNode { bus_id: Some("0000:07:00.0".parse().expect("id")), ..inventory.pci.nodes[1].clone() };
-        inventory.pci.nodes.extend(std::iter::repeat_n(bridge, 50_000).chain([nic_node]));
+        std::sync::Arc::make_mut(&mut inventory.pci)
+            .nodes
+            .extend(std::iter::repeat_n(bridge, 50_000).chain([nic_node]));
         let nic = Nic {
             name: "eth0".into(),
             pci_bus_id: "0000:07:00.0".parse().expect("id"),

@@ -276,7 +276,8 @@ mod tests {
                 })
                 .collect(),
             ..CpuTopology::default()
-        };
+        }
+        .into();
         inventory
     }
 

@@ -103,12 +103,12 @@ pub fn pcie_gpu_server(spec: &PcieServer) -> NodeInventory {
     }
     NodeInventory {
         hostname: spec.hostname.clone(),
-        cpu,
+        cpu: cpu.into(),
         gpus: gpu_list,
         nics: vec![],
         nvme: vec![],
         nvswitches: vec![],
-        pci,
+        pci: pci.into(),
         nvml: NvmlStatus::Present { library: "synthetic".to_owned(), driver_version: None, cuda_driver_version: None },
         warnings: vec![],
     }

@@ -219,13 +219,23 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
     let mut state = ClusterState::default();
     let now = now_ms();
+    let mut lap = std::time::Instant::now();
+    let mut phases: Vec<(&str, u128)> = Vec::new();
+    let mut phase = |name: &'static str| {
+        phases.push((name, lap.elapsed().as_millis()));
+        lap = std::time::Instant::now();
+    };
     for kv in store.range(layout::prefix_inventory_templates()).await.map_err(unavailable)?.kvs {
         let template: NodeInventory = decode(&kv.key, &kv.value)?;
         state.templates.insert(crate::state::inventory::template_id(&template), template);
     }
     let nodes = store.range(layout::prefix_nodes()).await.map_err(unavailable)?.kvs;
+    phase("range nodes");
     let stored = decode_all::<crate::state::StoredNode>(&nodes)?;
-    for (kv, record) in nodes.iter().zip(join_all(stored, &state.templates)) {
+    phase("decode nodes");
+    let joined = join_all(stored, &state.templates);
+    phase("join nodes");
+    for (kv, record) in nodes.iter().zip(joined) {
         match record {
             // A node gets one timeout after a broker start to show it is alive.
             Ok(record) => state.insert_node(NodeEntry::new(record, NodeStatus::Ready, now)),
@@ -235,6 +245,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
             }
         }
     }
+    phase("index nodes");
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
         let record: TeamRecord = decode(&kv.key, &kv.value)?;
         state.teams.insert(record.name.clone(), record);
@@ -261,8 +272,12 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
             state.tokens.insert(hash, record);
         }
     }
+    phase("teams, grants, tokens");
     let allocations = store.range(layout::prefix_allocations()).await.map_err(unavailable)?.kvs;
-    for allocation in decode_all::<Allocation>(&allocations)? {
+    phase("range allocations");
+    let decoded = decode_all::<Allocation>(&allocations)?;
+    phase("decode allocations");
+    for allocation in decoded {
         state.allocations.insert(allocation.id, allocation);
     }
     let counter = store.get(&layout::counter("allocation")).await.map_err(unavailable)?;
@@ -275,6 +290,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.next_id = state.next_id.max(last.as_u64() + 1);
     }
     state.recompute_all_usage();
+    phase("usage");
     if let Some(kv) = store.get(&crate::rounds::placing::mix_key()).await.map_err(unavailable)? {
         // The mix only steers packing: an unreadable one is started again, not fatal.
         match decode::<allot_placement::learn::RequestMix>(&kv.key, &kv.value) {
@@ -290,8 +306,10 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         state.audit.next_seq = state.audit.next_seq.max(entry.seq + 1);
         state.audit.entries.push_back(entry);
     }
+    phase("mix, audit");
     let usage = store.range(layout::prefix_usage()).await.map_err(unavailable)?.kvs;
     crate::rounds::usage::resume(&mut state, &usage, now);
+    phase("history");
     // Every record was checked before it was written; a tree that does not check
     // now (a GPU family no node has any more, say) is still the admins' intent.
     if let Err(problems) = state.rebuild_tree(gpu_values.clone()) {
@@ -314,6 +332,8 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
             entry.status = NodeStatus::Lost;
         }
     }
+    phase("tree, lost nodes");
+    tracing::info!(?phases, "state loaded: milliseconds per phase");
     Ok(state)
 }
 
@@ -492,7 +512,8 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
             }
             let epoch = state.nodes().get(&name).map_or(1, |entry| entry.record.epoch + 1);
             let shape = Some(crate::state::placement_shape(&inventory));
-            let record = NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now, shape };
+            let mut record =
+                NodeRecord { name: name.clone(), inventory: *inventory, epoch, registered_at_ms: now, shape };
             // The whole record is checked against the limit, as before templates.
             match encode(&record) {
                 Ok(bytes) if bytes.len() > MAX_RECORD_BYTES => {
@@ -509,12 +530,15 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                 }
             }
             match stored_node(state, &record) {
-                Ok((template, bytes)) => {
+                Ok((template, bytes, shared)) => {
                     if let Some((id, template, template_bytes)) = template {
                         writes.push(Op::put(layout::inventory_template(id), template_bytes));
                         state.templates.insert(id, template);
                     }
                     writes.push(Op::put(layout::node(name.as_str()), bytes));
+                    if let Some(shared) = shared {
+                        record.inventory = shared;
+                    }
                 }
                 Err(error) => {
                     let _ = reply.send(Err(error));
@@ -581,8 +605,11 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
 
 /// A new inventory template to store (with its id), if the node brings one,
 /// and the node's stored record: its own details and its template's id, or the
-/// whole inventory when that id is taken by a different template.
-type StoredRecord = (Option<(u64, NodeInventory, Vec<u8>)>, Vec<u8>);
+/// whole inventory when that id is taken by a different template; and the
+/// inventory filled in from the template the broker keeps, to keep in memory
+/// instead of the registered one (its unchanging parts shared with every node
+/// of the same template, see `NodeInventory`).
+type StoredRecord = (Option<(u64, NodeInventory, Vec<u8>)>, Vec<u8>, Option<NodeInventory>);
 
 fn stored_node(state: &ClusterState, record: &NodeRecord) -> Result<StoredRecord, BrokerError> {
     use crate::state::{StoredNode, inventory};
@@ -600,11 +627,15 @@ fn stored_node(state: &ClusterState, record: &NodeRecord) -> Result<StoredRecord
         })
     };
     match state.templates.get(&id) {
-        Some(known) if *known == template => Ok((None, stored(None, Some(id), Some(own))?)),
-        Some(_) => Ok((None, stored(Some(record.inventory.clone()), None, None)?)),
+        Some(known) if *known == template => {
+            let shared = inventory::join(known, &own).ok();
+            Ok((None, stored(None, Some(id), Some(own))?, shared))
+        }
+        Some(_) => Ok((None, stored(Some(record.inventory.clone()), None, None)?, None)),
         None => {
             let bytes = encode(&template)?;
-            Ok((Some((id, template, bytes)), stored(None, Some(id), Some(own))?))
+            let shared = inventory::join(&template, &own).ok();
+            Ok((Some((id, template, bytes)), stored(None, Some(id), Some(own))?, shared))
         }
     }
 }
@@ -1098,6 +1129,65 @@ mod tests {
             })
             .collect();
         assert_eq!(kept, [("b".into(), b"1".to_vec()), ("a".into(), b"2".to_vec()), ("c".into(), b"1".to_vec())]);
+    }
+
+    /// Registers a copy of a fixture machine under `name`, with its own UUIDs.
+    fn register(state: &mut ClusterState, writes: &mut Vec<Op>, fixture: &str, name: &str) -> NodeInventory {
+        let mut inventory = crate::state::testing::fixture(fixture);
+        inventory.hostname = name.to_owned();
+        for gpu in &mut inventory.gpus {
+            gpu.uuid = Some(format!("GPU-{name}-{}", gpu.index));
+        }
+        let (reply, mut answer) = oneshot::channel();
+        let command =
+            Command::RegisterNode { name: name.parse().expect("name"), inventory: Box::new(inventory.clone()), reply };
+        assert!(apply(state, command, writes, PolicySettings::default()).is_some(), "{name} registers");
+        assert!(answer.try_recv().is_err(), "{name}: answered only once stored");
+        inventory
+    }
+
+    /// Whether two inventories share their unchanging parts in memory.
+    fn shared(a: &NodeInventory, b: &NodeInventory) -> bool {
+        let profiles = |inventory: &NodeInventory| {
+            inventory.gpus.iter().filter_map(|gpu| gpu.mig.as_ref().map(|mig| Arc::clone(&mig.profiles))).collect()
+        };
+        let (a_profiles, b_profiles): (Vec<_>, Vec<_>) = (profiles(a), profiles(b));
+        Arc::ptr_eq(&a.cpu, &b.cpu)
+            && Arc::ptr_eq(&a.pci, &b.pci)
+            && a_profiles.len() == b_profiles.len()
+            && a_profiles.iter().zip(&b_profiles).all(|(x, y)| Arc::ptr_eq(x, y))
+    }
+
+    #[tokio::test]
+    async fn nodes_of_one_template_share_it_in_memory_when_registered_and_when_loaded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = allot_store::EmbeddedStore::open(dir.path()).await.expect("store");
+        let mut state = ClusterState::default();
+        let mut writes = Vec::new();
+        let mut registered = Vec::new();
+        for (fixture, name) in [("dgx-h100", "h1"), ("dgx-h100", "h2"), ("dgx-a100-mig", "a1"), ("dgx-a100-mig", "a2")]
+        {
+            registered.push((name, register(&mut state, &mut writes, fixture, name)));
+        }
+        let inventory = |state: &ClusterState, name: &str| {
+            state.nodes().get(&name.parse::<NodeName>().expect("name")).expect("node").record.inventory.clone()
+        };
+        for (name, expected) in &registered {
+            assert_eq!(&inventory(&state, name), expected, "{name} keeps what it registered");
+        }
+        assert!(shared(&inventory(&state, "h1"), &inventory(&state, "h2")));
+        assert!(shared(&inventory(&state, "a1"), &inventory(&state, "a2")));
+        assert!(!shared(&inventory(&state, "h1"), &inventory(&state, "a1")));
+        assert_eq!(state.templates.len(), 2);
+
+        assert!(store.txn(Txn::new().then(writes)).await.expect("stored").succeeded);
+        let loaded = load(&store).await.expect("loads");
+        for (name, expected) in &registered {
+            assert_eq!(&inventory(&loaded, name), expected, "{name} loads as registered");
+        }
+        assert!(shared(&inventory(&loaded, "h1"), &inventory(&loaded, "h2")));
+        assert!(shared(&inventory(&loaded, "a1"), &inventory(&loaded, "a2")));
+        assert!(!shared(&inventory(&loaded, "h2"), &inventory(&loaded, "a2")));
     }
 
     #[test]

@@ -348,12 +348,12 @@ pub fn merge(
 
     let inventory = NodeInventory {
         hostname: hostname.to_owned(),
-        cpu: host.cpu,
+        cpu: host.cpu.into(),
         gpus,
         nics,
         nvme,
         nvswitches,
-        pci: host.pci,
+        pci: host.pci.into(),
         nvml,
         warnings,
     };

@@ -7,15 +7,23 @@ mod levels;
 
 pub use levels::{ConnectionLevel, LinkMatrices, TopologyError};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::units::{CpuSet, MiB, PciBusId};
 
 /// Everything the node daemon knows about one machine.
+///
+/// The parts that are the same on every machine of a kind (the CPU topology, the
+/// PCIe tree, MIG profiles, cpu sets) are reference-counted and never changed in
+/// place, so that a clone shares them: the broker fills in thousands of nodes
+/// from one inventory template at the cost of their own details (see
+/// `allot-broker`'s `state::inventory`). Change them with [`Arc::make_mut`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInventory {
     pub hostname: String,
-    pub cpu: CpuTopology,
+    pub cpu: Arc<CpuTopology>,
     /// GPUs in NVML enumeration order when NVML is present, else in PCI bus order
     /// (what `CUDA_DEVICE_ORDER=PCI_BUS_ID` gives).
     pub gpus: Vec<Gpu>,
@@ -23,7 +31,7 @@ pub struct NodeInventory {
     pub nvme: Vec<NvmeDrive>,
     pub nvswitches: Vec<NvSwitch>,
     /// The PCIe tree every GPU, NIC, NVMe drive and NVSwitch hangs in.
-    pub pci: PciTree,
+    pub pci: Arc<PciTree>,
     pub nvml: NvmlStatus,
     /// Partial failures: discovery goes on when one device is unreadable, and says so here.
     pub warnings: Vec<String>,
@@ -130,7 +138,7 @@ pub struct MigInfo {
     pub mode: MigMode,
     /// What the mode becomes after the next GPU reset.
     pub pending_mode: MigMode,
-    pub profiles: Vec<MigProfile>,
+    pub profiles: Arc<Vec<MigProfile>>,
     pub instances: Vec<MigInstance>,
 }
 

@@ -371,7 +371,7 @@ fn read_mig(
         }
         instances.sort_by_key(|instance| instance.start);
     }
-    MigInfo { mode: current, pending_mode: pending, profiles, instances }
+    MigInfo { mode: current, pending_mode: pending, profiles: profiles.into(), instances }
 }
 
 #[cfg(test)]
