@@ -78,9 +78,9 @@ impl StatePlacer<'_, '_> {
     /// this round placed there.
     fn usage_of(&self, node: &NodeName, without: &[u64]) -> NodeUsage {
         let state = self.state.borrow();
-        let live = state.live_on(node);
         let mut usage = NodeUsage::from_bindings(
-            live.iter()
+            state
+                .live_refs_on(node)
                 .filter(|allocation| !without.contains(&allocation.id.as_u64()))
                 .filter_map(|allocation| allocation.binding.as_ref()),
         );

@@ -261,12 +261,11 @@ impl proto::node_service_server::NodeService for Services {
             }
             // Allocations whose batch is not stored yet arrive as changes once it is.
             state
-                .live_on(&name)
-                .into_iter()
+                .live_refs_on(&name)
                 .filter(|allocation| !state.unpersisted.contains(&allocation.id))
                 .map(|allocation| {
                     let trace = state.trace_of(allocation.id).unwrap_or_default().to_owned();
-                    (allocation, trace)
+                    (allocation.clone(), trace)
                 })
                 .collect::<Vec<_>>()
         };
@@ -558,16 +557,18 @@ impl proto::allocation_service_server::AllocationService for Services {
         }
         let found = {
             let state = self.core.state();
-            state.live_on(&node).into_iter().filter(|allocation| !state.unpersisted.contains(&allocation.id)).find(
-                |allocation| {
+            state
+                .live_refs_on(&node)
+                .filter(|allocation| !state.unpersisted.contains(&allocation.id))
+                .find(|allocation| {
                     allocation.binding.as_ref().is_some_and(|binding| {
                         binding.gpus.iter().any(|gpu| {
                             gpu.uuid.as_deref() == Some(request.device_uuid.as_str())
                                 || mig_uuid(&state, &node, gpu).as_deref() == Some(request.device_uuid.as_str())
                         })
                     })
-                },
-            )
+                })
+                .cloned()
         };
         let allocation = found.ok_or_else(|| BrokerError::NotFound {
             what: format!("a live allocation holding device {} on node {node}", request.device_uuid),

@@ -615,10 +615,12 @@ impl ClusterState {
 
     /// Allocations on a node that hold capacity, as the node should see them.
     pub fn live_on(&self, node: &NodeName) -> Vec<Allocation> {
-        self.live_by_node
-            .get(node)
-            .map(|live| live.iter().filter_map(|id| self.allocations.get(id)).cloned().collect())
-            .unwrap_or_default()
+        self.live_refs_on(node).cloned().collect()
+    }
+
+    /// [`ClusterState::live_on`] without copies.
+    pub fn live_refs_on(&self, node: &NodeName) -> impl Iterator<Item = &Allocation> {
+        self.live_by_node.get(node).into_iter().flatten().filter_map(|id| self.allocations.get(id))
     }
 
     /// How many allocations hold capacity, over all nodes.

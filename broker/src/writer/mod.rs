@@ -214,6 +214,18 @@ fn join_all(
     })
 }
 
+/// Gives the heap that loading freed (the store's pages, the decoding threads'
+/// buffers: a third of the peak with 100,000 allocations) back to the system;
+/// glibc's malloc otherwise keeps it, in the arena of each thread that used it.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of malloc's own arenas to the
+    // kernel; it takes no pointers and is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reads everything the broker persists.
 pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let unavailable = |error: allot_store::StoreError| BrokerError::StoreUnavailable(error.to_string());
@@ -245,6 +257,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
             }
         }
     }
+    drop(nodes);
     phase("index nodes");
     for kv in store.range(layout::prefix_teams()).await.map_err(unavailable)?.kvs {
         let record: TeamRecord = decode(&kv.key, &kv.value)?;
@@ -276,6 +289,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let allocations = store.range(layout::prefix_allocations()).await.map_err(unavailable)?.kvs;
     phase("range allocations");
     let decoded = decode_all::<Allocation>(&allocations)?;
+    drop(allocations);
     phase("decode allocations");
     for allocation in decoded {
         state.allocations.insert(allocation.id, allocation);
@@ -324,7 +338,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     let lost_nodes: Vec<NodeName> = state
         .nodes()
         .keys()
-        .filter(|name| state.live_on(name).iter().any(|allocation| allocation.state == AllocationState::Lost))
+        .filter(|name| state.live_refs_on(name).any(|allocation| allocation.state == AllocationState::Lost))
         .cloned()
         .collect();
     for name in lost_nodes {
@@ -334,6 +348,7 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
     }
     phase("tree, lost nodes");
     tracing::info!(?phases, "state loaded: milliseconds per phase");
+    release_free_memory();
     Ok(state)
 }
 
@@ -645,7 +660,7 @@ fn stored_node(state: &ClusterState, record: &NodeRecord) -> Result<StoredRecord
 /// sides know it): usage is kept by index, and NVML indices shift when a GPU
 /// falls off the bus.
 fn bindings_still_fit(state: &ClusterState, node: &NodeName, inventory: &NodeInventory) -> Result<(), String> {
-    for allocation in state.live_on(node) {
+    for allocation in state.live_refs_on(node) {
         let Some(binding) = &allocation.binding else { continue };
         for grant in &binding.gpus {
             let found = inventory.gpus.iter().find(|gpu| gpu.index == grant.index);

@@ -77,6 +77,11 @@ pub(super) struct Opened {
     pub(super) deleted_keys: usize,
 }
 
+/// redb's page cache. Its default (1 GiB) would keep every page a broker's
+/// start reads: the broker reads the whole store once and then keeps its state
+/// in memory, so the cache serves little more than the writes' B-tree interior.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// Opens or creates `dir/store.redb`, creates missing tables, checks the
 /// format, and deletes the keys of every lease left by a previous process.
 pub(super) fn open_database(dir: &Path) -> Result<Opened, StoreError> {
@@ -87,7 +92,7 @@ pub(super) fn open_database(dir: &Path) -> Result<Opened, StoreError> {
     })?;
     let path = dir.join(super::DATABASE_FILE);
     let path = path.as_path();
-    let db = Database::create(path).context(path, "open")?;
+    let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).context(path, "open")?;
 
     let transaction = db.begin_write().context(path, "begin_write")?;
     let (revision, next_lease_id, expired_leases, deleted_keys) = {
