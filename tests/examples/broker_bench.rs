@@ -6,13 +6,16 @@
 //!    allocation per transaction could reach at best), and 32 concurrent clients
 //!    each writing its own keys, one transaction per allocation (etcd's own
 //!    concurrency, which group commit exists to beat).
+//!    The same in open loop (`--only open-loop`): requests start on a fixed
+//!    schedule at rates stepping up in multiples of baseline 2, latency counted
+//!    from each request's scheduled start.
 //! 2. Broker restart to ready with 100,000 stored allocations on 12,500 nodes,
 //!    stored as the broker stores them (inventory templates) and, as the
 //!    baseline, with every node's whole inventory (the form before templates);
 //!    plus one range of the allocation keys, and the broker's RSS once ready.
 //!
 //! Run: `cargo run --release -p allot-tests --example broker_bench [-- --only
-//! throughput|restart]` after `cargo build --release -p allot-broker` (it starts
+//! throughput|open-loop|restart]` after `cargo build --release -p allot-broker` (it starts
 //! the release allot-broker).
 
 use std::sync::Arc;
@@ -106,20 +109,27 @@ async fn churn(address: &str, count: usize, release: bool, depth: usize, bearer:
     let streams = CLIENTS * depth;
     let per_client = count / streams;
     let mut tasks = Vec::new();
-    for _ in 0..streams {
+    let mut channels = Vec::new();
+    for _ in 0..CLIENTS {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .expect("uri")
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    let _ = channel;
+    for stream in 0..streams {
         let mut client = proto::allocation_service_client::AllocationServiceClient::with_interceptor(
-            channel.clone(),
+            channels[stream % CLIENTS].clone(),
             bearer.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
-                let spec = proto::AllocationSpec {
-                    team: "bench".into(),
-                    gpus: Some(proto::allocation_spec::Gpus::Whole(proto::WholeGpus { count: 1, models: vec![] })),
-                    cpus: 1,
-                    ..Default::default()
-                };
+                let spec = one_gpu();
                 let begun = Instant::now();
                 let reply = client
                     .create(proto::CreateAllocationRequest { spec: Some(spec), dry_run: false, no_wait: true })
@@ -161,9 +171,15 @@ async fn reqwest_metrics(http: &str, token: &str) -> String {
             .and_then(|line| line.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
     };
+    let txn = match (value("allot_store_txn_duration_seconds_sum"), value("allot_store_txn_duration_seconds_count")) {
+        (Some(sum), Some(count)) if count > 0.0 => {
+            format!("; store transactions {:.2} ms on average", sum / count * 1e3)
+        }
+        _ => String::new(),
+    };
     match (value("allot_writer_batches_total"), value("allot_writer_commands_total")) {
         (Some(batches), Some(commands)) if batches > 0.0 => {
-            format!("{batches:.0} batches, {:.1} commands per batch", commands / batches)
+            format!("{batches:.0} batches, {:.1} commands per batch{txn}", commands / batches)
         }
         _ => "unavailable".into(),
     }
@@ -199,6 +215,9 @@ fn main() {
     runtime.block_on(async {
         if wanted("throughput") {
             throughput(&dir, &inventory).await;
+        }
+        if wanted("open-loop") {
+            open_loop(&dir, &inventory).await;
         }
         if wanted("restart") {
             restart(&dir, &inventory).await;
@@ -245,6 +264,138 @@ async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
         assert!(
             store.txn(Txn::new().then([Op::delete_prefix(allot_store::layout::ROOT)])).await.expect("clear").succeeded
         );
+    }
+}
+
+/// Nodes for the open-loop runs: room for every grant of the fastest step.
+const OPEN_LOOP_CLUSTER: usize = 1_000;
+/// How long each offered rate is held.
+const OPEN_LOOP_STEP: Duration = Duration::from_millis(500);
+/// Requests outstanding at most; beyond, the offered rate is not kept.
+const OPEN_LOOP_OUTSTANDING: usize = 4_000;
+
+/// Open loop: requests start on a fixed schedule, whether or not earlier ones
+/// finished (spread over `CLIENTS` connections), at rates that step up as
+/// multiples of baseline 2; latency counts from each request's scheduled
+/// start, so a broker that falls behind cannot hide it by slowing the clients.
+async fn open_loop(dir: &tempfile::TempDir, inventory: &NodeInventory) {
+    let etcd = allot_store::testing::EtcdHarness::start().await;
+    let store: Arc<dyn Store> = Arc::new(etcd.store().await);
+    let baseline = sequential_txns(store.as_ref(), 2000).await;
+    let concurrent = concurrent_txns(Arc::clone(&store), 200).await;
+    println!("| sequential single-key etcd transactions (baseline 1) | {baseline:.0}/s |");
+    println!(
+        "| {CLIENTS} clients, one transaction per allocation on keys of their own (baseline 2) | {concurrent:.0}/s ({:.1}x baseline 1) |",
+        concurrent / baseline
+    );
+    let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), "bench-open-loop", "1h");
+    let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
+    register_nodes(&broker.grpc, inventory, OPEN_LOOP_CLUSTER, bearer.clone()).await;
+    let mut channels = Vec::new();
+    for _ in 0..CLIENTS {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", broker.grpc)).expect("uri");
+        channels.push(endpoint.tcp_nodelay(true).connect().await.expect("connect"));
+    }
+    for release in [false, true] {
+        for multiple in [0.5, 0.75, 1.0, 1.25, 1.5, 2.0] {
+            let rate = concurrent * multiple;
+            let step = offered(&channels, &bearer, rate, release).await;
+            let pattern = if release { "grant, then release" } else { "grants" };
+            println!(
+                "| open loop, {pattern}, offered {rate:.0}/s ({multiple:.2}x baseline 2), etcd store, {OPEN_LOOP_CLUSTER} DGX H100 nodes | {:.0}/s done ({:.1}x baseline 1, {:.2}x baseline 2); p50 {:.1} ms, p99 {:.1} ms from the scheduled start{} |",
+                step.done_per_second,
+                step.done_per_second / baseline,
+                step.done_per_second / concurrent,
+                step.p50.as_secs_f64() * 1e3,
+                step.p99.as_secs_f64() * 1e3,
+                if step.not_sent > 0 {
+                    format!("; {} not sent ({OPEN_LOOP_OUTSTANDING} outstanding)", step.not_sent)
+                } else {
+                    String::new()
+                },
+            );
+            // Grants stay until released here, outside the measurement.
+            release_all(&channels[0], &bearer, step.granted).await;
+        }
+    }
+}
+
+/// What one offered rate achieved.
+struct Step {
+    done_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    not_sent: usize,
+    /// Allocations still held (grants-only steps).
+    granted: Vec<String>,
+}
+
+async fn offered(channels: &[tonic::transport::Channel], bearer: &Bearer, rate: f64, release: bool) -> Step {
+    let total = (rate * OPEN_LOOP_STEP.as_secs_f64()) as usize;
+    let outstanding = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_OUTSTANDING));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    let mut not_sent = 0;
+    for index in 0..total {
+        let due = started + Duration::from_secs_f64(index as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = Arc::clone(&outstanding).try_acquire_owned() else {
+            not_sent += 1;
+            continue;
+        };
+        let mut client = proto::allocation_service_client::AllocationServiceClient::with_interceptor(
+            channels[index % channels.len()].clone(),
+            bearer.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let reply = client
+                .create(proto::CreateAllocationRequest { spec: Some(one_gpu()), dry_run: false, no_wait: true })
+                .await
+                .expect("create")
+                .into_inner();
+            let id = reply.allocation.expect("allocation").id;
+            if release {
+                client.release(proto::AllocationRef { id: id.clone() }).await.expect("release");
+            }
+            (due.elapsed(), tokio::time::Instant::now(), id)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut granted = Vec::new();
+    let mut last = started;
+    for task in tasks {
+        let (latency, finished, id) = task.await.expect("request");
+        latencies.push(latency);
+        last = last.max(finished);
+        if !release {
+            granted.push(id);
+        }
+    }
+    let done = latencies.len();
+    Step {
+        done_per_second: done as f64 / (last - started).as_secs_f64(),
+        p50: percentile(&mut latencies, 0.5),
+        p99: percentile(&mut latencies, 0.99),
+        not_sent,
+        granted,
+    }
+}
+
+fn one_gpu() -> proto::AllocationSpec {
+    proto::AllocationSpec {
+        team: "bench".into(),
+        gpus: Some(proto::allocation_spec::Gpus::Whole(proto::WholeGpus { count: 1, models: vec![] })),
+        cpus: 1,
+        ..Default::default()
+    }
+}
+
+async fn release_all(channel: &tonic::transport::Channel, bearer: &Bearer, ids: Vec<String>) {
+    let mut client =
+        proto::allocation_service_client::AllocationServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    for id in ids {
+        client.release(proto::AllocationRef { id }).await.expect("release");
     }
 }
 

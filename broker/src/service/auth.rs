@@ -252,7 +252,14 @@ pub struct Auth {
     /// The subject each verified client certificate names, by its DER bytes:
     /// a connection's calls all carry the same certificate, parsed once.
     certificate_names: RwLock<HashMap<Vec<u8>, String>>,
+    /// The SHA-256 of each known token a call presented: hashing it on every
+    /// call cost a twentieth of the broker's CPU under load. Only a hash's
+    /// lookup in `view` says whether the token is (still) valid.
+    token_hashes: RwLock<HashMap<String, String>>,
 }
+
+/// The most names or token hashes kept; beyond, the cache starts again.
+const IDENTITY_CACHE: usize = 10_000;
 
 /// Tokens and the team tree's parent links, as of the last refresh.
 #[derive(Debug, Default)]
@@ -291,6 +298,7 @@ impl Auth {
             decisions: RwLock::new(HashMap::new()),
             view: RwLock::new(View::default()),
             certificate_names: RwLock::new(HashMap::new()),
+            token_hashes: RwLock::new(HashMap::new()),
         };
         auth.refresh();
         Ok(auth)
@@ -347,8 +355,13 @@ impl Auth {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| BrokerError::Unauthenticated("the authorization header must be `Bearer TOKEN`".into()))?;
+        let hash = self.hash_of(token);
         let view = self.view.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match view.tokens.get(&token_hash(token)) {
+        let found = view.tokens.get(&hash);
+        if found.is_some() {
+            self.remember_hash(token, hash);
+        }
+        match found {
             Some((subject, Some(expires_at_ms))) if crate::writer::now_ms() >= *expires_at_ms => {
                 Err(BrokerError::Unauthenticated(format!(
                     "E-TOKEN-EXPIRED: the token of {subject} expired at {} ms since the epoch; ask an admin for a new \
@@ -365,6 +378,25 @@ impl Auth {
         }
     }
 
+    /// A token's hash, from the cache when the token was seen before.
+    fn hash_of(&self, token: &str) -> String {
+        let cached = self.token_hashes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(token).cloned();
+        cached.unwrap_or_else(|| token_hash(token))
+    }
+
+    /// Keeps a known token's hash (unknown tokens are never kept: they would
+    /// let anyone fill the cache).
+    fn remember_hash(&self, token: &str, hash: String) {
+        if self.token_hashes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(token) {
+            return;
+        }
+        let mut hashes = self.token_hashes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if hashes.len() >= IDENTITY_CACHE {
+            hashes.clear();
+        }
+        hashes.insert(token.to_owned(), hash);
+    }
+
     /// The subject a verified client certificate names (parsed once per certificate).
     fn certificate_name(&self, certificate: &rustls::pki_types::CertificateDer<'_>) -> Result<String, BrokerError> {
         let der = certificate.as_ref();
@@ -374,7 +406,7 @@ impl Auth {
         let name = crate::service::tls::identity_of(certificate).map_err(BrokerError::Unauthenticated)?;
         let mut names = self.certificate_names.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Bounded: certificates are few, but a cluster may issue many over time.
-        if names.len() >= 10_000 {
+        if names.len() >= IDENTITY_CACHE {
             names.clear();
         }
         names.insert(der.to_vec(), name.clone());

@@ -1,8 +1,13 @@
 //! The audit log: every change asked of the broker, who asked, from where, when,
 //! and what came of it (done, denied, or failed with its error). Entries are
-//! appended through the writer (in its batches) and kept for the retention, at
-//! most [`AUDIT_LIMIT`] of them; the newest are also held in memory for
+//! appended through the writer and kept for the retention, at most
+//! [`AUDIT_LIMIT`] of them; the newest are also held in memory for
 //! `allotctl audit`.
+//!
+//! The entries one writer batch appends are stored as one key (a block, named
+//! after its first entry), not one key each: a create and its release are then
+//! two writes, not four, and a batch of them fits twice as many in one store
+//! transaction. A block's key is deleted when its last entry is pruned.
 
 use std::collections::VecDeque;
 
@@ -38,9 +43,84 @@ impl AuditEntry {
     }
 }
 
-/// The entries in memory, oldest first.
+/// What one stored audit key holds: a block of entries, or one entry (the
+/// form before blocks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredAudit {
+    Block(Vec<AuditEntry>),
+    One(AuditEntry),
+}
+
+impl StoredAudit {
+    pub fn into_entries(self) -> Vec<AuditEntry> {
+        match self {
+            StoredAudit::Block(entries) => entries,
+            StoredAudit::One(entry) => vec![entry],
+        }
+    }
+}
+
+/// The entries in memory, oldest first, and the stored blocks they are in.
 #[derive(Debug, Default)]
 pub struct AuditLog {
     pub entries: VecDeque<AuditEntry>,
     pub next_seq: u64,
+    /// Each stored block's key and how many of its entries are still in
+    /// `entries`, oldest first; together they hold the front of `entries`.
+    blocks: VecDeque<(String, usize)>,
+    /// How many entries at the back of `entries` are in no block yet.
+    unwritten: usize,
+}
+
+impl AuditLog {
+    /// Appends an entry, to be stored with the next block.
+    pub fn push(&mut self, entry: AuditEntry) {
+        self.next_seq = self.next_seq.max(entry.seq + 1);
+        self.entries.push_back(entry);
+        self.unwritten += 1;
+    }
+
+    /// Appends entries read from the store under `key`.
+    pub fn push_stored(&mut self, key: String, entries: Vec<AuditEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.blocks.push_back((key, entries.len()));
+        for entry in entries {
+            self.next_seq = self.next_seq.max(entry.seq + 1);
+            self.entries.push_back(entry);
+        }
+    }
+
+    /// The entries appended since the last block, as one block to store
+    /// (marked stored), or `None` when there are none.
+    pub fn take_block(&mut self) -> Option<(String, Vec<AuditEntry>)> {
+        if self.unwritten == 0 {
+            return None;
+        }
+        let start = self.entries.len() - self.unwritten;
+        let block: Vec<AuditEntry> = self.entries.range(start..).cloned().collect();
+        let key = allot_store::layout::audit_entry(block[0].at_ms, block[0].seq);
+        self.blocks.push_back((key.clone(), block.len()));
+        self.unwritten = 0;
+        Some((key, block))
+    }
+
+    /// Forgets the oldest entry; the key of the block it emptied, to delete.
+    pub fn pop_front(&mut self) -> Option<String> {
+        self.entries.pop_front()?;
+        match self.blocks.front_mut() {
+            Some((_, left)) if *left > 1 => {
+                *left -= 1;
+                None
+            }
+            Some(_) => self.blocks.pop_front().map(|(key, _)| key),
+            // In no block yet: it is simply not stored.
+            None => {
+                self.unwritten = self.unwritten.saturating_sub(1);
+                None
+            }
+        }
+    }
 }

@@ -316,9 +316,8 @@ pub async fn load(store: &dyn Store) -> Result<ClusterState, BrokerError> {
         }
     }
     let audit = store.range(layout::prefix_audit()).await.map_err(unavailable)?.kvs;
-    for entry in decode_all::<crate::state::audit::AuditEntry>(&audit)? {
-        state.audit.next_seq = state.audit.next_seq.max(entry.seq + 1);
-        state.audit.entries.push_back(entry);
+    for (kv, stored) in audit.iter().zip(decode_all::<crate::state::audit::StoredAudit>(&audit)?) {
+        state.audit.push_stored(kv.key.clone(), stored.into_entries());
     }
     phase("mix, audit");
     let usage = store.range(layout::prefix_usage()).await.map_err(unavailable)?.kvs;
@@ -884,6 +883,7 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             if state.next_id != next_id_before {
                 writes.push(Op::put(layout::counter("allocation"), state.next_id.to_string().into_bytes()));
             }
+            crate::rounds::audit::write_block(&mut state, &mut writes);
         }
         let writes = last_write_per_key(writes);
         if writes.is_empty() {
