@@ -98,29 +98,23 @@ async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize, 
 /// `count` one-GPU allocations from `CLIENTS` concurrent clients, each released
 /// right after it was granted (jobs come and go); allocations/s and their latency.
 /// Every cycle writes twice (the grant and the release), both persisted.
+/// One connection per client, as `CLIENTS` separate programs would have.
+async fn connections(address: &str) -> Vec<tonic::transport::Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..CLIENTS {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
+        channels.push(endpoint.tcp_nodelay(true).connect().await.expect("connect"));
+    }
+    channels
+}
+
 async fn churn(address: &str, count: usize, release: bool, depth: usize, bearer: Bearer) -> (f64, Vec<Duration>) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let channels = connections(address).await;
     let started = Instant::now();
     // Each client keeps `depth` requests in flight.
     let streams = CLIENTS * depth;
     let per_client = count / streams;
     let mut tasks = Vec::new();
-    let mut channels = Vec::new();
-    for _ in 0..CLIENTS {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                .expect("uri")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    let _ = channel;
     for stream in 0..streams {
         let mut client = proto::allocation_service_client::AllocationServiceClient::with_interceptor(
             channels[stream % CLIENTS].clone(),
@@ -225,17 +219,24 @@ fn main() {
     });
 }
 
-/// Throughput on etcd, against both baselines measured on the same etcd.
-async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
-    let etcd = allot_store::testing::EtcdHarness::start().await;
-    let store: Arc<dyn Store> = Arc::new(etcd.store().await);
+/// Measures and prints both baselines on this etcd: sequential single-key
+/// transactions, and `CLIENTS` clients each writing keys of its own.
+async fn baselines(store: &Arc<dyn Store>) -> (f64, f64) {
     let baseline = sequential_txns(store.as_ref(), 2000).await;
-    let concurrent = concurrent_txns(Arc::clone(&store), 200).await;
+    let concurrent = concurrent_txns(Arc::clone(store), 200).await;
     println!("| sequential single-key etcd transactions (baseline 1) | {baseline:.0}/s |");
     println!(
         "| {CLIENTS} clients, one transaction per allocation on keys of their own (baseline 2) | {concurrent:.0}/s ({:.1}x baseline 1) |",
         concurrent / baseline
     );
+    (baseline, concurrent)
+}
+
+/// Throughput on etcd, against both baselines measured on the same etcd.
+async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
+    let etcd = allot_store::testing::EtcdHarness::start().await;
+    let store: Arc<dyn Store> = Arc::new(etcd.store().await);
+    let (baseline, concurrent) = baselines(&store).await;
     let runs = [
         ("churn-small", SMALL_CLUSTER, true, 1, 6400),
         ("churn-large", LARGE_CLUSTER, true, 1, 6400),
@@ -281,21 +282,11 @@ const OPEN_LOOP_OUTSTANDING: usize = 4_000;
 async fn open_loop(dir: &tempfile::TempDir, inventory: &NodeInventory) {
     let etcd = allot_store::testing::EtcdHarness::start().await;
     let store: Arc<dyn Store> = Arc::new(etcd.store().await);
-    let baseline = sequential_txns(store.as_ref(), 2000).await;
-    let concurrent = concurrent_txns(Arc::clone(&store), 200).await;
-    println!("| sequential single-key etcd transactions (baseline 1) | {baseline:.0}/s |");
-    println!(
-        "| {CLIENTS} clients, one transaction per allocation on keys of their own (baseline 2) | {concurrent:.0}/s ({:.1}x baseline 1) |",
-        concurrent / baseline
-    );
+    let (baseline, concurrent) = baselines(&store).await;
     let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), "bench-open-loop", "1h");
     let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
     register_nodes(&broker.grpc, inventory, OPEN_LOOP_CLUSTER, bearer.clone()).await;
-    let mut channels = Vec::new();
-    for _ in 0..CLIENTS {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", broker.grpc)).expect("uri");
-        channels.push(endpoint.tcp_nodelay(true).connect().await.expect("connect"));
-    }
+    let channels = connections(&broker.grpc).await;
     for release in [false, true] {
         for multiple in [0.5, 0.75, 1.0, 1.25, 1.5, 2.0] {
             let rate = concurrent * multiple;
