@@ -402,7 +402,10 @@ impl<T: Send> Deliver for Answer<T> {
 }
 
 /// Applies one command to the state. Returns the store writes it needs and what
-/// to do after they are persisted; errors are answered at once (no write).
+/// to do after they are persisted. A refusal that reads the state (quota,
+/// capacity, a repeated release, a reused request id, hardware that no longer
+/// fits) is answered with the batch, since what it read may not be stored yet;
+/// only errors about the request alone (too large to store) are answered at once.
 fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, policy: PolicySettings) -> Option<Pending> {
     let now = now_ms();
     match command {
@@ -452,10 +455,9 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
                     state.put_allocation(allocation);
                     Some(Pending::Allocation(reply, id, explanation))
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                    None
-                }
+                // A quota or capacity refusal reads what this batch changed before
+                // it (a grant that may yet fail to be stored): answered with the batch.
+                Err(error) => Some(Pending::Done(Box::new(Refusal { reply, error }))),
             }
         }
         Command::Release { id, reply } => {
@@ -521,8 +523,9 @@ fn apply(state: &mut ClusterState, command: Command, writes: &mut Vec<Op>, polic
         }
         Command::RegisterNode { name, inventory, reply } => {
             if let Err(problem) = bindings_still_fit(state, &name, &inventory) {
-                let _ = reply.send(Err(BrokerError::FailedPrecondition(problem)));
-                return None;
+                // It rests on the live allocations, which this batch may have changed.
+                let error = BrokerError::FailedPrecondition(problem);
+                return Some(Pending::Done(Box::new(Refusal { reply, error })));
             }
             let epoch = state.nodes().get(&name).map_or(1, |entry| entry.record.epoch + 1);
             let shape = Some(crate::state::placement_shape(&inventory));
