@@ -6,7 +6,8 @@
 //!    allocation per transaction could reach at best), and 32 concurrent clients
 //!    each writing its own keys, one transaction per allocation (etcd's own
 //!    concurrency, which group commit exists to beat).
-//!    The same in open loop (`--only open-loop`): requests start on a fixed
+//!    The same in open loop (`--only open-loop`, and `--only open-loop-tls`
+//!    over mutual TLS, the broker's default): requests start on a fixed
 //!    schedule at rates stepping up in multiples of baseline 2, latency counted
 //!    from each request's scheduled start.
 //! 2. Broker restart to ready with 100,000 stored allocations on 12,500 nodes,
@@ -15,7 +16,7 @@
 //!    plus one range of the allocation keys, and the broker's RSS once ready.
 //!
 //! Run: `cargo run --release -p allot-tests --example broker_bench [-- --only
-//! throughput|open-loop|restart]` after `cargo build --release -p allot-broker` (it starts
+//! throughput|open-loop|open-loop-tls|restart]` after `cargo build --release -p allot-broker` (it starts
 //! the release allot-broker).
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use allot_api::bearer::Bearer;
 use allot_api::proto;
 use allot_api::topology::NodeInventory;
 use allot_store::{Compare, Op, Store, Txn, layout};
-use allot_tests::{StoreKind, start_broker};
+use allot_tests::{Broker, StoreKind, start_broker};
 
 #[path = "common/seed.rs"]
 mod seed;
@@ -70,12 +71,25 @@ async fn concurrent_txns(store: Arc<dyn Store>, per_client: usize) -> f64 {
     (CLIENTS * per_client) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize, bearer: Bearer) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+/// How a client reaches `broker`: plain text, or mutual TLS with the admin's
+/// certificate from the broker's PKI directory.
+fn endpoint(broker: &Broker) -> tonic::transport::Endpoint {
+    use allot_api::tls::{ClientTls, files};
+    let tls = match &broker.pki {
+        Some(pki) => ClientTls {
+            ca: Some(pki.join(files::CA)),
+            cert: Some(pki.join(files::ADMIN)),
+            key: Some(pki.join(files::ADMIN_KEY)),
+        },
+        None => ClientTls::default(),
+    };
+    allot_api::tls::endpoint(&broker.url, &tls, Duration::from_secs(5), Duration::from_secs(60))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+}
+
+async fn register_nodes(broker: &Broker, inventory: &NodeInventory, nodes: usize, bearer: Bearer) {
+    let channel = endpoint(broker).connect().await.expect("connect");
     let mut client = proto::node_service_client::NodeServiceClient::with_interceptor(channel.clone(), bearer.clone());
     for index in 0..nodes {
         let mut node = inventory.clone();
@@ -99,17 +113,16 @@ async fn register_nodes(address: &str, inventory: &NodeInventory, nodes: usize, 
 /// right after it was granted (jobs come and go); allocations/s and their latency.
 /// Every cycle writes twice (the grant and the release), both persisted.
 /// One connection per client, as `CLIENTS` separate programs would have.
-async fn connections(address: &str) -> Vec<tonic::transport::Channel> {
+async fn connections(broker: &Broker) -> Vec<tonic::transport::Channel> {
     let mut channels = Vec::new();
     for _ in 0..CLIENTS {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("uri");
-        channels.push(endpoint.tcp_nodelay(true).connect().await.expect("connect"));
+        channels.push(endpoint(broker).connect().await.expect("connect"));
     }
     channels
 }
 
-async fn churn(address: &str, count: usize, release: bool, depth: usize, bearer: Bearer) -> (f64, Vec<Duration>) {
-    let channels = connections(address).await;
+async fn churn(broker: &Broker, count: usize, release: bool, depth: usize, bearer: Bearer) -> (f64, Vec<Duration>) {
+    let channels = connections(broker).await;
     let started = Instant::now();
     // Each client keeps `depth` requests in flight.
     let streams = CLIENTS * depth;
@@ -211,7 +224,10 @@ fn main() {
             throughput(&dir, &inventory).await;
         }
         if wanted("open-loop") {
-            open_loop(&dir, &inventory).await;
+            open_loop(&dir, &inventory, false).await;
+        }
+        if wanted("open-loop-tls") {
+            open_loop(&dir, &inventory, true).await;
         }
         if wanted("restart") {
             restart(&dir, &inventory).await;
@@ -246,8 +262,8 @@ async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
     for (name, nodes, release, depth, count) in runs {
         let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), &format!("bench-{name}"), "1h");
         let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
-        register_nodes(&broker.grpc, inventory, nodes, bearer.clone()).await;
-        let (throughput, mut latencies) = churn(&broker.grpc, count, release, depth, bearer).await;
+        register_nodes(&broker, inventory, nodes, bearer.clone()).await;
+        let (throughput, mut latencies) = churn(&broker, count, release, depth, bearer).await;
         let p50 = percentile(&mut latencies, 0.5);
         let p99 = percentile(&mut latencies, 0.99);
         let pattern =
@@ -279,21 +295,39 @@ const OPEN_LOOP_OUTSTANDING: usize = 4_000;
 /// finished (spread over `CLIENTS` connections), at rates that step up as
 /// multiples of baseline 2; latency counts from each request's scheduled
 /// start, so a broker that falls behind cannot hide it by slowing the clients.
-async fn open_loop(dir: &tempfile::TempDir, inventory: &NodeInventory) {
+///
+/// With `tls`, the broker serves mutual TLS (its default) and the clients
+/// present the admin's certificate; without, plain text (`--plaintext`).
+async fn open_loop(dir: &tempfile::TempDir, inventory: &NodeInventory, tls: bool) {
     let etcd = allot_store::testing::EtcdHarness::start().await;
     let store: Arc<dyn Store> = Arc::new(etcd.store().await);
     let (baseline, concurrent) = baselines(&store).await;
-    let broker = start_broker(&StoreKind::Etcd(etcd.endpoint()), dir.path(), "bench-open-loop", "1h");
+    let store_kind = StoreKind::Etcd(etcd.endpoint());
+    let broker = if tls {
+        let pki = dir.path().join("pki-open-loop");
+        let pki = pki.to_str().expect("a UTF-8 path");
+        allot_tests::start_broker_with(
+            &store_kind,
+            dir.path(),
+            "bench-open-loop-tls",
+            "1h",
+            "127.0.0.1:0",
+            &["--pki", pki],
+        )
+    } else {
+        start_broker(&store_kind, dir.path(), "bench-open-loop", "1h")
+    };
+    let transport = if tls { "mutual TLS" } else { "plain text" };
     let bearer = Bearer::from_file(&broker.admin_token).expect("admin token");
-    register_nodes(&broker.grpc, inventory, OPEN_LOOP_CLUSTER, bearer.clone()).await;
-    let channels = connections(&broker.grpc).await;
+    register_nodes(&broker, inventory, OPEN_LOOP_CLUSTER, bearer.clone()).await;
+    let channels = connections(&broker).await;
     for release in [false, true] {
         for multiple in [0.5, 0.75, 1.0, 1.25, 1.5, 2.0] {
             let rate = concurrent * multiple;
             let step = offered(&channels, &bearer, rate, release).await;
             let pattern = if release { "grant, then release" } else { "grants" };
             println!(
-                "| open loop, {pattern}, offered {rate:.0}/s ({multiple:.2}x baseline 2), etcd store, {OPEN_LOOP_CLUSTER} DGX H100 nodes | {:.0}/s done ({:.1}x baseline 1, {:.2}x baseline 2); p50 {:.1} ms, p99 {:.1} ms from the scheduled start{} |",
+                "| open loop, {transport}, {pattern}, offered {rate:.0}/s ({multiple:.2}x baseline 2), etcd store, {OPEN_LOOP_CLUSTER} DGX H100 nodes | {:.0}/s done ({:.1}x baseline 1, {:.2}x baseline 2); p50 {:.1} ms, p99 {:.1} ms from the scheduled start{} |",
                 step.done_per_second,
                 step.done_per_second / baseline,
                 step.done_per_second / concurrent,
