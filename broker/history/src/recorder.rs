@@ -108,6 +108,28 @@ pub struct Recorder {
     saved_ms: u64,
     /// When this recorder began crediting (in this process).
     started_ms: Option<u64>,
+    /// Each team's GPU guarantee and limit as last noted: a team's figures in
+    /// a bucket start with them, since merging buckets keeps the later
+    /// bucket's quota and a bucket opened between two notes would otherwise
+    /// say 0 and unlimited.
+    quotas_now: BTreeMap<String, (u64, Option<u64>)>,
+}
+
+/// `team`'s figures in `bucket`, made with its quota as last noted.
+fn team_in<'b>(
+    bucket: &'b mut Bucket,
+    quotas: &BTreeMap<String, (u64, Option<u64>)>,
+    team: &str,
+) -> &'b mut crate::bucket::TeamFigures {
+    if !bucket.teams.contains_key(team) {
+        let mut figures = crate::bucket::TeamFigures::default();
+        if let Some((guarantee, limit)) = quotas.get(team) {
+            figures.guarantee_milli_gpu = *guarantee;
+            figures.limit_milli_gpu = *limit;
+        }
+        bucket.teams.insert(team.to_owned(), figures);
+    }
+    bucket.teams.get_mut(team).expect("inserted above")
 }
 
 fn floor(at_ms: u64, length_ms: u64) -> u64 {
@@ -162,6 +184,12 @@ impl Recorder {
             recorder.integrated_ms = recorder.integrated_ms.max(bucket.until_ms);
             recorder.buckets.insert(bucket.start_ms, bucket);
         }
+        // Until the next note, each team's quota is what the newest bucket says.
+        for bucket in recorder.buckets.values() {
+            for (team, figures) in &bucket.teams {
+                recorder.quotas_now.insert(team.clone(), (figures.guarantee_milli_gpu, figures.limit_milli_gpu));
+            }
+        }
         recorder
     }
 
@@ -208,12 +236,12 @@ impl Recorder {
             let end = bucket.end_ms().min(now_ms);
             let ms = end - at;
             for ((team, model), level) in &self.held {
-                let usage = bucket.teams.entry(team.clone()).or_default().models.entry(model.clone()).or_default();
+                let usage = team_in(bucket, &self.quotas_now, team).models.entry(model.clone()).or_default();
                 usage.allocated.add(GpuMs::of(level.allocated, ms));
                 usage.borrowed.add(GpuMs::of(level.borrowed, ms));
             }
             for (team, milli_gpu) in &self.queued {
-                bucket.teams.entry(team.clone()).or_default().queued.add(GpuMs::of(*milli_gpu, ms));
+                team_in(bucket, &self.quotas_now, team).queued.add(GpuMs::of(*milli_gpu, ms));
             }
             bucket.until_ms = bucket.until_ms.max(end);
             bucket.covered_ms = bucket.covered_ms.saturating_add(ms);
@@ -262,7 +290,7 @@ impl Recorder {
             let holding: u64 =
                 self.held.iter().filter(|((owner, _), _)| owner == team).map(|(_, level)| level.allocated).sum();
             let bucket = bucket_at(&mut self.buckets, now_ms);
-            let figures = bucket.teams.entry(team.clone()).or_default();
+            let figures = team_in(bucket, &self.quotas_now, team);
             figures.peak_milli_gpu = figures.peak_milli_gpu.max(holding);
             self.dirty.insert(bucket.start_ms);
         }
@@ -278,7 +306,7 @@ impl Recorder {
             let count = bucket.capacity.request_sizes.entry(milli_gpu).or_default();
             *count = count.saturating_add(1);
         }
-        let figures = bucket.teams.entry(team.to_owned()).or_default();
+        let figures = team_in(bucket, &self.quotas_now, team);
         match event {
             Event::Arrived { .. } => figures.requests = figures.requests.saturating_add(1),
             Event::Granted { wait_ms } => figures.waits.record(wait_ms),
@@ -293,6 +321,7 @@ impl Recorder {
         let bucket = bucket_at(&mut self.buckets, now_ms);
         let mut changed = false;
         for (team, guarantee, limit) in quotas {
+            self.quotas_now.insert(team.to_owned(), (guarantee, limit));
             let figures = bucket.teams.entry(team.to_owned()).or_default();
             if figures.guarantee_milli_gpu != guarantee || figures.limit_milli_gpu != limit {
                 figures.guarantee_milli_gpu = guarantee;
@@ -544,6 +573,31 @@ mod tests {
         assert_eq!(buckets[0].teams["a"].peak_milli_gpu, 2000);
         assert_eq!(buckets[2].until_ms, minute(12));
         assert!(buckets[2].teams.values().all(|team| team.allocated().is_zero()));
+    }
+
+    /// A bucket that opens between two quota notes (levels credited across a
+    /// bucket boundary, an event) carries the quota last noted, so a report
+    /// over both buckets, which keeps the later quota, still has it. Before,
+    /// it said 0 and unlimited for the seconds until the next note.
+    #[test]
+    fn a_bucket_opened_between_quota_notes_keeps_the_last_quota() {
+        let mut recorder = Recorder::default();
+        let minute = |m: u64| T0 + m * MINUTE_MS;
+        recorder.advance(minute(0));
+        recorder.quotas(minute(4), [("a", 8000, Some(16_000)), ("c", 0, None)]);
+        recorder.change(minute(4), &Contribution::Nothing, &holds("a", "H100", 1000, false));
+        recorder.advance(minute(5) + 1000);
+        recorder.event(minute(5) + 2000, "c", Event::Arrived { milli_gpu: 1000 });
+        let newest = recorder.buckets().last().expect("a second bucket");
+        assert_eq!(newest.start_ms, minute(5), "crediting crossed into a new bucket");
+        assert_eq!((newest.teams["a"].guarantee_milli_gpu, newest.teams["a"].limit_milli_gpu), (8000, Some(16_000)));
+        assert_eq!((newest.teams["c"].guarantee_milli_gpu, newest.teams["c"].limit_milli_gpu), (0, None));
+        // A recorder loaded from these buckets starts from the same quotas.
+        let mut loaded = Recorder::load(recorder.buckets().cloned().collect::<Vec<_>>());
+        loaded.event(minute(11), "a", Event::Arrived { milli_gpu: 1000 });
+        let newest = loaded.buckets().last().expect("a third bucket");
+        assert_eq!(newest.start_ms, minute(10));
+        assert_eq!(newest.teams["a"].guarantee_milli_gpu, 8000);
     }
 
     #[test]
