@@ -185,23 +185,6 @@ fn first_lease(txn: &Txn) -> Option<LeaseId> {
     })
 }
 
-#[cfg(test)]
-mod paging_tests {
-    use super::*;
-
-    #[test]
-    fn pages_grow_to_the_byte_budget_and_never_shrink_below_the_first() {
-        // 1,000 keys of 600 bytes: about 14,000 keys make the budget.
-        assert_eq!(next_page_size(1_000, 600_000, 1_000), (RANGE_PAGE_BYTES / 600) as i64);
-        // Large values: never fewer keys than the first page asked for.
-        assert_eq!(next_page_size(1_000, 40 << 20, 1_000), 1_000);
-        // Tiny values: bounded.
-        assert_eq!(next_page_size(1_000, 10_000, 1_000), RANGE_PAGE_MAX_KEYS);
-        // An empty page (the range's end) asks for something sane.
-        assert!(next_page_size(0, 0, 500) >= 500);
-    }
-}
-
 /// etcd's `[key, range_end)` for a prefix; `"\0"` as `range_end` means "to the end".
 fn range_bounds(prefix: &str) -> (Vec<u8>, Vec<u8>) {
     let start = if prefix.is_empty() { vec![0] } else { prefix.as_bytes().to_vec() };
@@ -305,5 +288,22 @@ impl Store for EtcdStore {
             .await?;
         let revision = self.header_revision("current_revision", response.header())?;
         self.revision("current_revision", revision)
+    }
+}
+
+#[cfg(test)]
+mod paging_tests {
+    use super::*;
+
+    #[test]
+    fn pages_grow_to_the_byte_budget_and_never_shrink_below_the_first() {
+        // 1,000 keys of 600 bytes: about 14,000 keys make the budget.
+        assert_eq!(next_page_size(1_000, 600_000, 1_000), (RANGE_PAGE_BYTES / 600) as i64);
+        // Large values: never fewer keys than the first page asked for.
+        assert_eq!(next_page_size(1_000, 40 << 20, 1_000), 1_000);
+        // Tiny values: bounded.
+        assert_eq!(next_page_size(1_000, 10_000, 1_000), RANGE_PAGE_MAX_KEYS);
+        // An empty page (the range's end) asks for something sane.
+        assert!(next_page_size(0, 0, 500) >= 500);
     }
 }
