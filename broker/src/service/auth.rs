@@ -355,10 +355,11 @@ impl Auth {
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| BrokerError::Unauthenticated("the authorization header must be `Bearer TOKEN`".into()))?;
-        let hash = self.hash_of(token);
+        let cached = self.token_hashes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(token).cloned();
+        let hash = cached.clone().unwrap_or_else(|| token_hash(token));
         let view = self.view.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let found = view.tokens.get(&hash);
-        if found.is_some() {
+        if found.is_some() && cached.is_none() {
             self.remember_hash(token, hash);
         }
         match found {
@@ -378,18 +379,9 @@ impl Auth {
         }
     }
 
-    /// A token's hash, from the cache when the token was seen before.
-    fn hash_of(&self, token: &str) -> String {
-        let cached = self.token_hashes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(token).cloned();
-        cached.unwrap_or_else(|| token_hash(token))
-    }
-
     /// Keeps a known token's hash (unknown tokens are never kept: they would
     /// let anyone fill the cache).
     fn remember_hash(&self, token: &str, hash: String) {
-        if self.token_hashes.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(token) {
-            return;
-        }
         let mut hashes = self.token_hashes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if hashes.len() >= IDENTITY_CACHE {
             hashes.clear();

@@ -155,27 +155,16 @@ impl EtcdHarness {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data = self.dir.path().join("data");
-        let child = Command::new(&self.binary)
-            .arg("--name=allot-test")
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=allot-test={peer}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--initial-cluster-token=allot-test")
-            // A short election makes a single member lead quickly, and lowers
-            // etcd's minimum lease TTL (1.5 elections) to 1 s, so lease tests stay short.
-            .arg("--heartbeat-interval=25")
-            .arg("--election-timeout=250")
-            .arg("--logger=zap")
-            .arg("--log-outputs=stderr")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
+        let logs = (log, log_for_stderr);
+        let child =
+            member_command(&self.binary, "allot-test", &data, (&client, &peer), &format!("allot-test={peer}"), logs)
+                .arg("--initial-cluster-token=allot-test")
+                // A short election makes a single member lead quickly, and lowers
+                // etcd's minimum lease TTL (1.5 elections) to 1 s, so lease tests stay short.
+                .arg("--heartbeat-interval=25")
+                .arg("--election-timeout=250")
+                .spawn()
+                .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
         self.child = Some(child);
     }
 
@@ -423,26 +412,15 @@ impl EtcdCluster {
         let this = &self.members[member];
         let client = format!("http://127.0.0.1:{}", this.client_port);
         let peer = format!("http://127.0.0.1:{}", this.peer_port);
-        let child = Command::new(&self.binary)
-            .arg(format!("--name={}", this.name))
-            .arg(format!("--data-dir={}", self.data_dir(member).display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={initial_cluster}"))
-            // Ignored once the member has data: a restart rejoins the cluster.
-            .arg("--initial-cluster-state=new")
+        // `--initial-cluster-state=new` is ignored once the member has data: a
+        // restart rejoins the cluster.
+        let (urls, logs) = ((client.as_str(), peer.as_str()), (log, log_for_stderr));
+        let child = member_command(&self.binary, &this.name, &self.data_dir(member), urls, &initial_cluster, logs)
             .arg("--initial-cluster-token=allot-test-cluster")
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=1000")
             // A member that rejoins after a restart does not depose a healthy leader.
             .arg("--pre-vote=true")
-            .arg("--logger=zap")
-            .arg("--log-outputs=stderr")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr)
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
         self.members[member].child = Some(child);
@@ -561,4 +539,33 @@ fn free_port_list(count: usize) -> Vec<u16> {
     };
     let held: Vec<(TcpListener, u16)> = (0..count).map(|_| bind()).collect();
     held.into_iter().map(|(_listener, port)| port).collect()
+}
+
+/// An etcd member's command with what every test member shares: its name, data
+/// directory, client and peer URLs on loopback, the initial cluster, and its
+/// log (stdout and stderr) in a file.
+fn member_command(
+    binary: &Path,
+    name: &str,
+    data: &Path,
+    (client, peer): (&str, &str),
+    initial_cluster: &str,
+    (log, log_for_stderr): (File, File),
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_for_stderr)
+        .arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg("--initial-cluster-state=new");
+    command
 }
