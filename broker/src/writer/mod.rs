@@ -34,7 +34,8 @@ pub mod teams;
 /// The most commands one writer batch takes.
 pub const MAX_BATCH: usize = 512;
 
-// A tick's deletions stay within the half transaction after which a batch closes.
+// A tick's deletions fit the half transaction a batch keeps free for a command
+// that may write much (see `fits`).
 const _: () = assert!(retention::PRUNE_LIMIT <= OPS_PER_TXN / 2);
 
 pub fn now_ms() -> u64 {
@@ -858,37 +859,8 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             }
             queued.extend(received.drain(..));
         }
-        let mut writes = Vec::new();
-        let mut pending = Vec::new();
         let batch_started = std::time::Instant::now();
-        {
-            let mut state = core.state();
-            let next_id_before = state.next_id;
-            // Take commands while the batch still fits one transaction, so that a
-            // batch is stored all or nothing. (A single command that changes more,
-            // like a node with hundreds of allocations going lost, is split; it has
-            // no caller waiting, and a failure reloads the state.)
-            while let Some(command) = queued.pop_front() {
-                if let Some(done) = apply(&mut state, command, &mut writes, core.policy) {
-                    pending.push(done);
-                }
-                let bytes: usize = writes.iter().map(op_bytes).sum();
-                if writes.len() >= OPS_PER_TXN / 2 || bytes >= BYTES_PER_TXN / 2 {
-                    break;
-                }
-            }
-            if std::mem::take(&mut state.round_wanted) {
-                let changed = sharing::schedule(&mut state, &mut writes, now_ms(), core.policy);
-                if !changed.is_empty() {
-                    pending.push(Pending::Changed(changed));
-                }
-            }
-            if state.next_id != next_id_before {
-                writes.push(Op::put(layout::counter("allocation"), state.next_id.to_string().into_bytes()));
-            }
-            crate::rounds::audit::write_block(&mut state, &mut writes);
-        }
-        let writes = last_write_per_key(writes);
+        let (writes, pending) = take_batch(&mut core.state(), &mut queued, core.policy);
         if writes.is_empty() {
             finish(&core, pending);
             continue;
@@ -958,6 +930,76 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                 }
             }
         }
+    }
+}
+
+/// Applies the commands at the front of `queued` that fit one transaction (see
+/// [`fits`]), then the scheduling round they asked for: the batch's writes, each
+/// key once, and what to do once they are stored.
+fn take_batch(
+    state: &mut ClusterState,
+    queued: &mut std::collections::VecDeque<Command>,
+    policy: PolicySettings,
+) -> (Vec<Op>, Vec<Pending>) {
+    let mut writes = Vec::new();
+    let mut pending = Vec::new();
+    let next_id_before = state.next_id;
+    // Take commands while the batch still fits one transaction, so that a
+    // batch is stored all or nothing. (A single command that changes more,
+    // like a node with hundreds of allocations going lost, is split; it has
+    // no caller waiting, and a failure reloads the state.)
+    let mut bytes = 0;
+    while let Some(command) = queued.front() {
+        if !fits(command, writes.len(), state.round_wanted) || bytes >= BYTES_PER_TXN / 2 {
+            break;
+        }
+        let command = queued.pop_front().expect("a command was in front");
+        let before = writes.len();
+        if let Some(done) = apply(state, command, &mut writes, policy) {
+            pending.push(done);
+        }
+        bytes += writes[before..].iter().map(op_bytes).sum::<usize>();
+    }
+    if std::mem::take(&mut state.round_wanted) {
+        let changed = sharing::schedule(state, &mut writes, now_ms(), policy);
+        if !changed.is_empty() {
+            pending.push(Pending::Changed(changed));
+        }
+    }
+    if state.next_id != next_id_before {
+        writes.push(Op::put(layout::counter("allocation"), state.next_id.to_string().into_bytes()));
+    }
+    crate::rounds::audit::write_block(state, &mut writes);
+    (last_write_per_key(writes), pending)
+}
+
+/// Writes a batch keeps free for what follows its commands: the allocation id
+/// counter and the batch's audit block.
+const BATCH_RESERVE: usize = 2;
+
+/// Whether a batch that holds `writes` writes so far takes `command` too. A
+/// command whose writes are few and known (a create, a release, a node's
+/// report: one allocation each; an audit entry: none of its own, it joins the
+/// batch's block) is taken while the transaction has room for it and for the
+/// reserve. Any other command (a tick, a node, a team, a node going lost) may
+/// write many, and is taken only while the batch is under half a transaction,
+/// as is everything once a scheduling round is due, which writes after the
+/// commands: the other half is theirs.
+fn fits(command: &Command, writes: usize, round_wanted: bool) -> bool {
+    let known = match command {
+        Command::CreateAllocation { .. } | Command::Release { .. } | Command::Applied { .. } => Some(1),
+        Command::Audit(_) | Command::Schedule => Some(0),
+        Command::Team(_)
+        | Command::Tick
+        | Command::FlushUsage { .. }
+        | Command::Prune { .. }
+        | Command::RegisterNode { .. }
+        | Command::NodeLost { .. }
+        | Command::NodeReturned { .. } => None,
+    };
+    match known {
+        Some(count) if !round_wanted => writes + count + BATCH_RESERVE <= OPS_PER_TXN,
+        _ => writes < OPS_PER_TXN / 2,
     }
 }
 
@@ -1206,6 +1248,67 @@ mod tests {
         assert!(shared(&inventory(&loaded, "h1"), &inventory(&loaded, "h2")));
         assert!(shared(&inventory(&loaded, "a1"), &inventory(&loaded, "a2")));
         assert!(!shared(&inventory(&loaded, "h2"), &inventory(&loaded, "a2")));
+    }
+
+    /// A state with a team and `nodes` DGX H100 nodes, registered as stored.
+    fn cluster(nodes: usize) -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut writes = Vec::new();
+        for index in 0..nodes {
+            register(&mut state, &mut writes, "dgx-h100", &format!("n{index}"));
+        }
+        let (reply, _answer) = oneshot::channel();
+        let team =
+            TeamCommand::Create { name: "t".parse().expect("team"), parent: None, quota: Default::default(), reply };
+        assert!(apply(&mut state, Command::Team(team), &mut writes, PolicySettings::default()).is_some());
+        state
+    }
+
+    /// A one-GPU create, refused rather than queued when it does not fit (nobody
+    /// waits for its answer).
+    fn create() -> Command {
+        let request = ValidatedRequest::new(
+            "t".parse().expect("team"),
+            allot_api::allocation::GpuDemand::Whole { count: 1, models: vec![] },
+            1,
+            allot_api::units::MiB(0),
+            allot_api::allocation::Interconnect::Any,
+            false,
+            None,
+            None,
+        )
+        .expect("valid request");
+        let (reply, _) = oneshot::channel();
+        Command::CreateAllocation { request: Box::new(request), no_wait: true, trace: None, reply }
+    }
+
+    /// Creates fill a whole transaction (not half of one, as commands that may
+    /// write much do), and every batch still fits one.
+    #[test]
+    fn creates_fill_a_transaction_and_commands_that_may_write_much_wait_for_the_next() {
+        let mut state = cluster(50);
+        let mut queued: std::collections::VecDeque<Command> = (0..300).map(|_| create()).collect();
+        let mut sizes = Vec::new();
+        while !queued.is_empty() {
+            let (writes, pending) = take_batch(&mut state, &mut queued, PolicySettings::default());
+            assert!(writes.len() <= OPS_PER_TXN, "{} writes: more than one transaction", writes.len());
+            sizes.push(pending.len());
+        }
+        assert_eq!(
+            sizes,
+            [OPS_PER_TXN - BATCH_RESERVE, OPS_PER_TXN - BATCH_RESERVE, 300 - 2 * (OPS_PER_TXN - BATCH_RESERVE)]
+        );
+        assert_eq!(state.allocations.len(), 300, "every create was granted");
+
+        // A tick (it may delete up to a prune's worth) waits once half the transaction is written.
+        let mut queued: std::collections::VecDeque<Command> = (0..70).map(|_| create()).collect();
+        queued.push_back(Command::Tick);
+        queued.extend((0..5).map(|_| create()));
+        let (_, pending) = take_batch(&mut state, &mut queued, PolicySettings::default());
+        assert_eq!(pending.len(), 70);
+        assert!(matches!(queued.front(), Some(Command::Tick)), "the tick opens the next batch");
+        let (writes, _) = take_batch(&mut state, &mut queued, PolicySettings::default());
+        assert!(queued.is_empty() && writes.len() >= 5, "the tick and the creates behind it: {} writes", writes.len());
     }
 
     #[test]
