@@ -4,7 +4,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Keeps glibc's malloc from handing each thread's heap back to the kernel and
+/// asking for it again on every batch. With the defaults, a thread heap shrinks
+/// whenever 128 KiB at its top are free and grows again (an `mprotect` call) on
+/// the next large buffer, such as a batch's store transaction: about 1,200
+/// calls a second under load, each a change to the process's memory map. Each
+/// heap now keeps up to 16 MiB free. The start still gives back what loading
+/// freed, with `malloc_trim`, which does not look at this threshold.
+fn keep_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets malloc's tuning parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 1 << 20);
+        // Setting the trim threshold fixes the mmap threshold too: keep buffers
+        // up to 4 MiB (a batch's transaction, a page of a range) in the heap.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_heap();
     let cli = allot_broker::config::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
