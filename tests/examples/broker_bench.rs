@@ -159,37 +159,93 @@ async fn churn(broker: &Broker, count: usize, release: bool, depth: usize, beare
     ((per_client * streams) as f64 / started.elapsed().as_secs_f64(), latencies)
 }
 
+/// The writer's counters from the broker's /metrics: batches, commands, and
+/// the store transactions' summed seconds and count.
+#[derive(Clone, Copy, Default)]
+struct WriterCounters {
+    batches: f64,
+    commands: f64,
+    txn_seconds: f64,
+    txns: f64,
+}
+
+impl WriterCounters {
+    async fn read(http: &str, token: &str) -> Option<WriterCounters> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text).await;
+        let value = |name: &str| {
+            text.lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        Some(WriterCounters {
+            batches: value("allot_writer_batches_total")?,
+            commands: value("allot_writer_commands_total")?,
+            txn_seconds: value("allot_store_txn_duration_seconds_sum").unwrap_or(0.0),
+            txns: value("allot_store_txn_duration_seconds_count").unwrap_or(0.0),
+        })
+    }
+
+    /// What happened between `earlier` and these.
+    fn since(self, earlier: WriterCounters) -> WriterCounters {
+        WriterCounters {
+            batches: self.batches - earlier.batches,
+            commands: self.commands - earlier.commands,
+            txn_seconds: self.txn_seconds - earlier.txn_seconds,
+            txns: self.txns - earlier.txns,
+        }
+    }
+
+    fn describe(self) -> String {
+        if self.batches <= 0.0 {
+            return "no batches".into();
+        }
+        let txn = if self.txns > 0.0 {
+            format!("; store transactions {:.2} ms on average", self.txn_seconds / self.txns * 1e3)
+        } else {
+            String::new()
+        };
+        format!("{:.0} batches, {:.1} commands per batch{txn}", self.batches, self.commands / self.batches)
+    }
+}
+
 /// Average commands per persisted batch, from the broker's /metrics.
 async fn reqwest_metrics(http: &str, token: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else { return "unavailable".into() };
-    let request = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        token.trim()
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return "unavailable".into();
-    }
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text).await;
-    let value = |name: &str| {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    let txn = match (value("allot_store_txn_duration_seconds_sum"), value("allot_store_txn_duration_seconds_count")) {
-        (Some(sum), Some(count)) if count > 0.0 => {
-            format!("; store transactions {:.2} ms on average", sum / count * 1e3)
-        }
-        _ => String::new(),
-    };
-    match (value("allot_writer_batches_total"), value("allot_writer_commands_total")) {
-        (Some(batches), Some(commands)) if batches > 0.0 => {
-            format!("{batches:.0} batches, {:.1} commands per batch{txn}", commands / batches)
-        }
-        _ => "unavailable".into(),
-    }
+    WriterCounters::read(http, token).await.map_or_else(|| "unavailable".into(), WriterCounters::describe)
+}
+
+/// CPU time (user + system, in seconds) used so far by process `pid`, and by
+/// the whole machine (all cores, idle excluded).
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let process = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0);
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<f64> =
+                stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal
+            let busy: f64 = fields.iter().take(8).sum::<f64>() - fields.get(3)? - fields.get(4)?;
+            Some(busy / ticks)
+        })
+        .unwrap_or(0.0);
+    (process, machine)
 }
 
 fn percentile(latencies: &mut [Duration], fraction: f64) -> Duration {
@@ -288,6 +344,8 @@ async fn throughput(dir: &tempfile::TempDir, inventory: &NodeInventory) {
 const OPEN_LOOP_CLUSTER: usize = 1_000;
 /// How long each offered rate is held.
 const OPEN_LOOP_STEP: Duration = Duration::from_millis(500);
+/// How often the open-loop generator sends what is due.
+const GENERATOR_TICK: Duration = Duration::from_millis(1);
 /// Requests outstanding at most; beyond, the offered rate is not kept.
 const OPEN_LOOP_OUTSTANDING: usize = 4_000;
 
@@ -324,10 +382,21 @@ async fn open_loop(dir: &tempfile::TempDir, inventory: &NodeInventory, tls: bool
     for release in [false, true] {
         for multiple in [0.5, 0.75, 1.0, 1.25, 1.5, 2.0] {
             let rate = concurrent * multiple;
+            let token = std::fs::read_to_string(&broker.admin_token).unwrap_or_default();
+            let counters = WriterCounters::read(&broker.http, &token).await.unwrap_or_default();
+            let (broker_cpu, machine_cpu) = cpu_seconds(broker.process.pid());
+            let (clients_cpu, _) = cpu_seconds(std::process::id());
+            let step_started = Instant::now();
             let step = offered(&channels, &bearer, rate, release).await;
+            let wall = step_started.elapsed().as_secs_f64();
+            let (broker_after, machine_after) = cpu_seconds(broker.process.pid());
+            let (clients_after, _) = cpu_seconds(std::process::id());
+            let writer = WriterCounters::read(&broker.http, &token)
+                .await
+                .map_or_else(|| "unavailable".into(), |now| now.since(counters).describe());
             let pattern = if release { "grant, then release" } else { "grants" };
             println!(
-                "| open loop, {transport}, {pattern}, offered {rate:.0}/s ({multiple:.2}x baseline 2), etcd store, {OPEN_LOOP_CLUSTER} DGX H100 nodes | {:.0}/s done ({:.1}x baseline 1, {:.2}x baseline 2); p50 {:.1} ms, p99 {:.1} ms from the scheduled start{} |",
+                "| open loop, {transport}, {pattern}, offered {rate:.0}/s ({multiple:.2}x baseline 2), etcd store, {OPEN_LOOP_CLUSTER} DGX H100 nodes | {:.0}/s done ({:.1}x baseline 1, {:.2}x baseline 2); p50 {:.1} ms, p99 {:.1} ms from the scheduled start{}; {writer}; cores busy: broker {:.2}, clients {:.2}, machine {:.2} |",
                 step.done_per_second,
                 step.done_per_second / baseline,
                 step.done_per_second / concurrent,
@@ -338,11 +407,16 @@ async fn open_loop(dir: &tempfile::TempDir, inventory: &NodeInventory, tls: bool
                 } else {
                     String::new()
                 },
+                (broker_after - broker_cpu) / wall,
+                (clients_after - clients_cpu) / wall,
+                (machine_after - machine_cpu) / wall,
             );
             // Grants stay until released here, outside the measurement.
             release_all(&channels[0], &bearer, step.granted).await;
         }
     }
+    let rss = rss_mib(broker.process.pid()).map_or("unknown".to_owned(), |mib| format!("{mib:.0} MiB"));
+    println!("| open loop, {transport}: broker RSS after the run | {rss} |");
 }
 
 /// What one offered rate achieved.
@@ -363,7 +437,12 @@ async fn offered(channels: &[tonic::transport::Channel], bearer: &Bearer, rate: 
     let mut not_sent = 0;
     for index in 0..total {
         let due = started + Duration::from_secs_f64(index as f64 / rate);
-        tokio::time::sleep_until(due).await;
+        // Requests go out in bursts of what is due each millisecond: a timer
+        // wake-up per request would cost the clients (on the broker's cores)
+        // more than sending them. Latency still counts from each one's own start.
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due.max(tokio::time::Instant::now() + GENERATOR_TICK)).await;
+        }
         let Ok(permit) = Arc::clone(&outstanding).try_acquire_owned() else {
             not_sent += 1;
             continue;
