@@ -853,7 +853,8 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
     let mut queued: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     let mut received = Vec::with_capacity(MAX_BATCH);
     loop {
-        if queued.is_empty() {
+        // A round left for the next batch runs without waiting for a command.
+        if queued.is_empty() && !core.state().round_wanted {
             if receiver.recv_many(&mut received, MAX_BATCH).await == 0 {
                 return;
             }
@@ -960,7 +961,11 @@ fn take_batch(
         }
         bytes += writes[before..].iter().map(op_bytes).sum::<usize>();
     }
-    if std::mem::take(&mut state.round_wanted) {
+    // The round writes after the commands, as much as it admits: it runs in a
+    // batch whose commands left it the other half of the transaction, else it
+    // opens the next batch (which takes commands only while under half full).
+    if state.round_wanted && writes.len() <= OPS_PER_TXN / 2 {
+        state.round_wanted = false;
         let changed = sharing::schedule(state, &mut writes, now_ms(), policy);
         if !changed.is_empty() {
             pending.push(Pending::Changed(changed));
@@ -1309,6 +1314,53 @@ mod tests {
         assert!(matches!(queued.front(), Some(Command::Tick)), "the tick opens the next batch");
         let (writes, _) = take_batch(&mut state, &mut queued, PolicySettings::default());
         assert!(queued.is_empty() && writes.len() >= 5, "the tick and the creates behind it: {} writes", writes.len());
+    }
+
+    /// A scheduling round due in a batch whose commands wrote more than half a
+    /// transaction runs first thing in the next batch instead.
+    #[test]
+    fn a_round_due_after_half_a_transaction_opens_the_next_batch() {
+        let mut state = cluster(1);
+        let demand = |gpus: u32| {
+            let gpus = match gpus {
+                0 => allot_api::allocation::GpuDemand::None,
+                count => allot_api::allocation::GpuDemand::Whole { count, models: vec![] },
+            };
+            ValidatedRequest::new(
+                "t".parse().expect("team"),
+                gpus,
+                1,
+                allot_api::units::MiB(0),
+                allot_api::allocation::Interconnect::Any,
+                false,
+                None,
+                None,
+            )
+            .expect("valid request")
+        };
+        let command = |gpus: u32, no_wait: bool| {
+            let (reply, _) = oneshot::channel();
+            Command::CreateAllocation { request: Box::new(demand(gpus)), no_wait, trace: None, reply }
+        };
+        // The node's 8 GPUs are taken; a ninth waits in the queue.
+        let mut queued: std::collections::VecDeque<Command> = (0..8).map(|_| command(1, true)).collect();
+        queued.push_back(command(1, false));
+        take_batch(&mut state, &mut queued, PolicySettings::default());
+        assert_eq!(state.queue.len(), 1);
+        let waiting = *state.queue.iter().next().expect("queued");
+        let holder = state.allocations.keys().copied().find(|id| *id != waiting).expect("a GPU holder");
+        // 70 CPU-only grants, then a release that lets the waiting one in.
+        let mut queued: std::collections::VecDeque<Command> = (0..70).map(|_| command(0, true)).collect();
+        let (reply, _) = oneshot::channel();
+        queued.push_back(Command::Release { id: holder, reply });
+        let (writes, _) = take_batch(&mut state, &mut queued, PolicySettings::default());
+        assert!(writes.len() <= OPS_PER_TXN);
+        assert_eq!(state.allocations[&waiting].state, AllocationState::Pending, "no round in a batch past half");
+        assert!(state.round_wanted, "the round is still due");
+        // The next batch, with no command at all, runs it.
+        take_batch(&mut state, &mut queued, PolicySettings::default());
+        assert_eq!(state.allocations[&waiting].state, AllocationState::Bound);
+        assert!(!state.round_wanted);
     }
 
     #[test]
