@@ -107,6 +107,20 @@ impl AuditLog {
         Some((key, block))
     }
 
+    /// A copy of the entries of block `key` that are still in memory.
+    pub fn block(&self, key: &str) -> Option<Vec<AuditEntry>> {
+        // The blocks hold the front of `entries`, the unwritten ones its back.
+        let mut end = self.entries.len() - self.unwritten;
+        for (block_key, count) in self.blocks.iter().rev() {
+            let start = end - count;
+            if block_key == key {
+                return Some(self.entries.range(start..end).cloned().collect());
+            }
+            end = start;
+        }
+        None
+    }
+
     /// Forgets the oldest entry; the key of the block it emptied, to delete.
     pub fn pop_front(&mut self) -> Option<String> {
         self.entries.pop_front()?;

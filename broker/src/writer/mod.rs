@@ -874,6 +874,12 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             Op::Put { key, value, .. } => Some((key.clone(), value.clone())),
             _ => None,
         });
+        // The batch's audit block: its entries record calls answered before
+        // this batch, and are appended again if the batch is lost.
+        let audit_block = writes.iter().find_map(|op| match op {
+            Op::Put { key, .. } if key.starts_with(layout::prefix_audit()) => Some(key.clone()),
+            _ => None,
+        });
         let commit_started = std::time::SystemTime::now();
         let result = persist(store.as_ref(), &leadership, writes).await;
         if result.is_ok() {
@@ -903,6 +909,7 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                 }
                 // Memory may hold changes the store refused: nothing else is applied
                 // until the state is the store's again.
+                let audited = audit_block.and_then(|key| core.state().audit.block(&key)).unwrap_or_default();
                 let mut delay = Duration::from_millis(100);
                 loop {
                     match load(store.as_ref()).await {
@@ -928,6 +935,10 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
                     finish(&core, pending);
                 } else {
                     fail(pending, &error);
+                    // First in the next batch, numbered anew.
+                    for entry in audited.into_iter().rev() {
+                        queued.push_front(Command::Audit(Box::new(entry)));
+                    }
                 }
             }
         }
@@ -1361,6 +1372,105 @@ mod tests {
         take_batch(&mut state, &mut queued, PolicySettings::default());
         assert_eq!(state.allocations[&waiting].state, AllocationState::Bound);
         assert!(!state.round_wanted);
+    }
+
+    /// The embedded store, with a transaction that fails when told to.
+    #[derive(Debug)]
+    struct FailingOnce {
+        inner: allot_store::EmbeddedStore,
+        fail_next: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for FailingOnce {
+        async fn get(&self, key: &str) -> Result<Option<allot_store::KeyValue>, allot_store::StoreError> {
+            self.inner.get(key).await
+        }
+        async fn range(&self, prefix: &str) -> Result<allot_store::RangeResult, allot_store::StoreError> {
+            self.inner.range(prefix).await
+        }
+        async fn txn(&self, txn: Txn) -> Result<allot_store::TxnResult, allot_store::StoreError> {
+            if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(allot_store::StoreError::Protocol {
+                    operation: "txn",
+                    endpoints: "the test".into(),
+                    detail: "failed on purpose".into(),
+                });
+            }
+            self.inner.txn(txn).await
+        }
+        async fn watch(
+            &self,
+            prefix: &str,
+            from: allot_store::Revision,
+        ) -> Result<allot_store::WatchStream, allot_store::StoreError> {
+            self.inner.watch(prefix, from).await
+        }
+        async fn grant_lease(&self, ttl: Duration) -> Result<allot_store::Lease, allot_store::StoreError> {
+            self.inner.grant_lease(ttl).await
+        }
+        async fn keep_alive(&self, lease: allot_store::LeaseId) -> Result<(), allot_store::StoreError> {
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke_lease(&self, lease: allot_store::LeaseId) -> Result<(), allot_store::StoreError> {
+            self.inner.revoke_lease(lease).await
+        }
+        async fn current_revision(&self) -> Result<allot_store::Revision, allot_store::StoreError> {
+            self.inner.current_revision().await
+        }
+    }
+
+    /// A batch that fails to store loses none of the audit entries it carried:
+    /// they record calls answered before it, and go into the next batch.
+    #[tokio::test]
+    async fn audit_entries_of_a_lost_batch_are_stored_with_the_next() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(FailingOnce {
+            inner: allot_store::EmbeddedStore::open(dir.path()).await.expect("store"),
+            fail_next: false.into(),
+        });
+        let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+        let leadership = leader::acquire(Arc::clone(&shared), "test".into(), || {}).await.expect("leads");
+        let core = Core::start(
+            Arc::clone(&shared),
+            leadership,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            PolicySettings::default(),
+        )
+        .await
+        .expect("core");
+        let entry = |target: &str| crate::state::audit::AuditEntry {
+            at_ms: now_ms(),
+            seq: 0,
+            subject: "admin".into(),
+            from: "127.0.0.1:1".into(),
+            call: "AdminService/CreateTeam".into(),
+            target: target.into(),
+            team: None,
+            outcome: "ok".into(),
+        };
+        let stored_targets = || async {
+            let mut targets = Vec::new();
+            for kv in shared.range(layout::prefix_audit()).await.expect("range").kvs {
+                let block: crate::state::audit::StoredAudit = decode(&kv.key, &kv.value).expect("block");
+                targets.extend(block.into_entries().into_iter().map(|entry| entry.target));
+            }
+            targets
+        };
+        core.tell(Command::Audit(Box::new(entry("before")))).await;
+        core.ask(|reply| Command::FlushUsage { reply }).await.expect("stored");
+        assert_eq!(stored_targets().await, ["before"]);
+
+        // The next batch, carrying one entry, fails; the flush in it is refused.
+        store.fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
+        core.tell(Command::Audit(Box::new(entry("lost batch")))).await;
+        let refused = core.ask(|reply| Command::FlushUsage { reply }).await;
+        core.ask(|reply| Command::FlushUsage { reply }).await.expect("stored");
+        assert_eq!(stored_targets().await, ["before", "lost batch"], "the flush was {refused:?}");
+        let seqs: Vec<u64> = core.state().audit.entries.iter().map(|entry| entry.seq).collect();
+        assert_eq!(seqs.len(), 2, "in memory too, once: {seqs:?}");
+        assert!(seqs[0] < seqs[1]);
     }
 
     #[test]
