@@ -11,7 +11,8 @@ use crate::state::codec::encode;
 /// How long entries are kept: 30 days.
 pub const AUDIT_RETENTION_MS: u64 = 30 * 86_400 * 1000;
 
-/// The most entries one tick deletes (a batch closes at half a transaction).
+/// The most entries one tick deletes (a tick joins a batch only while it is
+/// under half a transaction; see `writer::fits`).
 const PRUNE_PER_TICK: usize = 50;
 
 /// Appends one entry (numbered here) and makes room for it; it is stored with

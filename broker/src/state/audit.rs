@@ -61,6 +61,27 @@ impl StoredAudit {
     }
 }
 
+/// The entries of one block, serialized as a JSON array (a [`StoredAudit::Block`])
+/// straight from the log, without copying them.
+#[derive(Debug, Clone)]
+pub struct Block<'a>(std::collections::vec_deque::Iter<'a, AuditEntry>);
+
+impl Block<'_> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+impl Serialize for Block<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
+}
+
 /// The entries in memory, oldest first, and the stored blocks they are in.
 #[derive(Debug, Default)]
 pub struct AuditLog {
@@ -93,18 +114,18 @@ impl AuditLog {
         }
     }
 
-    /// The entries appended since the last block, as one block to store
-    /// (marked stored), or `None` when there are none.
-    pub fn take_block(&mut self) -> Option<(String, Vec<AuditEntry>)> {
+    /// The entries appended since the last block, as one block to store (then
+    /// marked stored): its key and its entries, or `None` when there are none.
+    pub fn take_block(&mut self) -> Option<(String, Block<'_>)> {
         if self.unwritten == 0 {
             return None;
         }
         let start = self.entries.len() - self.unwritten;
-        let block: Vec<AuditEntry> = self.entries.range(start..).cloned().collect();
-        let key = allot_store::layout::audit_entry(block[0].at_ms, block[0].seq);
-        self.blocks.push_back((key.clone(), block.len()));
+        let first = &self.entries[start];
+        let key = allot_store::layout::audit_entry(first.at_ms, first.seq);
+        self.blocks.push_back((key.clone(), self.unwritten));
         self.unwritten = 0;
-        Some((key, block))
+        Some((key, Block(self.entries.range(start..))))
     }
 
     /// A copy of the entries of block `key` that are still in memory.

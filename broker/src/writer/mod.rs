@@ -874,12 +874,11 @@ async fn writer(core: Arc<Core>, store: Arc<dyn Store>, leadership: Leadership, 
             Op::Put { key, value, .. } => Some((key.clone(), value.clone())),
             _ => None,
         });
-        // The batch's audit block: its entries record calls answered before
-        // this batch, and are appended again if the batch is lost.
-        let audit_block = writes.iter().find_map(|op| match op {
-            Op::Put { key, .. } if key.starts_with(layout::prefix_audit()) => Some(key.clone()),
-            _ => None,
-        });
+        // The batch's audit block, its last write when it has one: its entries
+        // record calls answered before this batch, and are appended again if
+        // the batch is lost.
+        let audit_block =
+            probe.as_ref().map(|(key, _)| key).filter(|key| key.starts_with(layout::prefix_audit())).cloned();
         let commit_started = std::time::SystemTime::now();
         let result = persist(store.as_ref(), &leadership, writes).await;
         if result.is_ok() {
